@@ -1,0 +1,282 @@
+"""``CachedDataset``: the notebook-facing facade over the four cached layers.
+
+    dataset = CachedDataset("FHI2020_Stratified_Sampling")
+    dataset.download_and_cache()
+    results = dataset.apply_model(PADTensorFlowAdapter(model_id=16))
+
+Everything here is also what the Dagster assets call, so a notebook and the Dagster UI
+share one cache: what one computed, the other finds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import InvalidInputError, OfflineError
+from .hashing import sha256_bytes
+from .layers.derived import DerivedLayers
+from .layers.predictions import CardPrediction, PredictionLayer
+from .layers.raw import DownloadSummary, RawLayer
+from .models.base import STATUS_FAILED, ModelAdapter
+from .preprocessing.base import PreprocessingPipeline
+from .settings import Settings
+from .sources.http import HttpClient
+from .sources.pad_api import PadApiClient, http_client_for
+from .sources.registry import Manifest, RegistryClient
+from .sources.urls import validate_name
+from .store import ContentStore, NewItem
+
+if TYPE_CHECKING:
+    from .comparison import ComparisonReport
+
+
+def manifest_ref(settings: Settings, dataset: str) -> str:
+    return f"manifest/{settings.registry_url}/{dataset}"
+
+
+@dataclass
+class PreprocessedBatch:
+    """One batch from ``get_preprocessed_batch``: arrays in card order, plus their ids."""
+
+    arrays: np.ndarray
+    card_ids: list[int]
+    keys: list[str]
+    truncated: list[bool]
+
+    def __iter__(self) -> Iterator[Any]:  # ``for arrays, ids in dataset.get_preprocessed_batch``
+        return iter((self.arrays, self.card_ids))
+
+
+class CachedDataset:
+    """One registry dataset, cached in four content-addressed layers."""
+
+    def __init__(self, dataset_name: str, cache_dir: str | Path | None = None, *,
+                 offline: bool | None = None, api_url: str | None = None,
+                 registry_url: str | None = None, workers: int | None = None,
+                 progress: bool = True, settings: Settings | None = None,
+                 store: ContentStore | None = None) -> None:
+        self.name = validate_name(dataset_name)
+        if settings is None:
+            settings = Settings.from_env(cache_dir=cache_dir, offline=offline, api_url=api_url,
+                                         registry_url=registry_url)
+        self.settings = settings
+        self.progress = progress
+        self.store = store or ContentStore(settings.cache_dir)
+        self._http: HttpClient = http_client_for(settings)
+        self.api = PadApiClient(settings, self._http)
+        self.raw = RawLayer(self.store, settings, self.api)
+        self.derived = DerivedLayers(self.store, workers)
+        self.predictions = PredictionLayer(self.store, self.derived)
+        self._manifest: Manifest | None = None
+
+    def __repr__(self) -> str:
+        return f"CachedDataset({self.name!r}, cache_dir={str(self.settings.cache_dir)!r})"
+
+    def close(self) -> None:
+        self.derived.close()
+        self.store.close()
+
+    # ---- manifest and raw layer --------------------------------------------------------
+    def manifest(self, refresh: bool = False) -> Manifest:
+        """The dataset's manifest: cached copy, or fetched from the registry when absent."""
+        if self._manifest is not None and not refresh:
+            return self._manifest
+        ref = manifest_ref(self.settings, self.name)
+        key = self.store.ref(ref)
+        if key and not refresh:
+            self._manifest = Manifest.from_json_bytes(self.store.get(key))
+            return self._manifest
+        if self.settings.offline:
+            if key:
+                self._manifest = Manifest.from_json_bytes(self.store.get(key))
+                return self._manifest
+            raise OfflineError(f"dataset {self.name}",
+                               [f"manifest {self.settings.registry_url}/{self.name}"])
+        manifest = RegistryClient(self.settings, self._http).load(self.name)
+        data = manifest.to_json_bytes()
+        mkey = sha256_bytes(data)
+        self.store.put([NewItem(mkey, "manifest", data, {
+            "dataset": self.name, "fetched_at": time.time(), "source": manifest.source,
+            "rows": len(manifest.rows), "warnings": manifest.warnings, "files": manifest.files,
+        })], refs=[(ref, mkey)])
+        self._manifest = manifest
+        return manifest
+
+    def download_and_cache(self, force_refresh: bool = False,
+                           card_ids: Sequence[int] | None = None,
+                           refresh_manifest: bool = True) -> DownloadSummary:
+        """Fetch the manifest and every missing image (in parallel), verify, store once.
+
+        Incremental: cached cards are skipped (``force_refresh`` re-downloads them).
+        Offline: no network call; anything missing is listed in one ``OfflineError``.
+        ``card_ids`` limits the work to those cards (Dagster partitions use this).
+        """
+        manifest = self.manifest(refresh=refresh_manifest and not self.settings.offline)
+        rows = self._select(manifest.rows, None, card_ids)
+        summary = self.raw.sync(self.name, rows, force_refresh, self.progress)
+        summary.warnings = list(manifest.warnings) + summary.warnings
+        return summary
+
+    def cards(self, split: str | None = None) -> pd.DataFrame:
+        """Manifest rows with each card's raw key and cache status."""
+        rows = self.manifest().rows
+        if split is not None:
+            rows = rows[rows["split"] == split]
+        status = self.store.cards(self.name)
+        rows = rows.copy()
+        rows["raw_key"] = [status.get(int(c), {}).get("raw_key") for c in rows["card_id"]]
+        rows["cache_status"] = [status.get(int(c), {}).get("status", "missing")
+                                for c in rows["card_id"]]
+        rows["cache_detail"] = [status.get(int(c), {}).get("detail", "")
+                                for c in rows["card_id"]]
+        return rows.reset_index(drop=True)
+
+    def _select(self, rows: pd.DataFrame, split: str | None,
+                card_ids: Sequence[int] | None) -> pd.DataFrame:
+        if split is not None:
+            rows = rows[rows["split"] == split]
+        if card_ids is not None:
+            wanted = [int(c) for c in card_ids]
+            unknown = sorted(set(wanted) - set(int(c) for c in rows["card_id"]))
+            if unknown:
+                raise InvalidInputError(
+                    f"card id(s) {unknown[:20]} are not in the manifest of {self.name!r}"
+                    + (f" (split {split!r})" if split else ""))
+            order = {c: i for i, c in enumerate(wanted)}
+            rows = rows[rows["card_id"].isin(wanted)]
+            rows = rows.iloc[np.argsort([order[int(c)] for c in rows["card_id"]], kind="stable")]
+        return rows.reset_index(drop=True)
+
+    def _rows_with_raw(self, split: str | None = None, card_ids: Sequence[int] | None = None
+                       ) -> tuple[pd.DataFrame, dict[int, str]]:
+        """Manifest rows and their raw keys, downloading what is missing first."""
+        rows = self._select(self.manifest().rows, split, card_ids)
+        raw = self.raw.raw_keys(self.name, rows["card_id"])
+        missing = rows[~rows["card_id"].isin(list(raw))]
+        if len(missing):
+            self.raw.sync(self.name, missing, progress=self.progress)
+            raw = self.raw.raw_keys(self.name, rows["card_id"])
+        return rows, raw
+
+    # ---- preprocessed layer ------------------------------------------------------------
+    def get_preprocessed_batch(self, preprocessing_pipeline: PreprocessingPipeline,
+                               batch_size: int = 32, split: str | None = None,
+                               ) -> Iterator[PreprocessedBatch]:
+        """Stream preprocessed arrays in manifest order, ``batch_size`` cards at a time.
+
+        Computes only what is missing; peak memory is a few batches whatever the dataset
+        size. Cards whose image could not be fetched are skipped (``cards()`` says why).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size {batch_size}: expected a positive integer")
+        rows, raw = self._rows_with_raw(split)
+        ids = [int(c) for c in rows["card_id"] if int(c) in raw]
+        window = max(batch_size, 64)
+        for start in range(0, len(ids), window):
+            part = ids[start:start + window]
+            chain = self.derived.ensure([raw[c] for c in part], preprocessing_pipeline)
+            keep = [j for j in range(len(part)) if j not in chain.failed]
+            for b in range(0, len(keep), batch_size):
+                sel = keep[b:b + batch_size]
+                keys = [chain.preprocessed[j] for j in sel]
+                got = self.store.get_many(keys)  # type: ignore[arg-type]
+                yield PreprocessedBatch(np.stack([np.asarray(got[k]) for k in keys]),
+                                        [part[j] for j in sel], keys,  # type: ignore[misc]
+                                        [chain.truncated[j] for j in sel])
+
+    # ---- predictions -------------------------------------------------------------------
+    def apply_model(self, model_adapter: ModelAdapter,
+                    preprocessing: PreprocessingPipeline | None = None, use_cache: bool = True,
+                    batch_size: int = 32, split: str | None = None,
+                    card_ids: Sequence[int] | None = None) -> pd.DataFrame:
+        """Predictions for every card, from the deepest cached layer down.
+
+        Returns one row per manifest card: ids, split, actual label, prediction,
+        probability, energy, status (``ok``, ``unknown_drug``, ``failed``: never a magic
+        number), truncated flag, and the key of every layer (the lineage chain).
+        ``use_cache=False`` recomputes preprocessing, tensors and predictions from the raw
+        images; it adds missing items but replaces nothing already cached.
+        """
+        pipeline = preprocessing or model_adapter.get_required_preprocessing()
+        rows, raw = self._rows_with_raw(split, card_ids)
+        cards = rows.to_dict("records")
+        have = [c for c in cards if int(c["card_id"]) in raw]
+        contexts = [model_adapter.prediction_context(c) for c in have]
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(have), desc=f"{model_adapter.name} on {self.name}", unit="card",
+                  disable=not self.progress, leave=False) as bar:
+            preds = self.predictions.predict([raw[int(c["card_id"])] for c in have], contexts,
+                                             model_adapter, pipeline, batch_size, use_cache,
+                                             on_progress=bar.update)
+        by_id = {int(c["card_id"]): p for c, p in zip(have, preds, strict=False)}
+        status = self.store.cards(self.name)
+        return self._results_frame(cards, by_id, status, model_adapter, pipeline)
+
+    def _results_frame(self, cards: Sequence[dict[str, Any]], by_id: dict[int, CardPrediction],
+                       status: dict[int, dict[str, Any]], model: ModelAdapter,
+                       pipeline: PreprocessingPipeline) -> pd.DataFrame:
+        signature = model.get_cache_signature()
+        out = []
+        for c in cards:
+            cid = int(c["card_id"])
+            p = by_id.get(cid)
+            row = {
+                "card_id": cid, "split": c.get("split"), "drug": c.get("drug"),
+                "quantity": c.get("quantity"), "actual": model.actual_label(c),
+                "model": model.name, "pipeline": pipeline.name,
+            }
+            if p is None:
+                why = status.get(cid, {}).get("detail") or "image not cached"
+                row.update(prediction=None, probability=None, energy=None,
+                           label_type=model.label_type(), status=STATUS_FAILED,
+                           detail=f"no raw image: {why}", truncated=False, raw_key=None,
+                           preprocessed_key=None, tensor_key=None, prediction_key=None,
+                           cached=False)
+            else:
+                r = p.record
+                row.update(prediction=r.prediction, probability=r.probability,
+                           energy=r.energy, label_type=r.label_type, status=r.status,
+                           detail=r.detail, truncated=p.truncated, raw_key=p.raw_key,
+                           preprocessed_key=p.preprocessed_key, tensor_key=p.tensor_key,
+                           prediction_key=p.prediction_key, cached=p.cached)
+            row["model_signature"] = signature
+            out.append(row)
+        return pd.DataFrame(out)
+
+    def compare_models(self, model_adapters_list: Sequence[ModelAdapter],
+                       output_dir: str | Path | None = None, split: str | None = None,
+                       n_bootstrap: int = 2000, seed: int = 0) -> ComparisonReport:
+        """Score every model on the identical set of cards and write a report."""
+        from .comparison import compare_results
+
+        names = [m.name for m in model_adapters_list]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise InvalidInputError(f"two models are named {dupes}: give each adapter a unique "
+                                    "name (name=...) so its results are not overwritten")
+        results = {m.name: self.apply_model(m, split=split) for m in model_adapters_list}
+        report = compare_results(results, dataset=self.name, n_bootstrap=n_bootstrap, seed=seed)
+        if output_dir is not None:
+            report.write(Path(output_dir))
+        return report
+
+    # ---- introspection -----------------------------------------------------------------
+    def lineage(self, card_id: int, model_adapter: ModelAdapter | None = None
+                ) -> dict[str, Any]:
+        """The chain of one card: raw bytes and source, and (with a model) its prediction."""
+        from .ops.lineage import card_lineage
+
+        return card_lineage(self, int(card_id), model_adapter)
+
+    @staticmethod
+    def to_json(obj: Any) -> str:
+        return json.dumps(obj, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,188 @@
+"""Layers 2 and 3: preprocessed arrays and model-ready tensors, computed only when missing.
+
+Keys chain from the raw key (see ``pad_assets.hashing``), so lookups need no I/O beyond
+one index query: for each card we find the deepest layer already cached and compute only
+the layers below it, in bounded chunks (memory stays flat however large the dataset) and
+in parallel (decoding and resizing release the GIL; processes are used for pipelines that
+hold it, e.g. pure-Python researcher code).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..hashing import preprocessed_key, tensor_key
+from ..models.base import TensorSpec
+from ..preprocessing.base import PreprocessingPipeline
+from ..provenance import stamp
+from ..store import ContentStore, NewItem
+
+CHUNK = 64
+
+
+def _run_pipeline(pipeline: PreprocessingPipeline, data: bytes, source: str
+                  ) -> tuple[np.ndarray, bool]:
+    return pipeline.run(data, source)
+
+
+@dataclass
+class ChainResult:
+    """Keys per input raw key (aligned with the input), and what had to be computed."""
+
+    preprocessed: list[str | None] = field(default_factory=list)
+    tensors: list[str | None] = field(default_factory=list)
+    truncated: list[bool] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)  # position -> reason
+    computed_preprocessed: int = 0
+    computed_tensors: int = 0
+
+
+class DerivedLayers:
+    """Builds preprocessed items and model-ready tensors from raw items in the store."""
+
+    def __init__(self, store: ContentStore, workers: int | None = None,
+                 executor: str = "auto") -> None:
+        if executor not in ("auto", "thread", "process"):
+            raise ValueError(f"executor {executor!r}: expected 'auto', 'thread' or 'process'")
+        self.store = store
+        self.workers = workers or max(1, os.cpu_count() or 1)
+        self.executor = executor
+        self._pool: Executor | None = None
+        self._pool_kind = ""
+
+    # ---- parallelism -------------------------------------------------------------------
+    def _executor_for(self, pipeline: PreprocessingPipeline, n: int) -> Executor:
+        kind = self.executor
+        if kind == "auto":
+            # Built-in pipelines spend their time in C code that releases the GIL, where
+            # threads are as fast as processes without the spawn cost.
+            builtin = type(pipeline).__module__.startswith("pad_assets.preprocessing")
+            kind = "thread" if builtin or n < 4 * CHUNK else "process"
+        if kind == "process":
+            try:
+                pickle.dumps(pipeline)
+            except Exception:
+                kind = "thread"  # unpicklable pipelines (lambdas, closures) stay in-process
+        if self._pool is None or self._pool_kind != kind:
+            self.close()
+            if kind == "process":
+                ctx = multiprocessing.get_context("spawn")  # never fork a TF-loaded process
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+            else:
+                self._pool = ThreadPoolExecutor(self.workers)
+            self._pool_kind = kind
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    # ---- keys --------------------------------------------------------------------------
+    @staticmethod
+    def keys_for(raw_keys: Sequence[str], pipeline: PreprocessingPipeline,
+                 spec: TensorSpec | None) -> tuple[list[str], list[str] | None]:
+        pk = pipeline.get_cache_key()
+        pre = [preprocessed_key(r, pk) for r in raw_keys]
+        if spec is None:
+            return pre, None
+        sd = spec.as_dict()
+        return pre, [tensor_key(p, sd) for p in pre]
+
+    # ---- building ----------------------------------------------------------------------
+    def ensure(self, raw_keys: Sequence[str], pipeline: PreprocessingPipeline,
+               spec: TensorSpec | None = None, recompute: bool = False,
+               on_chunk: Callable[[int], None] | None = None) -> ChainResult:
+        """Make preprocessed items (and tensors, if ``spec``) exist for every raw key."""
+        pre_keys, ten_keys = self.keys_for(raw_keys, pipeline, spec)
+        result = ChainResult(preprocessed=list(pre_keys),
+                             tensors=list(ten_keys) if ten_keys else [],
+                             truncated=[False] * len(raw_keys))
+        want = list(ten_keys) if ten_keys is not None else list(pre_keys)
+        entries = self.store.entries(want + pre_keys)
+        todo = [i for i, k in enumerate(want) if recompute or k not in entries]
+        for i, k in enumerate(want):
+            if k in entries:
+                result.truncated[i] = bool(entries[k]["meta"].get("truncated", False))
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start:start + CHUNK]
+            self._build_chunk(chunk, raw_keys, pre_keys, ten_keys, pipeline, spec, entries,
+                              recompute, result)
+            if on_chunk:
+                on_chunk(len(chunk))
+        for pos in result.failed:
+            result.preprocessed[pos] = None
+            if result.tensors:
+                result.tensors[pos] = None
+        return result
+
+    def _build_chunk(self, chunk: list[int], raw_keys: Sequence[str], pre_keys: list[str],
+                     ten_keys: list[str] | None, pipeline: PreprocessingPipeline,
+                     spec: TensorSpec | None, entries: dict[str, Any], recompute: bool,
+                     result: ChainResult) -> None:
+        arrays: dict[int, np.ndarray] = {}
+        new_items: list[NewItem] = []
+        have_pre = [i for i in chunk if pre_keys[i] in entries and not recompute]
+        need_pre = [i for i in chunk if i not in set(have_pre)]
+        if have_pre:
+            loaded = self.store.get_many([pre_keys[i] for i in have_pre])
+            for i in have_pre:
+                arrays[i] = np.asarray(loaded[pre_keys[i]])
+                result.truncated[i] = bool(entries[pre_keys[i]]["meta"].get("truncated", False))
+        if need_pre:
+            raws = self.store.get_many([raw_keys[i] for i in need_pre])
+            pool = self._executor_for(pipeline, len(need_pre))
+            futures = {}
+            for i in need_pre:
+                data = raws.get(raw_keys[i])
+                if data is None:
+                    result.failed[i] = f"raw item {raw_keys[i]} is not in the cache"
+                    continue
+                futures[i] = pool.submit(_run_pipeline, pipeline, data, f"raw {raw_keys[i]}")
+            desc = pipeline.describe()
+            for i, fut in futures.items():
+                try:
+                    arr, truncated = fut.result()
+                except Exception as exc:  # a pipeline bug or an undecodable image, per card
+                    result.failed[i] = f"{pipeline.name} failed: {type(exc).__name__}: {exc}"
+                    continue
+                arrays[i] = arr
+                result.truncated[i] = truncated
+                result.computed_preprocessed += 1
+                if pre_keys[i] not in entries:
+                    new_items.append(NewItem(pre_keys[i], "preprocessed", arr, stamp(
+                        raw_key=raw_keys[i], pipeline=desc, truncated=truncated,
+                        shape=list(arr.shape), dtype=arr.dtype.str)))
+        if spec is not None and ten_keys is not None:
+            sd = spec.as_dict()
+            for i in chunk:
+                if i not in arrays:
+                    continue
+                try:
+                    stored = spec.to_storage(arrays[i])
+                except ValueError as exc:
+                    result.failed[i] = f"tensor spec mismatch: {exc}"
+                    continue
+                result.computed_tensors += 1
+                if ten_keys[i] not in entries:
+                    new_items.append(NewItem(ten_keys[i], "tensor", stored, stamp(
+                        preprocessed_key=pre_keys[i], raw_key=raw_keys[i], spec=sd,
+                        truncated=result.truncated[i])))
+        if new_items:
+            self.store.put(new_items)
+
+    # ---- reading -----------------------------------------------------------------------
+    def iter_arrays(self, keys: Sequence[str], batch_size: int) -> Iterator[np.ndarray]:
+        """Stacked arrays of ``keys`` in order, ``batch_size`` at a time (verified reads)."""
+        for start in range(0, len(keys), batch_size):
+            part = list(keys[start:start + batch_size])
+            got = self.store.get_many(part)
+            yield np.stack([np.asarray(got[k]) for k in part])

@@ -1,0 +1,194 @@
+"""Layer 1: original image bytes, downloaded once, verified, stored once per content.
+
+A card's raw key is the sha256 of its bytes. Before downloading, a card is matched by the
+manifest's md5 (or its normalised URL) against raw items any dataset already holds, so a
+card shared by two datasets is fetched and stored once. Each write batch is one shard plus
+the card memberships it proves, indexed in one transaction: a SIGKILL loses at most the
+batch in flight and never leaves a half-indexed item.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from ..errors import FetchError, ImageDecodeError, InvalidInputError, OfflineError
+from ..hashing import md5_bytes, sha256_bytes
+from ..preprocessing.decode import decode_image
+from ..provenance import stamp
+from ..settings import Settings
+from ..sources.pad_api import PadApiClient
+from ..store import CardRecord, ContentStore, NewItem
+
+WRITE_BATCH_ITEMS = 16
+WRITE_BATCH_BYTES = 48 * 1024 * 1024
+
+
+@dataclass
+class DownloadSummary:
+    """What one ``download_and_cache`` did, card by card where it matters."""
+
+    dataset: str
+    total: int = 0
+    downloaded: list[int] = field(default_factory=list)
+    reused: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    truncated: list[int] = field(default_factory=list)
+    bytes_downloaded: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def __str__(self) -> str:
+        lines = [f"{self.dataset}: {self.total} cards, {len(self.downloaded)} downloaded "
+                 f"({self.bytes_downloaded / 1e6:.1f} MB), {len(self.reused)} already cached, "
+                 f"{len(self.failed)} failed, {len(self.truncated)} truncated "
+                 f"[{self.seconds:.1f} s]"]
+        lines += [f"  failed card {c}: {r}" for c, r in sorted(self.failed.items())]
+        if self.truncated:
+            lines.append(f"  truncated PNGs (decoded with tolerance, flagged): "
+                         f"{sorted(self.truncated)}")
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+class RawLayer:
+    def __init__(self, store: ContentStore, settings: Settings,
+                 api: PadApiClient | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self._api = api
+
+    @property
+    def api(self) -> PadApiClient:
+        if self._api is None:
+            self._api = PadApiClient(self.settings)
+        return self._api
+
+    # ---- lookups -----------------------------------------------------------------------
+    def known_raw_by_md5(self) -> dict[str, str]:
+        rows = self.store.index.query(
+            "SELECT key, json_extract(meta, '$.md5') FROM items WHERE layer='raw'")
+        return {md5: key for key, md5 in rows if md5}
+
+    def raw_keys(self, dataset: str, card_ids: Iterable[int]) -> dict[int, str]:
+        """card id -> raw key, for the cards of ``dataset`` already cached."""
+        cards = self.store.cards(dataset)
+        wanted = [int(c) for c in card_ids]
+        keys = {c: cards[c]["raw_key"] for c in wanted
+                if c in cards and cards[c]["status"] == "ok" and cards[c]["raw_key"]}
+        present = self.store.has(list(keys.values()))
+        return {c: k for c, k in keys.items() if k in present}
+
+    # ---- sync --------------------------------------------------------------------------
+    def sync(self, dataset: str, rows: pd.DataFrame, force_refresh: bool = False,
+             progress: bool = False) -> DownloadSummary:
+        """Make every row's image present in the cache; download only what is missing."""
+        t0 = time.time()
+        summary = DownloadSummary(dataset, total=len(rows))
+        existing = self.store.cards(dataset)
+        present_raw = self.store.metas([v["raw_key"] for v in existing.values() if v["raw_key"]])
+        by_md5 = self.known_raw_by_md5()
+        reuse: list[CardRecord] = []
+        todo: list[dict[str, Any]] = []
+        for row in rows.to_dict("records"):
+            cid = int(row["card_id"])
+            cur = existing.get(cid)
+            md5 = row.get("md5")
+            if not force_refresh:
+                if (cur and cur["status"] == "ok" and cur["raw_key"] in present_raw
+                        and (md5 is None or present_raw[cur["raw_key"]].get("md5") in (md5, None))):
+                    summary.reused.append(cid)
+                    continue
+                if md5 and md5 in by_md5:
+                    reuse.append(CardRecord(dataset, cid, by_md5[md5], "ok", "shared content"))
+                    summary.reused.append(cid)
+                    continue
+            todo.append(row)
+        if reuse:
+            self.store.put(cards=reuse)
+        if todo and self.settings.offline:
+            raise OfflineError(f"dataset {dataset}",
+                               [f"card {r['card_id']} ({r['image_url']})" for r in todo])
+        if todo:
+            self._download(dataset, todo, summary, progress)
+        for cid in summary.reused:
+            meta = existing.get(cid)
+            if meta and "truncated" in (meta.get("detail") or ""):
+                summary.truncated.append(cid)
+        summary.seconds = time.time() - t0
+        return summary
+
+    def _fetch_one(self, row: dict[str, Any]) -> tuple[bytes, str, bool]:
+        url = self.api.normalize(str(row["image_url"]))
+        data = self.api.image_bytes(url)
+        got_md5 = md5_bytes(data)
+        want = row.get("md5")
+        if want and got_md5 != want:
+            raise ValueError(f"md5 mismatch for {url}: manifest says {want}, downloaded bytes "
+                             f"have {got_md5}; not cached")
+        decoded = decode_image(data, source=f"card {row['card_id']} ({url})")
+        return data, url, decoded.truncated
+
+    def _download(self, dataset: str, todo: list[dict[str, Any]], summary: DownloadSummary,
+                  progress: bool) -> None:
+        pending_items: list[NewItem] = []
+        pending_cards: list[CardRecord] = []
+        pending_bytes = 0
+
+        def flush() -> None:
+            nonlocal pending_items, pending_cards, pending_bytes
+            if pending_items or pending_cards:
+                self.store.put(pending_items, cards=pending_cards)
+            pending_items, pending_cards, pending_bytes = [], [], 0
+
+        bar = _progress(len(todo), f"download {dataset}", progress)
+        try:
+            for row, result in self.api.http.map_parallel(self._fetch_one, todo,
+                                                          self.settings.download_workers):
+                cid = int(row["card_id"])
+                bar.update(1)
+                if isinstance(result, BaseException):
+                    if isinstance(result, OfflineError):
+                        raise result
+                    if not isinstance(result, (FetchError, ImageDecodeError, ValueError,
+                                               InvalidInputError)):
+                        raise result
+                    reason = str(result)
+                    summary.failed[cid] = reason
+                    pending_cards.append(CardRecord(dataset, cid, None, "failed", reason))
+                    continue
+                data, url, truncated = result
+                key = sha256_bytes(data)
+                meta = stamp(md5=md5_bytes(data), sha256=key, source_url=url,
+                             nbytes=len(data), truncated=truncated, first_card_id=cid,
+                             first_dataset=dataset, fetched_at=time.time())
+                pending_items.append(NewItem(key, "raw", data, meta))
+                detail = "truncated PNG: decoded with tolerance" if truncated else ""
+                pending_cards.append(CardRecord(dataset, cid, key, "ok", detail))
+                summary.downloaded.append(cid)
+                summary.bytes_downloaded += len(data)
+                if truncated:
+                    summary.truncated.append(cid)
+                pending_bytes += len(data)
+                if len(pending_items) >= WRITE_BATCH_ITEMS or pending_bytes >= WRITE_BATCH_BYTES:
+                    flush()
+        finally:
+            # Commit what was verified before any error (or Ctrl-C); a SIGKILL loses only
+            # the uncommitted batch, never an indexed item.
+            flush()
+            bar.close()
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled or total == 0,
+                leave=False)

@@ -1,0 +1,123 @@
+"""The graph's configuration: datasets and models, from YAML, validated before any asset
+is defined (a typo should fail ``dagster definitions validate``, not a run at 3 a.m.).
+
+The asset graph must be derivable without network access, so each adapter kind declares
+its pipeline and tensor spec statically; the adapter itself (which may fetch a model
+record) is only built inside a run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import InvalidInputError
+from ..sources.urls import validate_name
+
+DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
+_ASSET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+ADAPTER_KINDS = ("pad_tflite", "pls", "custom")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    adapter: str
+    model_id: int | None = None
+    path: str | None = None
+    labels: tuple[str, ...] | None = None
+    pipeline: str = ""  # "pad_nn" | "pad_pls" | a custom pipeline's import path
+
+    def build(self, settings: Any) -> Any:
+        """The adapter (may fetch the model record and weights once; cached afterwards)."""
+        if self.adapter == "pad_tflite":
+            from ..models.tflite import PADTensorFlowAdapter
+
+            return PADTensorFlowAdapter(model_id=self.model_id, model_path=self.path,
+                                        labels=list(self.labels) if self.labels else None,
+                                        settings=settings, name=self.name)
+        if self.adapter == "pls":
+            from ..models.pls import PLSModelAdapter
+
+            return PLSModelAdapter(model_id=self.model_id, coefficients_path=self.path,
+                                   settings=settings, name=self.name)
+        from ..models.custom import CustomModelAdapter
+
+        return CustomModelAdapter(self.path, labels=list(self.labels or []) or None,
+                                  name=self.name)
+
+    @property
+    def tensor_group(self) -> str:
+        """Models that share a pipeline and tensor spec share one tensor asset."""
+        return self.pipeline if self.adapter != "custom" else f"{self.pipeline}_{self.name}"
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str
+
+    @property
+    def key(self) -> str:
+        """Dagster asset-key prefix: dataset names may hold '-' and '.', keys may not."""
+        return re.sub(r"[^A-Za-z0-9_]", "_", self.name)
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    datasets: tuple[DatasetConfig, ...]
+    models: tuple[ModelConfig, ...] = field(default_factory=tuple)
+
+    @property
+    def pipelines(self) -> list[str]:
+        return list(dict.fromkeys(m.pipeline for m in self.models))
+
+
+def _model(entry: Any, where: str) -> ModelConfig:
+    if not isinstance(entry, dict):
+        raise InvalidInputError(f"{where}: expected a mapping with name and adapter, got {entry!r}")
+    name = str(entry.get("name", ""))
+    if not _ASSET_NAME.match(name):
+        raise InvalidInputError(f"{where}: model name {name!r} must be letters, digits and "
+                                "underscores, starting with a letter (it names Dagster assets)")
+    kind = entry.get("adapter")
+    if kind not in ADAPTER_KINDS:
+        raise InvalidInputError(f"{where}: adapter {kind!r} of model {name!r}: expected one of "
+                                f"{ADAPTER_KINDS}")
+    model_id = entry.get("model_id")
+    path = entry.get("path")
+    if kind in ("pad_tflite", "pls") and model_id is None and path is None:
+        raise InvalidInputError(f"{where}: model {name!r} needs model_id or path")
+    if kind == "custom" and not path:
+        raise InvalidInputError(f"{where}: custom model {name!r} needs a path")
+    pipeline = {"pad_tflite": "pad_nn", "pls": "pad_pls"}.get(kind, entry.get("pipeline", "pad_nn"))
+    labels = entry.get("labels")
+    return ModelConfig(name, kind, int(model_id) if model_id is not None else None,
+                       str(path) if path else None, tuple(labels) if labels else None,
+                       str(pipeline))
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> ProjectConfig:
+    """Config from ``path``, else ``$PAD_ASSETS_CONFIG``, else the packaged default."""
+    source = Path(path or os.environ.get("PAD_ASSETS_CONFIG") or DEFAULT_CONFIG)
+    try:
+        doc = yaml.safe_load(source.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidInputError(f"cannot read the pad_assets config {source}: {exc}") from exc
+    if not isinstance(doc, dict) or not doc.get("datasets"):
+        raise InvalidInputError(f"{source}: expected a mapping with a non-empty 'datasets' list")
+    datasets = []
+    for d in doc["datasets"]:
+        name = d.get("name") if isinstance(d, dict) else d
+        datasets.append(DatasetConfig(validate_name(str(name), f"dataset name in {source}")))
+    models = tuple(_model(m, f"{source} models[{i}]") for i, m in enumerate(doc.get("models") or []))
+    if len({m.name for m in models}) != len(models):
+        raise InvalidInputError(f"{source}: model names must be unique")
+    keys = [d.key for d in datasets]
+    if len(set(keys)) != len(keys):
+        raise InvalidInputError(f"{source}: two datasets map to the same asset prefix: {keys}")
+    return ProjectConfig(tuple(datasets), models)

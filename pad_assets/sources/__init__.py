@@ -1,0 +1,1 @@
+"""Where data comes from: the PAD API, the dataset registry, model artifacts."""

@@ -1,0 +1,104 @@
+"""PAD model records and their weights: fetched once, verified, kept in the cache.
+
+The record (labels, type, weights URL, SHA256) is cached under a ref per server and model
+id, so a warm run resolves a model with no HTTP at all; ``refresh=True`` asks the server
+again. Weights are accepted only if their sha256 equals the record's ``SHA256``; they are
+stored in the content store and mirrored to ``<cache>/artifacts/<sha256><suffix>`` because
+model runtimes want a file path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import IntegrityError, ModelError, OfflineError
+from ..hashing import sha256_bytes
+from ..settings import Settings
+from ..store import ContentStore, NewItem
+from .pad_api import PadApiClient
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    record: dict[str, Any]
+    weights_path: Path
+    sha256: str
+
+
+def _record_ref(settings: Settings, model_id: int) -> str:
+    return f"model-record/{settings.api_url}/{int(model_id)}"
+
+
+def _artifact_path(settings: Settings, sha: str, url: str) -> Path:
+    suffix = PurePosixPath(urlsplit(url).path).suffix[:16] or ".bin"
+    return settings.cache_dir / "artifacts" / f"{sha}{suffix}"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def model_record(model_id: int, settings: Settings, store: ContentStore,
+                 api: PadApiClient | None = None, refresh: bool = False) -> dict[str, Any]:
+    """The cached model record, fetching it when absent (or when ``refresh``)."""
+    ref = _record_ref(settings, model_id)
+    key = store.ref(ref)
+    if key and not refresh:
+        return json.loads(store.get(key))
+    if settings.offline:
+        raise OfflineError(f"model {model_id}", [f"{settings.api_base}/neural-networks/{model_id}"])
+    api = api or PadApiClient(settings)
+    record = api.neural_network(model_id)
+    if not isinstance(record, dict) or "weights_url" not in record:
+        raise ModelError(f"model record {model_id} from {settings.api_base} has no weights_url: "
+                         f"{str(record)[:200]}")
+    data = json.dumps(record, sort_keys=True).encode()
+    rkey = sha256_bytes(data)
+    store.put([NewItem(rkey, "model_record", data,
+                       {"model_id": int(model_id), "fetched_at": time.time(),
+                        "source": f"{settings.api_base}/neural-networks/{model_id}"})],
+              refs=[(ref, rkey)])
+    return record
+
+
+def resolve_model(model_id: int, settings: Settings | None = None, refresh: bool = False,
+                  store: ContentStore | None = None) -> ResolvedModel:
+    """Record plus verified local weights for a PAD model id."""
+    settings = settings or Settings.from_env()
+    store = store or ContentStore(settings.cache_dir)
+    api = PadApiClient(settings)
+    record = model_record(model_id, settings, store, api, refresh)
+    url = str(record["weights_url"])
+    want = str(record.get("SHA256") or "").lower()
+    if want and want in store.has([want]):
+        path = _artifact_path(settings, want, url)
+        if not path.is_file() or path.stat().st_size == 0:
+            _write_atomic(path, store.get(want))  # verified on read
+        return ResolvedModel(record, path, want)
+    if settings.offline:
+        raise OfflineError(f"weights of model {model_id}", [url])
+    data = api.weights_bytes(url)
+    got = sha256_bytes(data)
+    if not want:
+        raise IntegrityError(f"model record {model_id} has no SHA256, so the weights from {url} "
+                             f"(sha256 {got}) cannot be verified; refusing to use them")
+    if got != want:
+        raise IntegrityError(f"weights of model {model_id} from {url} have sha256 {got}, but "
+                             f"the model record says {want}; not cached, not used")
+    store.put([NewItem(got, "weights", data, {"model_id": int(model_id), "url": url,
+                                               "fetched_at": time.time()})])
+    path = _artifact_path(settings, got, url)
+    _write_atomic(path, data)
+    return ResolvedModel(record, path, got)

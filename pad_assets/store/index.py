@@ -1,0 +1,222 @@
+"""The SQLite index: content key -> shard location, checksum, size and metadata.
+
+WAL mode lets many readers run beside one writer across processes; a busy timeout turns
+lock contention into waiting rather than errors. The index is a cache of what the shards
+say: ``rebuild`` recreates it from the shards' own records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS shards (
+    shard TEXT PRIMARY KEY, path TEXT NOT NULL, nbytes INTEGER NOT NULL, created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    blob TEXT PRIMARY KEY, shard TEXT NOT NULL, kind TEXT NOT NULL, dtype TEXT NOT NULL,
+    shape TEXT NOT NULL, nbytes INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS items (
+    key TEXT PRIMARY KEY, layer TEXT NOT NULL, blob TEXT, shard TEXT NOT NULL,
+    meta TEXT NOT NULL, created REAL NOT NULL, last_used REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_layer ON items(layer);
+CREATE INDEX IF NOT EXISTS items_blob ON items(blob);
+CREATE TABLE IF NOT EXISTS refs (
+    name TEXT PRIMARY KEY, key TEXT NOT NULL, updated REAL NOT NULL, shard TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cards (
+    dataset TEXT NOT NULL, card_id INTEGER NOT NULL, raw_key TEXT, status TEXT NOT NULL,
+    detail TEXT NOT NULL, updated REAL NOT NULL, shard TEXT NOT NULL,
+    PRIMARY KEY (dataset, card_id)
+);
+"""
+
+_CHUNK = 500  # SQLite's default limit on bound parameters is 999+; stay well under
+
+
+def _chunks(seq: Sequence[str], n: int = _CHUNK) -> Iterator[Sequence[str]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+class Index:
+    """Thread-safe (one connection per thread) and process-safe (WAL + busy timeout)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # executescript manages its own transaction; the statements are idempotent.
+        self._connect().executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        pid = getattr(self._local, "pid", None)
+        if con is None or pid != os.getpid():
+            con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            con.execute("PRAGMA busy_timeout=60000")
+            self._local.con = con
+            self._local.pid = os.getpid()
+        return con
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        con = self._connect()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        else:
+            con.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self._connect().execute(sql, params).fetchall()
+
+    # ---- writes --------------------------------------------------------------------------
+    def apply_shard(self, shard: str, rel: str, nbytes: int, records: list[dict[str, Any]],
+                    blobs: Iterable[dict[str, Any]]) -> None:
+        """Index one shard's blobs and records in a single transaction (all or nothing)."""
+        now = time.time()
+        with self.transaction() as con:
+            con.execute(
+                "INSERT OR IGNORE INTO shards(shard, path, nbytes, created) VALUES (?,?,?,?)",
+                (shard, rel, nbytes, now),
+            )
+            con.executemany(
+                "INSERT OR IGNORE INTO blobs(blob, shard, kind, dtype, shape, nbytes) "
+                "VALUES (?,?,?,?,?,?)",
+                [(b["blob"], shard, b["kind"], b["dtype"], json.dumps(b["shape"]), b["nbytes"])
+                 for b in blobs],
+            )
+            self._apply_records(con, shard, records, now)
+
+    @staticmethod
+    def _apply_records(con: sqlite3.Connection, shard: str, records: list[dict[str, Any]],
+                       now: float) -> None:
+        items, refs, cards = [], [], []
+        for r in records:
+            t = r.get("type")
+            if t == "item":
+                ts = float(r.get("ts", now))
+                items.append((r["key"], r["layer"], r.get("blob"), shard,
+                              json.dumps(r.get("meta", {}), sort_keys=True), ts, ts))
+            elif t == "ref":
+                refs.append((r["name"], r["key"], float(r["ts"]), shard))
+            elif t == "card":
+                cards.append((r["dataset"], int(r["card_id"]), r.get("raw_key"), r["status"],
+                              r.get("detail", ""), float(r["ts"]), shard))
+        con.executemany(
+            "INSERT OR IGNORE INTO items(key, layer, blob, shard, meta, created, last_used) "
+            "VALUES (?,?,?,?,?,?,?)", items)
+        # Mutable pointers: the newest record wins, whatever order shards are indexed in.
+        con.executemany(
+            "INSERT INTO refs(name, key, updated, shard) VALUES (?,?,?,?) "
+            "ON CONFLICT(name) DO UPDATE SET key=excluded.key, updated=excluded.updated, "
+            "shard=excluded.shard WHERE excluded.updated >= refs.updated", refs)
+        con.executemany(
+            "INSERT INTO cards(dataset, card_id, raw_key, status, detail, updated, shard) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT(dataset, card_id) DO UPDATE SET "
+            "raw_key=excluded.raw_key, status=excluded.status, detail=excluded.detail, "
+            "updated=excluded.updated, shard=excluded.shard WHERE excluded.updated >= cards.updated",
+            cards)
+
+    def touch(self, keys: Sequence[str], older_than: float = 3600.0) -> None:
+        """Record use for LRU cleanup, at most once an hour per item (reads stay read-only)."""
+        if not keys:
+            return
+        now = time.time()
+        with self.transaction() as con:
+            for part in _chunks(list(keys)):
+                marks = ",".join("?" * len(part))
+                con.execute(
+                    f"UPDATE items SET last_used=? WHERE key IN ({marks}) AND last_used < ?",
+                    (now, *part, now - older_than),
+                )
+
+    # ---- reads ---------------------------------------------------------------------------
+    def items(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """key -> {layer, blob, shard, path, meta, kind, dtype, shape, nbytes} for keys present."""
+        out: dict[str, dict[str, Any]] = {}
+        con = self._connect()
+        for part in _chunks(list(dict.fromkeys(keys))):
+            marks = ",".join("?" * len(part))
+            rows = con.execute(
+                "SELECT i.key, i.layer, i.blob, i.meta, b.shard, s.path, b.kind, b.dtype, "
+                "b.shape, b.nbytes, i.created, i.last_used FROM items i "
+                "LEFT JOIN blobs b ON b.blob = i.blob LEFT JOIN shards s ON s.shard = b.shard "
+                f"WHERE i.key IN ({marks})", part).fetchall()
+            for (key, layer, blob, meta, bshard, path, kind, dtype, shape, nbytes,
+                 created, last_used) in rows:
+                out[key] = {
+                    "layer": layer, "blob": blob, "meta": json.loads(meta), "shard": bshard,
+                    "path": path, "kind": kind, "dtype": dtype,
+                    "shape": tuple(json.loads(shape)) if shape else None, "nbytes": nbytes,
+                    "created": created, "last_used": last_used,
+                }
+        return out
+
+    def present(self, keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        con = self._connect()
+        for part in _chunks(list(dict.fromkeys(keys))):
+            marks = ",".join("?" * len(part))
+            found.update(r[0] for r in con.execute(
+                f"SELECT key FROM items WHERE key IN ({marks})", part))
+        return found
+
+    def present_blobs(self, blobs: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        con = self._connect()
+        for part in _chunks(list(dict.fromkeys(blobs))):
+            marks = ",".join("?" * len(part))
+            found.update(r[0] for r in con.execute(
+                f"SELECT blob FROM blobs WHERE blob IN ({marks})", part))
+        return found
+
+    def ref(self, name: str) -> str | None:
+        row = self._connect().execute("SELECT key FROM refs WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def refs(self, prefix: str = "") -> dict[str, str]:
+        rows = self._connect().execute(
+            "SELECT name, key FROM refs WHERE name LIKE ? ORDER BY name", (prefix + "%",))
+        return dict(rows.fetchall())
+
+    def refs_for(self, names: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        con = self._connect()
+        for part in _chunks(list(dict.fromkeys(names))):
+            marks = ",".join("?" * len(part))
+            out.update(con.execute(f"SELECT name, key FROM refs WHERE name IN ({marks})",
+                                   part).fetchall())
+        return out
+
+    def cards(self, dataset: str) -> dict[int, dict[str, Any]]:
+        rows = self._connect().execute(
+            "SELECT card_id, raw_key, status, detail, updated FROM cards WHERE dataset=?",
+            (dataset,)).fetchall()
+        return {int(c): {"raw_key": k, "status": s, "detail": d, "updated": u}
+                for c, k, s, d, u in rows}
+
+    def shard_paths(self) -> dict[str, str]:
+        return dict(self._connect().execute("SELECT shard, path FROM shards").fetchall())
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None

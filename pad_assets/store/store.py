@@ -1,0 +1,231 @@
+"""``ContentStore``: the content-addressed cache every layer reads and writes.
+
+Items are addressed by content keys (see ``pad_assets.hashing``); their payloads are
+deduplicated by a digest of the payload itself, so a model-ready tensor that equals its
+preprocessed image, or a card present in two datasets, is stored once. Every read
+re-computes the payload digest and refuses an item that does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CacheCorruptionError, InvalidInputError
+from ..hashing import array_digest, sha256_bytes
+from . import shards as shard_io
+from .index import Index
+
+INDEX_NAME = "index.sqlite3"
+
+
+@dataclass
+class NewItem:
+    """An item to write: ``payload`` None means the metadata is the whole item (predictions)."""
+
+    key: str
+    layer: str
+    payload: np.ndarray | bytes | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CardRecord:
+    """A dataset's card -> raw key membership (or why the card has none)."""
+
+    dataset: str
+    card_id: int
+    raw_key: str | None
+    status: str  # "ok" | "failed" | ...
+    detail: str = ""
+
+
+def payload_blob(payload: np.ndarray | bytes) -> shard_io.BlobPayload:
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        data = bytes(payload)
+        return shard_io.BlobPayload(sha256_bytes(data), np.frombuffer(data, dtype=np.uint8),
+                                    "bytes")
+    arr = np.ascontiguousarray(payload)
+    if arr.dtype == object:
+        raise InvalidInputError("cache payloads must be numeric arrays or bytes, not objects")
+    return shard_io.BlobPayload(array_digest(arr), arr, "array")
+
+
+class ContentStore:
+    """Shards + index under one cache directory; safe for many threads and processes."""
+
+    def __init__(self, root: str | Path, recover: bool = True) -> None:
+        self.root = Path(root).expanduser()
+        (self.root / "shards").mkdir(parents=True, exist_ok=True)
+        self.index = Index(self.root / INDEX_NAME)
+        self._reader = shard_io.ShardReader(self.root)
+        if recover:
+            self.recover()
+
+    # ---- writing -----------------------------------------------------------------------
+    def put(
+        self,
+        items: Sequence[NewItem] = (),
+        refs: Iterable[tuple[str, str]] = (),
+        cards: Iterable[CardRecord] = (),
+    ) -> str | None:
+        """Write one new shard with these items, refs and card records; index it atomically.
+
+        Payloads already stored (same digest) are not written again. Returns the shard
+        name, or None when there was nothing to write.
+        """
+        now = time.time()
+        records: list[dict[str, Any]] = []
+        blobs: dict[str, shard_io.BlobPayload] = {}
+        for it in items:
+            blob_id = None
+            if it.payload is not None:
+                blob = payload_blob(it.payload)
+                blob_id = blob.blob_id
+                blobs.setdefault(blob_id, blob)
+            records.append({"type": "item", "key": it.key, "layer": it.layer, "blob": blob_id,
+                            "meta": it.meta, "ts": now})
+        records += [{"type": "ref", "name": n, "key": k, "ts": now} for n, k in refs]
+        records += [{"type": "card", "dataset": c.dataset, "card_id": int(c.card_id),
+                     "raw_key": c.raw_key, "status": c.status, "detail": c.detail, "ts": now}
+                    for c in cards]
+        if not records:
+            return None
+        existing = self.index.present_blobs(list(blobs))
+        new_blobs = [b for bid, b in blobs.items() if bid not in existing]
+        name, rel, nbytes = shard_io.write_shard(self.root, new_blobs, records)
+        self.index.apply_shard(name, rel, nbytes, records, [_blob_row(b) for b in new_blobs])
+        return name
+
+    # ---- reading -----------------------------------------------------------------------
+    def has(self, keys: Sequence[str]) -> set[str]:
+        return self.index.present(keys)
+
+    def metas(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {k: v["meta"] for k, v in self.index.items(keys).items()}
+
+    def entries(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return self.index.items(keys)
+
+    def get(self, key: str) -> np.ndarray | bytes:
+        return self.get_many([key])[key]
+
+    def get_many(self, keys: Sequence[str], touch: bool = True) -> dict[str, np.ndarray | bytes]:
+        """Payloads of present keys, each verified against its digest; missing keys are absent."""
+        entries = self.index.items(keys)
+        out: dict[str, np.ndarray | bytes] = {}
+        for key, e in entries.items():
+            if e["blob"] is None:
+                continue
+            out[key] = self._read_verified(key, e)
+        if touch and out:
+            self.index.touch(list(out))
+        return out
+
+    def _read_verified(self, key: str, e: dict[str, Any]) -> np.ndarray | bytes:
+        if e["path"] is None:
+            raise CacheCorruptionError(
+                f"cache item {key} ({e['layer']}) points at blob {e['blob']} that no indexed "
+                "shard holds; run `pad-assets cache verify --repair`")
+        try:
+            arr, kind = self._reader.read(e["path"], e["blob"])
+        except (OSError, KeyError) as exc:
+            raise CacheCorruptionError(
+                f"cache item {key} ({e['layer']}): cannot read blob {e['blob']} from shard "
+                f"{e['path']} ({type(exc).__name__}: {exc}); run `pad-assets cache verify --repair`"
+            ) from exc
+        if kind == "bytes":
+            data = arr.tobytes()
+            digest = sha256_bytes(data)
+            value: np.ndarray | bytes = data
+        else:
+            digest = array_digest(arr)
+            value = arr
+        if digest != e["blob"]:
+            raise CacheCorruptionError(
+                f"cache item {key} ({e['layer']}) in shard {e['path']} failed its checksum "
+                f"(expected {e['blob']}, got {digest}); the item was not used. "
+                "Run `pad-assets cache verify --repair`.")
+        return value
+
+    def ref(self, name: str) -> str | None:
+        return self.index.ref(name)
+
+    def cards(self, dataset: str) -> dict[int, dict[str, Any]]:
+        return self.index.cards(dataset)
+
+    # ---- recovery ----------------------------------------------------------------------
+    def shard_files(self) -> dict[str, str]:
+        """Shard name -> relative path for every complete shard file on disk."""
+        found: dict[str, str] = {}
+        base = self.root / "shards"
+        if not base.exists():
+            return found
+        for sub in base.iterdir():
+            if not sub.is_dir():
+                continue
+            for f in sub.iterdir():
+                if f.name.endswith(shard_io.SHARD_SUFFIX):
+                    found[f.name[: -len(shard_io.SHARD_SUFFIX)]] = f"shards/{sub.name}/{f.name}"
+        return found
+
+    def index_shard_file(self, name: str, rel: str) -> None:
+        path = self.root / rel
+        records = shard_io.read_records(path)
+        blobs = []
+        import h5py  # local: only recovery needs direct HDF5 metadata access
+
+        with h5py.File(path, "r", locking=False) as f:
+            for bid, ds in f[shard_io.BLOBS_GROUP].items():
+                blobs.append({"blob": bid, "kind": str(ds.attrs.get("kind", "array")),
+                              "dtype": ds.dtype.str, "shape": list(ds.shape),
+                              "nbytes": int(ds.size * ds.dtype.itemsize)})
+        self.index.apply_shard(name, rel, path.stat().st_size, records, blobs)
+
+    def recover(self) -> list[str]:
+        """Index shards that were renamed into place but not indexed (a crash in between),
+        and remove stale ``*.partial`` files left by crashed writers."""
+        known = set(self.index.shard_paths())
+        added = []
+        for name, rel in sorted(self.shard_files().items()):
+            if name in known:
+                continue
+            try:
+                self.index_shard_file(name, rel)
+                added.append(name)
+            except OSError:
+                continue  # unreadable shard: left for `cache verify` to report
+        tmp = self.root / "tmp"
+        if tmp.exists():
+            cutoff = time.time() - 3600
+            for f in tmp.iterdir():
+                try:
+                    if f.name.endswith(shard_io.PARTIAL_SUFFIX) and f.stat().st_mtime < cutoff:
+                        f.unlink()
+                except OSError:
+                    pass
+        return added
+
+    def close(self) -> None:
+        self._reader.close()
+        self.index.close()
+
+
+def _blob_row(b: shard_io.BlobPayload) -> dict[str, Any]:
+    return {"blob": b.blob_id, "kind": b.kind, "dtype": b.array.dtype.str,
+            "shape": list(b.array.shape), "nbytes": int(b.array.nbytes)}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
