@@ -112,8 +112,17 @@ def build_dataset_assets(ds: DatasetConfig, project: ProjectConfig) -> list[Any]
         m = dataset.manifest(refresh=not dataset.settings.offline)
         rows = m.rows
         counts = rows["split"].value_counts().to_dict()
+        per_class = (rows.groupby(["drug", "split"]).size().unstack(fill_value=0)
+                     .reset_index())
+        cached = dataset.store.cards(ds.name)
+        failed = pd.DataFrame([{"card_id": c, "reason": v["detail"]}
+                               for c, v in sorted(cached.items()) if v["status"] != "ok"],
+                              columns=["card_id", "reason"])
         return dg.Output(rows, metadata={
             "rows": len(rows), "splits": dg.MetadataValue.json(counts),
+            "cards_per_drug_and_split": _table(per_class),
+            "cached_images": sum(1 for v in cached.values() if v["status"] == "ok"),
+            "failed_images": _table(failed),
             "registry": m.source, "warnings": dg.MetadataValue.json(m.warnings),
             "files": dg.MetadataValue.json(m.files),
             "dagster/row_count": len(rows),
@@ -346,16 +355,50 @@ def compare_from_partitions(context: dg.AssetExecutionContext, pad: PadResource,
     out_dir = settings.cache_dir / "reports" / ds.name / context.run.run_id
     path = report.write(out_dir)
     summary = report.summary
-    md = report.to_markdown()
+    meta: dict[str, Any] = {
+        "report": dg.MetadataValue.md(report.to_markdown()),
+        "report_path": dg.MetadataValue.path(str(path)),
+        "report_html": dg.MetadataValue.path(str(out_dir / "report.html")),
+        "item_set_hash": report.item_set_hash,
+        "items_compared": int(report.n_items),
+        "summary": _table(summary),
+        "exclusions": _table(report.exclusions),
+    }
+    if len(report.pairwise):
+        meta["pairwise"] = _table(report.pairwise)
+    for name, per_class in report.per_class.items():
+        meta[f"per_class_{name}"] = _table(per_class.reset_index())
+    # Plots inline: Dagster renders Markdown images, and data URIs keep them self-contained.
+    import base64
+
+    plots = "\n\n".join(
+        f"**{fname}**\n\n![{fname}](data:image/png;base64,{base64.b64encode(png).decode()})"
+        for fname, png in report.figures.items())
+    meta["plots"] = dg.MetadataValue.md(plots)
     return dg.Output(
         {"summary": summary.to_dict(orient="records"),
          "pairwise": report.pairwise.to_dict(orient="records"),
          "item_set_hash": report.item_set_hash, "report_path": str(path)},
-        metadata={"report": dg.MetadataValue.md(md),
-                  "models": len(summary),
-                  "report_path": dg.MetadataValue.path(str(path)),
-                  "item_set_hash": report.item_set_hash,
-                  "items_compared": int(report.n_items)})
+        metadata=meta)
+
+
+def _table(df: pd.DataFrame) -> dg.MetadataValue:
+    """A DataFrame as a Dagster table (numbers rounded, NaN shown empty)."""
+    records = []
+    for row in df.to_dict(orient="records"):
+        clean = {}
+        for k, v in row.items():
+            if isinstance(v, float):
+                clean[str(k)] = None if v != v else round(v, 4)
+            elif isinstance(v, (int, bool, str)) or v is None:
+                clean[str(k)] = v
+            else:
+                clean[str(k)] = str(v)
+        records.append(dg.TableRecord(clean))
+    kinds = {"i": "int", "u": "int", "f": "float", "b": "bool"}
+    schema = dg.TableSchema(columns=[dg.TableColumn(str(c), kinds.get(df[c].dtype.kind, "string"))
+                                     for c in df.columns])
+    return dg.MetadataValue.table(records, schema=schema)
 
 
 def _actual(label_type: str | None, row: dict[str, Any], m: ModelConfig) -> Any:
