@@ -150,6 +150,22 @@ class ModelAdapter(ABC):
         return chain_key("model", type(self).__qualname__, *parts)
 
 
+def resolve_pad_model(model_id: int, expected_type: str, adapter: str, settings: Any = None,
+                      refresh: bool = False) -> Any:
+    """A PAD model's record and verified weights, refusing a record of another model type."""
+    from ..errors import ModelError
+    from ..sources.model_artifacts import resolve_model
+
+    resolved = resolve_model(int(model_id), settings=settings, refresh=refresh)
+    kind = str(resolved.record.get("type", expected_type))
+    if kind != expected_type:
+        runs = {"tf_lite": "PADTensorFlowAdapter", "pls": "PLSModelAdapter"}.get(kind)
+        hint = f" (use {runs} for {kind!r})" if runs else ""
+        raise ModelError(f"PAD model {model_id} ({resolved.record.get('name')}) has type "
+                         f"{kind!r}; {adapter} runs {expected_type!r} models{hint}")
+    return resolved
+
+
 def softmax_energy(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-row argmax, softmax probability at the argmax, and logsumexp (PAD's 'energy')."""
     z = np.asarray(logits, dtype=np.float64)

@@ -36,6 +36,7 @@ from .base import (
     ModelAdapter,
     PredictionRecord,
     TensorSpec,
+    resolve_pad_model,
     standardize_label,
 )
 from .tflite import safe_name
@@ -203,16 +204,8 @@ class PLSModelAdapter(ModelAdapter):
         self.model_id = model_id
         self.record: dict[str, Any] = {}
         if model_id is not None:
-            from ..sources.model_artifacts import resolve_model
-
-            resolved = resolve_model(int(model_id), settings=settings, refresh=refresh)
+            resolved = resolve_pad_model(model_id, "pls", "PLSModelAdapter", settings, refresh)
             self.record = dict(resolved.record)
-            kind = str(self.record.get("type", "pls"))
-            if kind != "pls":
-                raise ModelError(
-                    f"PAD model {model_id} ({self.record.get('name')}) has type {kind!r}; "
-                    "PLSModelAdapter runs 'pls' models"
-                )
             self.coefficients_path = Path(resolved.weights_path)
             self.name = name or f"pad_pls_{int(model_id)}"
         else:

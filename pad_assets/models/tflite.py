@@ -29,6 +29,7 @@ from .base import (
     PredictionRecord,
     TensorSpec,
     label_type_of,
+    resolve_pad_model,
     softmax_energy,
     standardize_label,
 )
@@ -147,16 +148,9 @@ class PADTensorFlowAdapter(ModelAdapter):
         self.model_id = model_id
         self.record: dict[str, Any] = {}
         if model_id is not None:
-            from ..sources.model_artifacts import resolve_model
-
-            resolved = resolve_model(int(model_id), settings=settings, refresh=refresh)
+            resolved = resolve_pad_model(model_id, "tf_lite", "PADTensorFlowAdapter", settings,
+                                         refresh)
             self.record = dict(resolved.record)
-            kind = str(self.record.get("type", "tf_lite"))
-            if kind != "tf_lite":
-                raise ModelError(
-                    f"PAD model {model_id} ({self.record.get('name')}) has type {kind!r}; "
-                    "PADTensorFlowAdapter runs 'tf_lite' models (use PLSModelAdapter for 'pls')"
-                )
             self.weights_path = Path(resolved.weights_path)
             self.weights_sha256 = str(resolved.sha256)
             raw_labels = labels if labels is not None else self.record.get("labels")

@@ -151,41 +151,34 @@ class Index:
     def items(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
         """key -> {layer, blob, shard, path, meta, kind, dtype, shape, nbytes} for keys present."""
         out: dict[str, dict[str, Any]] = {}
-        con = self._connect()
-        for part in _chunks(list(dict.fromkeys(keys))):
-            marks = ",".join("?" * len(part))
-            rows = con.execute(
-                "SELECT i.key, i.layer, i.blob, i.meta, b.shard, s.path, b.kind, b.dtype, "
-                "b.shape, b.nbytes, i.created, i.last_used FROM items i "
-                "LEFT JOIN blobs b ON b.blob = i.blob LEFT JOIN shards s ON s.shard = b.shard "
-                f"WHERE i.key IN ({marks})", part).fetchall()
-            for (key, layer, blob, meta, bshard, path, kind, dtype, shape, nbytes,
-                 created, last_used) in rows:
-                out[key] = {
-                    "layer": layer, "blob": blob, "meta": json.loads(meta), "shard": bshard,
-                    "path": path, "kind": kind, "dtype": dtype,
-                    "shape": tuple(json.loads(shape)) if shape else None, "nbytes": nbytes,
-                    "created": created, "last_used": last_used,
-                }
+        rows = self._select_in(
+            "SELECT i.key, i.layer, i.blob, i.meta, b.shard, s.path, b.kind, b.dtype, "
+            "b.shape, b.nbytes, i.created, i.last_used FROM items i "
+            "LEFT JOIN blobs b ON b.blob = i.blob LEFT JOIN shards s ON s.shard = b.shard "
+            "WHERE i.key IN ({marks})", keys)
+        for (key, layer, blob, meta, bshard, path, kind, dtype, shape, nbytes,
+             created, last_used) in rows:
+            out[key] = {
+                "layer": layer, "blob": blob, "meta": json.loads(meta), "shard": bshard,
+                "path": path, "kind": kind, "dtype": dtype,
+                "shape": tuple(json.loads(shape)) if shape else None, "nbytes": nbytes,
+                "created": created, "last_used": last_used,
+            }
         return out
 
-    def present(self, keys: Sequence[str]) -> set[str]:
-        found: set[str] = set()
+    def _select_in(self, sql: str, values: Sequence[str]) -> Iterator[tuple]:
+        """Rows of ``sql`` (with one ``{marks}`` placeholder) for all values, in chunks."""
         con = self._connect()
-        for part in _chunks(list(dict.fromkeys(keys))):
-            marks = ",".join("?" * len(part))
-            found.update(r[0] for r in con.execute(
-                f"SELECT key FROM items WHERE key IN ({marks})", part))
-        return found
+        for part in _chunks(list(dict.fromkeys(values))):
+            yield from con.execute(sql.format(marks=",".join("?" * len(part))), part)
+
+    def present(self, keys: Sequence[str]) -> set[str]:
+        return {r[0] for r in self._select_in("SELECT key FROM items WHERE key IN ({marks})",
+                                               keys)}
 
     def present_blobs(self, blobs: Sequence[str]) -> set[str]:
-        found: set[str] = set()
-        con = self._connect()
-        for part in _chunks(list(dict.fromkeys(blobs))):
-            marks = ",".join("?" * len(part))
-            found.update(r[0] for r in con.execute(
-                f"SELECT blob FROM blobs WHERE blob IN ({marks})", part))
-        return found
+        return {r[0] for r in self._select_in("SELECT blob FROM blobs WHERE blob IN ({marks})",
+                                               blobs)}
 
     def ref(self, name: str) -> str | None:
         row = self._connect().execute("SELECT key FROM refs WHERE name=?", (name,)).fetchone()
@@ -197,13 +190,7 @@ class Index:
         return dict(rows.fetchall())
 
     def refs_for(self, names: Sequence[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
-        con = self._connect()
-        for part in _chunks(list(dict.fromkeys(names))):
-            marks = ",".join("?" * len(part))
-            out.update(con.execute(f"SELECT name, key FROM refs WHERE name IN ({marks})",
-                                   part).fetchall())
-        return out
+        return dict(self._select_in("SELECT name, key FROM refs WHERE name IN ({marks})", names))
 
     def cards(self, dataset: str) -> dict[int, dict[str, Any]]:
         rows = self._connect().execute(
