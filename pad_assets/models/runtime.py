@@ -29,6 +29,10 @@ import numpy as np
 
 from ..errors import ModelError
 
+# TensorFlow's C++ INFO/WARNING lines (CUDA probing on CPU-only machines) drown the
+# researcher's output; errors still print. A value set by the user wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 #: Largest batch given to one ``invoke``: bounds the interpreter's arena (activations of a
 #: 454x454 network grow linearly with the batch) while keeping per-invoke overhead small.
 MAX_INVOKE_BATCH = 16

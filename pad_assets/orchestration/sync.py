@@ -26,8 +26,10 @@ def range_tags(keys: Sequence[str]) -> dict[str, str]:
 
 def new_card_keys(instance: dg.DagsterInstance, ds: DatasetConfig, card_ids: Sequence[int]
                   ) -> list[str]:
+    """New card ids as partition keys, in card-id order (the UI lists partitions in the
+    order they were added; new ones are appended, so they form one contiguous range)."""
     existing = set(instance.get_dynamic_partitions(partitions_for(ds).name))
-    return [str(c) for c in card_ids if str(c) not in existing]
+    return [str(c) for c in sorted(set(int(c) for c in card_ids)) if str(c) not in existing]
 
 
 def build_new_cards_sensor(ds: DatasetConfig, project: ProjectConfig,

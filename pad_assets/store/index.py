@@ -104,6 +104,26 @@ class Index:
             )
             self._apply_records(con, shard, records, now)
 
+    def apply_shards(self, shards: Sequence[tuple[str, str, int, list[dict[str, Any]],
+                                                   list[dict[str, Any]]]]) -> None:
+        """Index several shards, each ``(shard, rel, nbytes, records, blobs)`` as for
+        ``apply_shard``, in one transaction: a bundle import becomes visible all at once or
+        not at all."""
+        now = time.time()
+        with self.transaction() as con:
+            for shard, rel, nbytes, records, blobs in shards:
+                con.execute(
+                    "INSERT OR IGNORE INTO shards(shard, path, nbytes, created) VALUES (?,?,?,?)",
+                    (shard, rel, nbytes, now),
+                )
+                con.executemany(
+                    "INSERT OR IGNORE INTO blobs(blob, shard, kind, dtype, shape, nbytes) "
+                    "VALUES (?,?,?,?,?,?)",
+                    [(b["blob"], shard, b["kind"], b["dtype"], json.dumps(b["shape"]),
+                      b["nbytes"]) for b in blobs],
+                )
+                self._apply_records(con, shard, records, now)
+
     @staticmethod
     def _apply_records(con: sqlite3.Connection, shard: str, records: list[dict[str, Any]],
                        now: float) -> None:
