@@ -66,3 +66,7 @@ class ModelError(PadAssetsError):
 
 class ImageDecodeError(PadAssetsError):
     """Image bytes cannot be decoded (even with truncated-image tolerance), or are hostile."""
+
+
+class CacheBusyError(PadAssetsError):
+    """A maintenance operation (gc, repair, reindex) holds the cache; try again shortly."""

@@ -134,3 +134,16 @@ def test_sigkill_while_writing_loses_nothing_committed(tmp_path: Path, delay: fl
         assert int(arr[0, 0, 0]) == int(k[1:]) % 256
     for entry in store.index.query("SELECT key FROM items"):
         store.get(entry[0])
+
+
+def test_put_writes_again_a_payload_that_vanished_since_it_was_seen(tmp_path: Path) -> None:
+    """A concurrent gc can drop a payload between the writer's dedup check and its index
+    transaction; the item must not end up pointing at nothing."""
+    from pad_assets.hashing import array_digest
+
+    store = ContentStore(tmp_path)
+    a = _arr(5, (8, 8, 3))
+    store.index.present_blobs = lambda blobs: {array_digest(a)}  # stale: "already stored"
+    store.put([NewItem("k", "tensor", a, {})])
+    assert np.array_equal(store.get("k"), a)
+    assert len(store.shard_files()) == 1  # the first, unindexed attempt was removed

@@ -66,8 +66,10 @@ class PredictionLayer:
                                         bool(meta.get("truncated")), cached=True)
             else:
                 todo.append(i)
-        if on_progress and len(raw_keys) - len(todo):
-            on_progress(len(raw_keys) - len(todo))
+        if len(raw_keys) - len(todo):
+            self.store.index.touch([k for k in pred_keys if k in cached])  # LRU sees hits
+            if on_progress:
+                on_progress(len(raw_keys) - len(todo))
         model_desc = None
         for start in range(0, len(todo), PREDICT_CHUNK):
             chunk = todo[start:start + PREDICT_CHUNK]

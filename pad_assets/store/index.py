@@ -88,10 +88,24 @@ class Index:
 
     # ---- writes --------------------------------------------------------------------------
     def apply_shard(self, shard: str, rel: str, nbytes: int, records: list[dict[str, Any]],
-                    blobs: Iterable[dict[str, Any]]) -> None:
-        """Index one shard's blobs and records in a single transaction (all or nothing)."""
+                    blobs: Iterable[dict[str, Any]], reused: Sequence[str] = ()) -> set[str]:
+        """Index one shard's blobs and records in a single transaction (all or nothing).
+
+        ``reused`` are payloads the records point at but the shard does not hold, because
+        they were already stored. If any vanished since (a concurrent gc), nothing is
+        indexed and the missing ids are returned, so the writer can store them again.
+        """
         now = time.time()
         with self.transaction() as con:
+            if reused:
+                present = set()
+                for part in _chunks(list(dict.fromkeys(reused))):
+                    marks = ",".join("?" * len(part))
+                    present.update(r[0] for r in con.execute(
+                        f"SELECT blob FROM blobs WHERE blob IN ({marks})", part))
+                missing = set(reused) - present
+                if missing:
+                    return missing
             con.execute(
                 "INSERT OR IGNORE INTO shards(shard, path, nbytes, created) VALUES (?,?,?,?)",
                 (shard, rel, nbytes, now),
@@ -103,6 +117,7 @@ class Index:
                  for b in blobs],
             )
             self._apply_records(con, shard, records, now)
+        return set()
 
     def apply_shards(self, shards: Sequence[tuple[str, str, int, list[dict[str, Any]],
                                                    list[dict[str, Any]]]]) -> None:

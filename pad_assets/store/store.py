@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,10 +100,20 @@ class ContentStore:
         if not records:
             return None
         existing = self.index.present_blobs(list(blobs))
-        new_blobs = [b for bid, b in blobs.items() if bid not in existing]
-        name, rel, nbytes = shard_io.write_shard(self.root, new_blobs, records)
-        self.index.apply_shard(name, rel, nbytes, records, [_blob_row(b) for b in new_blobs])
-        return name
+        for _attempt in range(3):
+            new_blobs = [b for bid, b in blobs.items() if bid not in existing]
+            name, rel, nbytes = shard_io.write_shard(self.root, new_blobs, records)
+            vanished = self.index.apply_shard(name, rel, nbytes, records,
+                                              [_blob_row(b) for b in new_blobs],
+                                              reused=[b for b in blobs if b in existing])
+            if not vanished:
+                return name
+            # A gc dropped a payload we meant to reuse: this shard stays unindexed (a
+            # later gc removes it) and the next attempt writes those payloads too.
+            (self.root / rel).unlink(missing_ok=True)
+            existing -= vanished
+        raise RuntimeError("cache payloads kept vanishing during a write (a gc running in a "
+                           "loop?); nothing was indexed, retry later")
 
     # ---- reading -----------------------------------------------------------------------
     def has(self, keys: Sequence[str]) -> set[str]:
@@ -200,8 +211,13 @@ class ContentStore:
             try:
                 self.index_shard_file(name, rel)
                 added.append(name)
-            except OSError:
-                continue  # unreadable shard: left for `cache verify` to report
+            except (OSError, ValueError, KeyError) as exc:
+                # An unreadable shard must not make the whole cache unusable: it is left
+                # unindexed for `pad-assets cache verify` to report (and repair).
+                warnings.warn(f"cache shard {rel} could not be indexed ({type(exc).__name__}: "
+                              f"{exc}); run `pad-assets cache verify`", RuntimeWarning,
+                              stacklevel=2)
+                continue
         tmp = self.root / "tmp"
         if tmp.exists():
             cutoff = time.time() - 3600
