@@ -31,7 +31,7 @@ from .settings import Settings
 from .sources.http import HttpClient
 from .sources.pad_api import PadApiClient, http_client_for
 from .sources.registry import Manifest, RegistryClient
-from .sources.urls import validate_name
+from .sources.urls import card_id_of, validate_name
 from .store import ContentStore, NewItem
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ class CachedDataset:
         if split is not None:
             rows = rows[rows["split"] == split]
         if card_ids is not None:
-            wanted = [int(c) for c in card_ids]
+            wanted = [card_id_of(c) for c in card_ids]
             unknown = sorted(set(wanted) - set(int(c) for c in rows["card_id"]))
             if unknown:
                 raise InvalidInputError(
@@ -275,7 +275,7 @@ class CachedDataset:
         """The chain of one card: raw bytes and source, and (with a model) its prediction."""
         from .ops.lineage import card_lineage
 
-        return card_lineage(self, int(card_id), model_adapter)
+        return card_lineage(self, card_id_of(card_id), model_adapter)
 
     @staticmethod
     def to_json(obj: Any) -> str:

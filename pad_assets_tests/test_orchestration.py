@@ -126,11 +126,23 @@ def test_whole_graph_materializes_and_lineage_leads_to_the_raw_md5(
         assert raw_meta["md5"] == meta["raw_md5"] == md5
         pre = _partition_event(instance, keys.preprocessed(model.pipeline), card)
         assert {k: v.value for k, v in pre.metadata.items()}["raw_key"] == meta["raw_key"]
+        # the CLI's lineage names the Dagster run behind the prediction
+        from pad_assets.models.tflite import PADTensorFlowAdapter
+
+        chain = CachedDataset(DS, settings=env, progress=False).lineage(
+            int(card), PADTensorFlowAdapter(model_id=16, settings=env))
+        assert chain["prediction"]["run_id"] == pred_run_id(instance, keys, model, card)
         # one event per partition per asset, each with its own metadata
         all_pred = instance.fetch_materializations(keys.prediction(model), limit=100).records
         assert len(all_pred) == len(parts)
         assert len({r.asset_materialization.tags["dagster/data_version"] for r in all_pred}) \
             == len({r.partition_key for r in all_pred})
+
+
+def pred_run_id(instance: dg.DagsterInstance, keys: DatasetAssetKeys, model, card: str) -> str:
+    return instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=keys.prediction(model), asset_partitions=[card]),
+        limit=1).records[0].run_id
 
 
 def test_dagster_and_cached_dataset_share_one_cache(env: Settings, emulator: Emulator,

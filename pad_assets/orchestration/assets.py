@@ -297,7 +297,7 @@ def materialize_images(context: dg.AssetExecutionContext, pad: PadResource, ds: 
                         "libraries": libs, "truncated": bool(r["truncated"]),
                         "run_id": context.run.run_id})
         for ak, mapping in refs.items():
-            PadStoreIOManager.record_partitions(store, ak, mapping)
+            PadStoreIOManager.record_partitions(store, ak, mapping, run_id=context.run.run_id)
         context.log.info(f"{ds.name}: {len(card_ids)} cards, {len(ok_ids)} with images, "
                          f"{len(selected)} assets in {time.time() - t0:.1f} s")
     finally:

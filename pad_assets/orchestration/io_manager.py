@@ -92,10 +92,20 @@ class PadStoreIOManager(dg.ConfigurableIOManager):
 
     @staticmethod
     def record_partitions(store: ContentStore, asset_key: dg.AssetKey,
-                          content_keys: Mapping[str, str]) -> None:
-        """Point each partition of an image-layer asset at its content key (one shard)."""
-        if content_keys:
-            store.put(refs=[(asset_ref(asset_key, p), k) for p, k in content_keys.items()])
+                          content_keys: Mapping[str, str], run_id: str | None = None) -> None:
+        """Point each partition of an image-layer asset at its content key, and (with
+        ``run_id``) at the run that materialized it, in one shard."""
+        if not content_keys:
+            return
+        refs = [(asset_ref(asset_key, p), k) for p, k in content_keys.items()]
+        items: list[NewItem] = []
+        if run_id:
+            from ..ops.lineage import dagster_run_records
+
+            items, run_refs = dagster_run_records(asset_key.to_user_string(), content_keys,
+                                                  run_id)
+            refs += run_refs
+        store.put(items, refs=refs)
 
     # ---- reads ---------------------------------------------------------------------------
     def load_input(self, context: dg.InputContext) -> Any:

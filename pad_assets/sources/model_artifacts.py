@@ -50,39 +50,65 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def model_record(model_id: int, settings: Settings, store: ContentStore,
-                 api: PadApiClient | None = None, refresh: bool = False) -> dict[str, Any]:
-    """The cached model record, fetching it when absent (or when ``refresh``)."""
-    ref = _record_ref(settings, model_id)
-    key = store.ref(ref)
-    if key and not refresh:
-        return json.loads(store.get(key))
+def _cached_record(model_id: int, settings: Settings, store: ContentStore
+                   ) -> dict[str, Any] | None:
+    key = store.ref(_record_ref(settings, model_id))
+    return json.loads(store.get(key)) if key else None
+
+
+def _fetch_record(model_id: int, settings: Settings, api: PadApiClient) -> dict[str, Any]:
     if settings.offline:
         raise OfflineError(f"model {model_id}", [f"{settings.api_base}/neural-networks/{model_id}"])
-    api = api or PadApiClient(settings)
     record = api.neural_network(model_id)
     if not isinstance(record, dict) or "weights_url" not in record:
         raise ModelError(f"model record {model_id} from {settings.api_base} has no weights_url: "
                          f"{str(record)[:200]}")
+    return record
+
+
+def _record_item(record: dict[str, Any], model_id: int, settings: Settings
+                 ) -> tuple[NewItem, tuple[str, str]]:
     data = json.dumps(record, sort_keys=True).encode()
     rkey = sha256_bytes(data)
-    store.put([NewItem(rkey, "model_record", data,
-                       {"model_id": int(model_id), "fetched_at": time.time(),
-                        "source": f"{settings.api_base}/neural-networks/{model_id}"})],
-              refs=[(ref, rkey)])
-    return record
+    item = NewItem(rkey, "model_record", data, {
+        "model_id": int(model_id), "fetched_at": time.time(),
+        "source": f"{settings.api_base}/neural-networks/{model_id}"})
+    return item, (_record_ref(settings, model_id), rkey)
+
+
+def model_record(model_id: int, settings: Settings, store: ContentStore,
+                 api: PadApiClient | None = None, refresh: bool = False) -> dict[str, Any]:
+    """The cached model record, or the server's (not cached: only ``resolve_model`` caches
+    a record, together with weights that match it)."""
+    cached = None if refresh else _cached_record(model_id, settings, store)
+    return cached or _fetch_record(model_id, settings, api or PadApiClient(settings))
 
 
 def resolve_model(model_id: int, settings: Settings | None = None, refresh: bool = False,
                   store: ContentStore | None = None) -> ResolvedModel:
-    """Record plus verified local weights for a PAD model id."""
+    """Record plus verified local weights for a PAD model id.
+
+    The record is cached in the same shard as the weights it vouches for, so a record
+    whose SHA256 does not match its weights is never cached (and is asked for again).
+    """
     settings = settings or Settings.from_env()
     store = store or ContentStore(settings.cache_dir)
     api = PadApiClient(settings)
-    record = model_record(model_id, settings, store, api, refresh)
+    record = None if refresh else _cached_record(model_id, settings, store)
+    fresh = record is None
+    if record is None:
+        record = _fetch_record(model_id, settings, api)
     url = str(record["weights_url"])
     want = str(record.get("SHA256") or "").lower()
+    new_items: list[NewItem] = []
+    refs: list[tuple[str, str]] = []
+    if fresh:
+        item, ref = _record_item(record, model_id, settings)
+        new_items.append(item)
+        refs.append(ref)
     if want and want in store.has([want]):
+        if new_items:
+            store.put(new_items, refs=refs)
         path = _artifact_path(settings, want, url)
         if not path.is_file() or path.stat().st_size == 0:
             _write_atomic(path, store.get(want))  # verified on read
@@ -97,8 +123,9 @@ def resolve_model(model_id: int, settings: Settings | None = None, refresh: bool
     if got != want:
         raise IntegrityError(f"weights of model {model_id} from {url} have sha256 {got}, but "
                              f"the model record says {want}; not cached, not used")
-    store.put([NewItem(got, "weights", data, {"model_id": int(model_id), "url": url,
-                                               "fetched_at": time.time()})])
+    new_items.append(NewItem(got, "weights", data, {"model_id": int(model_id), "url": url,
+                                                     "fetched_at": time.time()}))
+    store.put(new_items, refs=refs)
     path = _artifact_path(settings, got, url)
     _write_atomic(path, data)
     return ResolvedModel(record, path, got)

@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import FetchError
 from ..settings import Settings
 from .http import HttpClient
-from .urls import host_of, normalize_url
+from .urls import normalize_url
 
 IMAGE_MAX_BYTES = 64 * 1024 * 1024
 WEIGHTS_MAX_BYTES = 1024 * 1024 * 1024
@@ -25,9 +25,9 @@ class PadApiClient:
     def __init__(self, settings: Settings, http: HttpClient | None = None) -> None:
         self.settings = settings
         self.http = http or http_client_for(settings)
-        self.allowed_hosts = {host_of(settings.api_url)}
+        self.allowed_origins = {settings.api_url}
         if settings.registry_url.startswith(("http://", "https://")):
-            self.allowed_hosts.add(host_of(settings.registry_url))
+            self.allowed_origins.add(settings.registry_url)
 
     def _get(self, path: str, params: dict[str, Any] | None = None, what: str = "") -> Any:
         return self.http.get_json(f"{self.settings.api_base}{path}", params,
@@ -71,7 +71,7 @@ class PadApiClient:
         return self._get(f"/neural-networks/{int(model_id)}", what=f"model record {model_id}")
 
     def normalize(self, url: str) -> str:
-        return normalize_url(url, self.settings.api_url, self.allowed_hosts)
+        return normalize_url(url, self.settings.api_url, self.allowed_origins)
 
     def image_bytes(self, url: str) -> bytes:
         return self.http.get_bytes(self.normalize(url), IMAGE_MAX_BYTES, what="card image")

@@ -117,11 +117,16 @@ def parse_split_csv(data: bytes, name: str, split: str) -> pd.DataFrame:
                 v = row[i].strip() if i is not None else ""
                 return v or None
 
+            if any("\x00" in c for c in row):
+                raise ManifestError(f"{name} line {lineno}: a field contains a NUL character")
             try:
                 card_id = int(get("id") or "")
             except ValueError:
                 raise ManifestError(f"{name} line {lineno}: id {get('id')!r} is not an integer"
                                     ) from None
+            if not 0 <= card_id < 2**63:
+                raise ManifestError(f"{name} line {lineno}: id {card_id} out of range; expected "
+                                    "a non-negative 64-bit card id")
             md5 = get(md5_col)
             if md5 is not None and (len(md5) != 32 or any(c not in "0123456789abcdefABCDEF"
                                                           for c in md5)):
