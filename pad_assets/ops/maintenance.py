@@ -1177,17 +1177,7 @@ class ReindexReport:
         return "\n".join(lines)
 
 
-def _shard_contents(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    import h5py
-
-    records = shard_io.read_records(path)
-    blobs = []
-    with h5py.File(path, "r", locking=False) as f:
-        for bid, ds in f[shard_io.BLOBS_GROUP].items():
-            blobs.append({"blob": bid, "kind": str(ds.attrs.get("kind", "array")),
-                          "dtype": ds.dtype.str, "shape": list(ds.shape),
-                          "nbytes": int(ds.size * ds.dtype.itemsize)})
-    return records, blobs
+_shard_contents = shard_io.read_shard_contents
 
 
 _TABLES = {

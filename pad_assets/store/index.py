@@ -98,26 +98,28 @@ class Index:
         now = time.time()
         with self.transaction() as con:
             if reused:
-                present = set()
-                for part in _chunks(list(dict.fromkeys(reused))):
-                    marks = ",".join("?" * len(part))
-                    present.update(r[0] for r in con.execute(
-                        f"SELECT blob FROM blobs WHERE blob IN ({marks})", part))
-                missing = set(reused) - present
+                # same connection, so this reads inside the write transaction
+                missing = set(reused) - {r[0] for r in self._select_in(
+                    "SELECT blob FROM blobs WHERE blob IN ({marks})", reused)}
                 if missing:
                     return missing
-            con.execute(
-                "INSERT OR IGNORE INTO shards(shard, path, nbytes, created) VALUES (?,?,?,?)",
-                (shard, rel, nbytes, now),
-            )
-            con.executemany(
-                "INSERT OR IGNORE INTO blobs(blob, shard, kind, dtype, shape, nbytes) "
-                "VALUES (?,?,?,?,?,?)",
-                [(b["blob"], shard, b["kind"], b["dtype"], json.dumps(b["shape"]), b["nbytes"])
-                 for b in blobs],
-            )
-            self._apply_records(con, shard, records, now)
+            self._insert_shard(con, shard, rel, nbytes, records, blobs, now)
         return set()
+
+    def _insert_shard(self, con: sqlite3.Connection, shard: str, rel: str, nbytes: int,
+                      records: list[dict[str, Any]], blobs: Iterable[dict[str, Any]],
+                      now: float) -> None:
+        con.execute(
+            "INSERT OR IGNORE INTO shards(shard, path, nbytes, created) VALUES (?,?,?,?)",
+            (shard, rel, nbytes, now),
+        )
+        con.executemany(
+            "INSERT OR IGNORE INTO blobs(blob, shard, kind, dtype, shape, nbytes) "
+            "VALUES (?,?,?,?,?,?)",
+            [(b["blob"], shard, b["kind"], b["dtype"], json.dumps(b["shape"]), b["nbytes"])
+             for b in blobs],
+        )
+        self._apply_records(con, shard, records, now)
 
     def apply_shards(self, shards: Sequence[tuple[str, str, int, list[dict[str, Any]],
                                                    list[dict[str, Any]]]]) -> None:
@@ -127,17 +129,7 @@ class Index:
         now = time.time()
         with self.transaction() as con:
             for shard, rel, nbytes, records, blobs in shards:
-                con.execute(
-                    "INSERT OR IGNORE INTO shards(shard, path, nbytes, created) VALUES (?,?,?,?)",
-                    (shard, rel, nbytes, now),
-                )
-                con.executemany(
-                    "INSERT OR IGNORE INTO blobs(blob, shard, kind, dtype, shape, nbytes) "
-                    "VALUES (?,?,?,?,?,?)",
-                    [(b["blob"], shard, b["kind"], b["dtype"], json.dumps(b["shape"]),
-                      b["nbytes"]) for b in blobs],
-                )
-                self._apply_records(con, shard, records, now)
+                self._insert_shard(con, shard, rel, nbytes, records, blobs, now)
 
     @staticmethod
     def _apply_records(con: sqlite3.Connection, shard: str, records: list[dict[str, Any]],

@@ -105,6 +105,17 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return json.loads(bytes(raw).decode())
 
 
+def read_shard_contents(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A shard's records and its blobs' index rows: everything an index needs from it."""
+    with h5py.File(path, "r", locking=False) as f:
+        records = json.loads(bytes(f[RECORDS_DATASET][()]).decode())
+        blobs = [{"blob": bid, "kind": str(ds.attrs.get("kind", "array")),
+                  "dtype": ds.dtype.str, "shape": list(ds.shape),
+                  "nbytes": int(ds.size * ds.dtype.itemsize)}
+                 for bid, ds in f[BLOBS_GROUP].items()]
+    return records, blobs
+
+
 def list_blob_ids(path: Path) -> list[str]:
     with h5py.File(path, "r", locking=False) as f:
         return list(f[BLOBS_GROUP].keys())

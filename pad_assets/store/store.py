@@ -189,15 +189,7 @@ class ContentStore:
 
     def index_shard_file(self, name: str, rel: str) -> None:
         path = self.root / rel
-        records = shard_io.read_records(path)
-        blobs = []
-        import h5py  # local: only recovery needs direct HDF5 metadata access
-
-        with h5py.File(path, "r", locking=False) as f:
-            for bid, ds in f[shard_io.BLOBS_GROUP].items():
-                blobs.append({"blob": bid, "kind": str(ds.attrs.get("kind", "array")),
-                              "dtype": ds.dtype.str, "shape": list(ds.shape),
-                              "nbytes": int(ds.size * ds.dtype.itemsize)})
+        records, blobs = shard_io.read_shard_contents(path)
         self.index.apply_shard(name, rel, path.stat().st_size, records, blobs)
 
     def recover(self) -> list[str]:
