@@ -95,3 +95,14 @@ def test_concurrent_decodes_get_the_right_flags(good_png: bytes, truncated_png: 
     assert all(is_cut == flag for is_cut, flag, _ in results)
     assert all(same for _, _, same in results)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_download_check_agrees_with_a_full_decode(good_png: bytes, truncated_png: bytes) -> None:
+    """The raw layer's cheap check (chunk CRCs, no decompression) flags exactly what a full
+    decode would, and refuses what a full decode refuses."""
+    from pad_assets.preprocessing.decode import check_image
+
+    assert check_image(good_png) is False
+    assert check_image(truncated_png) is True == decode_image(truncated_png).truncated
+    with pytest.raises(ImageDecodeError, match="card 7"):
+        check_image(b"\x89PNG\r\n\x1a\n" + b"junk" * 100, source="card 7")

@@ -7,6 +7,7 @@ run is one index query and no inference. Missing predictions are computed chunk 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,15 +56,17 @@ class PredictionLayer:
         pre_keys, ten_keys = self.derived.keys_for(raw_keys, pipeline, spec)
         assert ten_keys is not None
         pred_keys = [prediction_key_for(t, signature, c) for t, c in zip(ten_keys, contexts, strict=False)]
-        cached = self.store.metas(pred_keys) if use_cache else {}
+        cached = (self.store.index.json_fields(pred_keys, "$.record", "$.truncated")
+                  if use_cache else {})
         out: list[CardPrediction | None] = [None] * len(raw_keys)
         todo = []
         for i, k in enumerate(pred_keys):
-            meta = cached.get(k)
-            if meta is not None:
+            hit = cached.get(k)
+            if hit is not None:
+                record, truncated = hit
                 out[i] = CardPrediction(raw_keys[i], pre_keys[i], ten_keys[i], k,
-                                        PredictionRecord.from_dict(meta["record"]),
-                                        bool(meta.get("truncated")), cached=True)
+                                        PredictionRecord.from_dict(json.loads(record or "{}")),
+                                        bool(truncated), cached=True)
             else:
                 todo.append(i)
         if len(raw_keys) - len(todo):

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..errors import FetchError, ImageDecodeError, InvalidInputError, OfflineError
 from ..hashing import md5_bytes, sha256_bytes
-from ..preprocessing.decode import decode_image
+from ..preprocessing.decode import check_image
 from ..provenance import stamp
 from ..settings import Settings
 from ..sources.pad_api import PadApiClient
@@ -126,7 +126,9 @@ class RawLayer:
         summary.seconds = time.time() - t0
         return summary
 
-    def _fetch_one(self, row: dict[str, Any]) -> tuple[bytes, str, bool]:
+    def _fetch_one(self, row: dict[str, Any]) -> tuple[bytes, str, bool, str, str]:
+        """Download, check md5, check the PNG structure, hash: all in the worker thread
+        (the single consumer thread only writes), each digest computed once."""
         url = self.api.normalize(str(row["image_url"]))
         data = self.api.image_bytes(url)
         got_md5 = md5_bytes(data)
@@ -134,8 +136,8 @@ class RawLayer:
         if want and got_md5 != want:
             raise ValueError(f"md5 mismatch for {url}: manifest says {want}, downloaded bytes "
                              f"have {got_md5}; not cached")
-        decoded = decode_image(data, source=f"card {row['card_id']} ({url})")
-        return data, url, decoded.truncated
+        truncated = check_image(data, source=f"card {row['card_id']} ({url})")
+        return data, url, truncated, got_md5, sha256_bytes(data)
 
     def _download(self, dataset: str, todo: list[dict[str, Any]], summary: DownloadSummary,
                   progress: bool) -> None:
@@ -165,12 +167,11 @@ class RawLayer:
                     summary.failed[cid] = reason
                     pending_cards.append(CardRecord(dataset, cid, None, "failed", reason))
                     continue
-                data, url, truncated = result
-                key = sha256_bytes(data)
-                meta = stamp(md5=md5_bytes(data), sha256=key, source_url=url,
+                data, url, truncated, md5, key = result
+                meta = stamp(md5=md5, sha256=key, source_url=url,
                              nbytes=len(data), truncated=truncated, first_card_id=cid,
                              first_dataset=dataset, fetched_at=time.time())
-                pending_items.append(NewItem(key, "raw", data, meta))
+                pending_items.append(NewItem(key, "raw", data, meta, blob_id=key))
                 detail = "truncated PNG: decoded with tolerance" if truncated else ""
                 pending_cards.append(CardRecord(dataset, cid, key, "ok", detail))
                 summary.downloaded.append(cid)

@@ -125,3 +125,19 @@ def decode_image(data: bytes, source: str = "image") -> DecodedImage:
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
         _LOCK.release_exclusive()
+
+
+def check_image(data: bytes, source: str = "image") -> bool:
+    """Is this a decodable image, and does it need truncated-image tolerance?
+
+    Pillow's ``verify()`` walks the PNG chunks and CRCs without decompressing (~0.5 ms vs
+    ~13 ms for a full decode of a card that preprocessing decodes again anyway); only a
+    file that fails it takes the full decode, which decides "truncated" vs "undecodable"
+    exactly as ``decode_image`` does. Returns the truncated flag.
+    """
+    img = _open_checked(data, source)
+    try:
+        img.verify()
+    except Exception:
+        return decode_image(data, source).truncated
+    return False

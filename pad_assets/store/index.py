@@ -199,6 +199,19 @@ class Index:
         for part in _chunks(list(dict.fromkeys(values))):
             yield from con.execute(sql.format(marks=",".join("?" * len(part))), part)
 
+    def json_fields(self, keys: Sequence[str], *paths: str) -> dict[str, tuple[Any, ...]]:
+        """key -> the JSON values at ``paths`` ('$.record', ...) of each present item's meta,
+        extracted by SQLite: a warm lookup need not parse every ~3 kB lineage meta."""
+        cols = ", ".join("json_extract(meta, ?)" for _ in paths)
+        out: dict[str, tuple[Any, ...]] = {}
+        con = self._connect()
+        for part in _chunks(list(dict.fromkeys(keys))):
+            marks = ",".join("?" * len(part))
+            for row in con.execute(f"SELECT key, {cols} FROM items WHERE key IN ({marks})",
+                                   (*paths, *part)):
+                out[row[0]] = row[1:]
+        return out
+
     def present(self, keys: Sequence[str]) -> set[str]:
         return {r[0] for r in self._select_in("SELECT key FROM items WHERE key IN ({marks})",
                                                keys)}

@@ -35,6 +35,9 @@ class NewItem:
     layer: str
     payload: np.ndarray | bytes | None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: The payload's digest when the caller already computed it (raw images: sha256 of
+    #: the bytes); every read still verifies it.
+    blob_id: str | None = None
 
 
 @dataclass
@@ -48,11 +51,12 @@ class CardRecord:
     detail: str = ""
 
 
-def payload_blob(payload: np.ndarray | bytes) -> shard_io.BlobPayload:
+def payload_blob(payload: np.ndarray | bytes, blob_id: str | None = None
+                 ) -> shard_io.BlobPayload:
     if isinstance(payload, (bytes, bytearray, memoryview)):
         data = bytes(payload)
-        return shard_io.BlobPayload(sha256_bytes(data), np.frombuffer(data, dtype=np.uint8),
-                                    "bytes")
+        return shard_io.BlobPayload(blob_id or sha256_bytes(data),
+                                    np.frombuffer(data, dtype=np.uint8), "bytes")
     arr = np.ascontiguousarray(payload)
     if arr.dtype == object:
         raise InvalidInputError("cache payloads must be numeric arrays or bytes, not objects")
@@ -88,7 +92,7 @@ class ContentStore:
         for it in items:
             blob_id = None
             if it.payload is not None:
-                blob = payload_blob(it.payload)
+                blob = payload_blob(it.payload, it.blob_id)
                 blob_id = blob.blob_id
                 blobs.setdefault(blob_id, blob)
             records.append({"type": "item", "key": it.key, "layer": it.layer, "blob": blob_id,
