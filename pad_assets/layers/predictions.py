@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +21,9 @@ from ..models.base import STATUS_FAILED, ModelAdapter, PredictionRecord
 from ..preprocessing.base import PreprocessingPipeline
 from ..provenance import stamp
 from ..store import ContentStore, NewItem
-from .derived import DerivedLayers
+from .derived import ChainResult, DerivedLayers
 
-PREDICT_CHUNK = 256
+PREDICT_CHUNK = 64  # small enough to overlap preparation and inference early
 
 
 def prediction_key_for(tensor_key: str, signature: str, context: dict[str, Any]) -> str:
@@ -40,6 +41,25 @@ class CardPrediction:
     record: PredictionRecord
     truncated: bool
     cached: bool
+
+
+@dataclass
+class _PredictJob:
+    """One ``predict`` call's inputs and outputs, shared by its chunks."""
+
+    raw_keys: Sequence[str]
+    contexts: Sequence[dict[str, Any]]
+    pre_keys: list[str]
+    ten_keys: list[str]
+    pred_keys: list[str]
+    cached: dict[str, Any]
+    model: ModelAdapter
+    pipeline: PreprocessingPipeline
+    spec: Any
+    batch_size: int
+    out: list[CardPrediction | None]
+    on_progress: Callable[[int], None] | None
+    model_desc: dict[str, Any] | None = None
 
 
 class PredictionLayer:
@@ -73,52 +93,68 @@ class PredictionLayer:
             self.store.index.touch([k for k in pred_keys if k in cached])  # LRU sees hits
             if on_progress:
                 on_progress(len(raw_keys) - len(todo))
-        model_desc = None
-        for start in range(0, len(todo), PREDICT_CHUNK):
-            chunk = todo[start:start + PREDICT_CHUNK]
-            chain = self.derived.ensure([raw_keys[i] for i in chunk], pipeline, spec,
-                                        recompute=not use_cache)
-            ok = [j for j in range(len(chunk)) if j not in chain.failed]
-            for j, reason in chain.failed.items():
-                i = chunk[j]
-                out[i] = CardPrediction(raw_keys[i], None, None, None,
-                                        PredictionRecord(None, status=STATUS_FAILED,
-                                                         detail=reason,
-                                                         label_type=model.label_type()),
-                                        False, cached=False)
-            if model_desc is None and ok:
-                model_desc = model.describe()
-            new_items: list[NewItem] = []
-            tkeys = [chain.tensors[j] for j in ok]
-            for b in range(0, len(ok), batch_size):
-                part = ok[b:b + batch_size]
-                batch_keys = tkeys[b:b + batch_size]
-                loaded = self.store.get_many(batch_keys)
-                tensors = spec.to_model(np.stack([np.asarray(loaded[k]) for k in batch_keys]))
-                ctx = [contexts[chunk[j]] for j in part]
-                t0 = time.perf_counter()
-                records = model.predict_batch(tensors, ctx)
-                dt = (time.perf_counter() - t0) / max(1, len(part))
-                if len(records) != len(part):
-                    raise RuntimeError(f"{model.name}.predict_batch returned {len(records)} "
-                                       f"records for {len(part)} inputs")
-                for j, rec in zip(part, records, strict=False):
-                    i = chunk[j]
-                    trunc = chain.truncated[j]
-                    out[i] = CardPrediction(raw_keys[i], pre_keys[i], ten_keys[i],
-                                            pred_keys[i], rec, trunc, cached=False)
-                    if pred_keys[i] not in cached:
-                        new_items.append(NewItem(pred_keys[i], "prediction", None, stamp(
-                            record=rec.as_dict(), raw_key=raw_keys[i],
-                            preprocessed_key=pre_keys[i], tensor_key=ten_keys[i],
-                            model=model_desc, pipeline=pipeline.describe(),
-                            spec=spec.as_dict(), context=contexts[i], truncated=trunc,
-                            inference_seconds=dt)))
-                if on_progress:
-                    on_progress(len(part))
-            if new_items:
-                existing = self.store.has([it.key for it in new_items])
-                fresh = [it for it in new_items if it.key not in existing]
-                if fresh:
-                    self.store.put(fresh)
+        job = _PredictJob(raw_keys, contexts, pre_keys, ten_keys, pred_keys, cached, model,
+                          pipeline, spec, batch_size, out, on_progress)
+        chunks = [todo[s:s + PREDICT_CHUNK] for s in range(0, len(todo), PREDICT_CHUNK)]
+
+        def prepare(chunk: list[int]) -> ChainResult:
+            return self.derived.ensure([raw_keys[i] for i in chunk], pipeline, spec,
+                                       recompute=not use_cache)
+
+        # Two stages: while the model runs on one chunk, one background thread decodes and
+        # preprocesses the next, so neither core idles during serial parts (shard writes,
+        # verified reads). At most one chunk is prepared ahead: memory stays bounded.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pad-prepare") as stage:
+            ahead: Future[ChainResult] | None = stage.submit(prepare, chunks[0]) if chunks else None
+            for n, chunk in enumerate(chunks):
+                assert ahead is not None
+                chain = ahead.result()
+                ahead = stage.submit(prepare, chunks[n + 1]) if n + 1 < len(chunks) else None
+                self._predict_chunk(job, chunk, chain)
         return [o for o in out if o is not None]
+
+    def _predict_chunk(self, job: _PredictJob, chunk: list[int], chain: ChainResult) -> None:
+        """Run the model on one prepared chunk and store its new predictions (one shard)."""
+        ok = [j for j in range(len(chunk)) if j not in chain.failed]
+        for j, reason in chain.failed.items():
+            i = chunk[j]
+            failed = PredictionRecord(None, status=STATUS_FAILED, detail=reason,
+                                      label_type=job.model.label_type())
+            job.out[i] = CardPrediction(job.raw_keys[i], None, None, None, failed, False,
+                                        cached=False)
+        if job.model_desc is None and ok:
+            job.model_desc = job.model.describe()
+        new_items: list[NewItem] = []
+        tkeys = [chain.tensors[j] for j in ok]
+        for b in range(0, len(ok), job.batch_size):
+            part = ok[b:b + job.batch_size]
+            batch_keys = tkeys[b:b + job.batch_size]
+            loaded = self.store.get_many(batch_keys)
+            tensors = job.spec.to_model(np.stack([np.asarray(loaded[k]) for k in batch_keys]))
+            ctx = [job.contexts[chunk[j]] for j in part]
+            t0 = time.perf_counter()
+            records = job.model.predict_batch(tensors, ctx)
+            dt = (time.perf_counter() - t0) / max(1, len(part))
+            if len(records) != len(part):
+                raise RuntimeError(f"{job.model.name}.predict_batch returned {len(records)} "
+                                   f"records for {len(part)} inputs")
+            for j, rec in zip(part, records, strict=False):
+                i = chunk[j]
+                trunc = chain.truncated[j]
+                job.out[i] = CardPrediction(job.raw_keys[i], job.pre_keys[i], job.ten_keys[i],
+                                            job.pred_keys[i], rec, trunc, cached=False)
+                if job.pred_keys[i] not in job.cached:
+                    new_items.append(NewItem(job.pred_keys[i], "prediction", None, stamp(
+                        record=rec.as_dict(), raw_key=job.raw_keys[i],
+                        preprocessed_key=job.pre_keys[i], tensor_key=job.ten_keys[i],
+                        model=job.model_desc, pipeline=job.pipeline.describe(),
+                        spec=job.spec.as_dict(), context=job.contexts[i], truncated=trunc,
+                        inference_seconds=dt)))
+            if job.on_progress:
+                job.on_progress(len(part))
+        if new_items:
+            existing = self.store.has([it.key for it in new_items])
+            fresh = [it for it in new_items if it.key not in existing]
+            if fresh:
+                self.store.put(fresh)
+
