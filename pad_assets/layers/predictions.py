@@ -130,7 +130,9 @@ class PredictionLayer:
             part = ok[b:b + job.batch_size]
             batch_keys = tkeys[b:b + job.batch_size]
             loaded = self.store.get_many(batch_keys)
-            tensors = job.spec.to_model(np.stack([np.asarray(loaded[k]) for k in batch_keys]))
+            tensors = np.stack([np.asarray(loaded[k]) for k in batch_keys])
+            if not job.model.accepts_storage_dtype:
+                tensors = job.spec.to_model(tensors)
             ctx = [job.contexts[chunk[j]] for j in part]
             t0 = time.perf_counter()
             records = job.model.predict_batch(tensors, ctx)

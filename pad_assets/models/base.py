@@ -107,6 +107,9 @@ class ModelAdapter(ABC):
 
     #: Short name used in result columns, Dagster asset names and reports.
     name: str = "model"
+    #: True if ``predict_batch`` accepts batches in the tensor spec's storage dtype and
+    #: casts them itself (cheaper than a float32 copy of the whole batch first).
+    accepts_storage_dtype: bool = False
 
     @abstractmethod
     def get_required_preprocessing(self) -> PreprocessingPipeline:
