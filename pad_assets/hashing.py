@@ -51,6 +51,16 @@ def chain_key(kind: str, *parts: Any) -> str:
     return sha256_bytes(canonical_json([kind, *parts]).encode("utf-8"))
 
 
+def chain_keys(kind: str, firsts: list[str], *rest: Any) -> list[str]:
+    """``[chain_key(kind, f, *rest) for f in firsts]``, byte-identical, but the constant
+    tail is serialised once per batch instead of once per card (a warm lookup of 500
+    cards computes 1,500 keys)."""
+    tail = canonical_json(list(rest))[1:-1]
+    head = canonical_json([kind])[:-1] + ","
+    suffix = ("," + tail if tail else "") + "]"
+    return [sha256_bytes((head + json.dumps(f) + suffix).encode("utf-8")) for f in firsts]
+
+
 def preprocessed_key(raw_key: str, pipeline_key: str) -> str:
     return chain_key("preprocessed", raw_key, pipeline_key)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..hashing import preprocessed_key, tensor_key
+from ..hashing import chain_keys
 from ..models.base import TensorSpec
 from ..preprocessing.base import PreprocessingPipeline
 from ..provenance import stamp
@@ -95,12 +95,10 @@ class DerivedLayers:
     @staticmethod
     def keys_for(raw_keys: Sequence[str], pipeline: PreprocessingPipeline,
                  spec: TensorSpec | None) -> tuple[list[str], list[str] | None]:
-        pk = pipeline.get_cache_key()
-        pre = [preprocessed_key(r, pk) for r in raw_keys]
+        pre = chain_keys("preprocessed", list(raw_keys), pipeline.get_cache_key())
         if spec is None:
             return pre, None
-        sd = spec.as_dict()
-        return pre, [tensor_key(p, sd) for p in pre]
+        return pre, chain_keys("tensor", pre, spec.as_dict())
 
     # ---- building ----------------------------------------------------------------------
     def ensure(self, raw_keys: Sequence[str], pipeline: PreprocessingPipeline,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..hashing import chain_key
+from ..hashing import canonical_json, chain_key, chain_keys
 from ..models.base import STATUS_FAILED, ModelAdapter, PredictionRecord
 from ..preprocessing.base import PreprocessingPipeline
 from ..provenance import stamp
@@ -28,6 +28,21 @@ PREDICT_CHUNK = 64  # small enough to overlap preparation and inference early
 
 def prediction_key_for(tensor_key: str, signature: str, context: dict[str, Any]) -> str:
     return chain_key("prediction", tensor_key, signature, context)
+
+
+def prediction_keys_for(tensor_keys: Sequence[str], signature: str,
+                        contexts: Sequence[dict[str, Any]]) -> list[str]:
+    """Prediction keys of a batch; cards with equal contexts share one serialisation."""
+    out: list[str | None] = [None] * len(tensor_keys)
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(contexts):
+        groups.setdefault(canonical_json(c), []).append(i)
+    for idx in groups.values():
+        keys = chain_keys("prediction", [tensor_keys[i] for i in idx], signature,
+                          contexts[idx[0]])
+        for i, k in zip(idx, keys, strict=True):
+            out[i] = k
+    return out  # type: ignore[return-value]
 
 
 @dataclass
