@@ -91,6 +91,11 @@ class DerivedLayers:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
+    def _run_from_store(self, pipeline: PreprocessingPipeline, raw_key: str
+                        ) -> tuple[np.ndarray, bool]:
+        data = self.store.get(raw_key)
+        return _run_pipeline(pipeline, data, f"raw {raw_key}")  # type: ignore[arg-type]
+
     # ---- keys --------------------------------------------------------------------------
     @staticmethod
     def keys_for(raw_keys: Sequence[str], pipeline: PreprocessingPipeline,
@@ -141,19 +146,21 @@ class DerivedLayers:
                 arrays[i] = np.asarray(loaded[pre_keys[i]])
                 result.truncated[i] = bool(entries[pre_keys[i]]["meta"].get("truncated", False))
         if need_pre:
-            raws = self.store.get_many([raw_keys[i] for i in need_pre])
             pool = self._executor_for(pipeline, len(need_pre))
+            present = self.store.has([raw_keys[i] for i in need_pre])
+            in_process = not isinstance(pool, ProcessPoolExecutor)
             futures = {}
             for i in need_pre:
-                data = raws.get(raw_keys[i])
-                if data is None:
+                if raw_keys[i] not in present:
                     result.failed[i] = f"raw item {raw_keys[i]} is not in the cache"
                     continue
-                futures[i] = pool.submit(_run_pipeline, pipeline, data, f"raw {raw_keys[i]}")
-            # Each task holds its own image bytes; dropping ours lets every 1.5 MB image
-            # be freed as soon as its task is done rather than when the chunk is.
-            kept = raws if isinstance(pool, ProcessPoolExecutor) else {}
-            del raws, data
+                source = f"raw {raw_keys[i]}"
+                if in_process:
+                    # Each thread reads its own image: ~workers images in memory, not 64.
+                    futures[i] = pool.submit(self._run_from_store, pipeline, raw_keys[i])
+                else:
+                    futures[i] = pool.submit(_run_pipeline, pipeline,
+                                             self.store.get(raw_keys[i]), source)
             desc = pipeline.describe()
             for i, fut in futures.items():
                 try:
@@ -167,8 +174,7 @@ class DerivedLayers:
                                       RuntimeWarning, stacklevel=2)
                         self.executor = "thread"
                         self.close()
-                        data = kept.get(raw_keys[i]) or self.store.get(raw_keys[i])
-                        arr, truncated = _run_pipeline(pipeline, data, f"raw {raw_keys[i]}")
+                        arr, truncated = self._run_from_store(pipeline, raw_keys[i])
                 except Exception as exc:  # a pipeline bug or an undecodable image, per card
                     result.failed[i] = f"{pipeline.name} failed: {type(exc).__name__}: {exc}"
                     continue

@@ -124,7 +124,7 @@ def list_blob_ids(path: Path) -> list[str]:
 class ShardReader:
     """Per-process LRU of open read-only shard handles (opening HDF5 costs ~1 ms)."""
 
-    def __init__(self, root: Path, max_open: int = 64) -> None:
+    def __init__(self, root: Path, max_open: int = 16) -> None:
         self._root = root
         self._max_open = max_open
         self._files: OrderedDict[str, h5py.File] = OrderedDict()
