@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,51 @@ def _chunks(seq: Sequence[str], n: int = _CHUNK) -> Iterator[Sequence[str]]:
         yield seq[i : i + n]
 
 
+_LOCK_WAIT_S = 60.0
+
+
+def _retry_locked(step: Callable[[], Any], deadline_s: float = _LOCK_WAIT_S) -> Any:
+    """Run ``step``, retrying while SQLite reports a lock it would not wait for itself.
+
+    The busy timeout covers ordinary contention, but SQLite answers ``SQLITE_BUSY`` at once,
+    without calling the busy handler, while another process switches a new database to WAL
+    or recovers its WAL index. Two processes opening a fresh cache together hit exactly that.
+    """
+    end = time.monotonic() + deadline_s
+    pause = 0.005
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > end:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+
+
+def _switch_to_wal(con: sqlite3.Connection) -> None:
+    mode = str(con.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+    if mode != "wal":  # SQLite reports a refused switch by answering the old mode
+        raise sqlite3.OperationalError(f"database is locked: journal mode stayed {mode!r}")
+
+
+def _open_wal(path: Path) -> sqlite3.Connection:
+    """A connection in WAL mode with a busy timeout, safe when many processes open at once."""
+    con = sqlite3.connect(path, timeout=_LOCK_WAIT_S, isolation_level=None)
+    try:
+        con.execute(f"PRAGMA busy_timeout={int(_LOCK_WAIT_S * 1000)}")
+        # journal_mode is persistent: only the first opener converts the file.
+        mode = _retry_locked(lambda: con.execute("PRAGMA journal_mode").fetchone()[0])
+        if str(mode).lower() != "wal":
+            _retry_locked(lambda: _switch_to_wal(con))
+        con.execute("PRAGMA synchronous=NORMAL")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
 class Index:
     """Thread-safe (one connection per thread) and process-safe (WAL + busy timeout)."""
 
@@ -57,16 +102,13 @@ class Index:
         self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
         # executescript manages its own transaction; the statements are idempotent.
-        self._connect().executescript(SCHEMA)
+        _retry_locked(lambda: self._connect().executescript(SCHEMA))
 
     def _connect(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
         pid = getattr(self._local, "pid", None)
         if con is None or pid != os.getpid():
-            con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=NORMAL")
-            con.execute("PRAGMA busy_timeout=60000")
+            con = _open_wal(self.path)
             self._local.con = con
             self._local.pid = os.getpid()
         return con
