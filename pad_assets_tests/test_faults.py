@@ -37,6 +37,7 @@ from pad_assets.emulator import DatasetSpec, EdgeCases, Emulator, EmulatorConfig
 from pad_assets.hashing import sha256_bytes
 from pad_assets.models import PADTensorFlowAdapter
 from pad_assets.ops.lineage import card_lineage, check_link
+from pad_assets.ops.maintenance import verify
 from pad_assets.settings import Settings
 from pad_assets.store import ContentStore
 from pad_assets_tests.model_fixtures import TINY_DRUG_LABELS
@@ -131,30 +132,6 @@ def _shard_count(cache: Path) -> int:
     return len(list(base.glob("*/*.h5"))) if base.exists() else 0
 
 
-def _maintenance_verify() -> Any:
-    """The cache-ops engineer's ``verify(store)``, or None while it does not exist."""
-    try:
-        from pad_assets.ops import maintenance
-    except ImportError:
-        return None
-    return getattr(maintenance, "verify", None)
-
-
-def _report_is_clean(report: Any) -> bool | None:
-    """Interpret a verify report without depending on its exact class (None: unknown)."""
-    if isinstance(report, bool):
-        return report
-    for attr in ("ok", "clean"):
-        value = report.get(attr) if isinstance(report, dict) else getattr(report, attr, None)
-        if isinstance(value, bool):
-            return value
-    fields = ("problems", "errors", "corrupt", "missing", "issues", "bad")
-    seen = [report.get(f) if isinstance(report, dict) else getattr(report, f, None)
-            for f in fields]
-    seen = [s for s in seen if s is not None]
-    return not any(seen) if seen else None
-
-
 def assert_store_consistent(cache: Path, datasets: tuple[str, ...] = (DATASET,)
                             ) -> dict[str, int]:
     """Every indexed item verifies and matches its key; no orphans; counts per layer.
@@ -191,11 +168,8 @@ def assert_store_consistent(cache: Path, datasets: tuple[str, ...] = (DATASET,)
                         assert card["raw_key"] in keys, f"card {cid} points at a missing item"
             for name, key in store.index.refs().items():
                 assert key in keys, f"ref {name} points at a missing item"
-            verify = _maintenance_verify()
-            if verify is not None:
-                report = verify(store)
-                clean = _report_is_clean(report)
-                assert clean is not False, f"maintenance.verify reports problems: {report!r}"
+            report = verify(store)  # what `pad-assets cache verify` runs
+            assert report.ok, f"cache verify reports problems: {report.problems!r}"
         finally:
             store.close()
     return counts
@@ -305,13 +279,6 @@ def test_sigkill_at_random_points_leaves_a_consistent_store_and_rerun_is_identic
         assert_store_consistent(cache)
     # The kills landed at different stages, not all before (or after) the work.
     assert len(partial_states) >= 2, partial_states
-
-
-def test_cache_ops_verify_is_part_of_the_kill_checks() -> None:
-    """Says whether the kill trials also ran ``pad_assets.ops.maintenance.verify``."""
-    if _maintenance_verify() is None:
-        pytest.skip("pad_assets.ops.maintenance.verify does not exist yet: the SIGKILL "
-                    "trials checked the store with their own verification only")
 
 
 # ---------------------------------------------------------------------------- concurrency

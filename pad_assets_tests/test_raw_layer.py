@@ -181,6 +181,7 @@ def test_sigkill_mid_download_loses_nothing_and_rerun_completes(
         store.get(key)  # every committed item verifies
     assert 0 < len(ok) < 64  # killed in the middle, after some batches committed
     ds = CachedDataset("K64", settings=_settings(emu, cache), progress=False)
+    emu.wait_idle()  # the killed client's last requests are still being answered
     emu.reset_stats()
     s = ds.download_and_cache()
     assert not s.failed and len(s.reused) == len(ok) and len(s.downloaded) == 64 - len(ok)

@@ -107,7 +107,24 @@ class _Stats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.in_flight = 0  # requests parsed and not yet answered (survives reset)
+        self.last_activity = time.monotonic()
         self.reset()
+
+    def begin(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.last_activity = time.monotonic()
+
+    def end(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.last_activity = time.monotonic()
+
+    def idle_for(self) -> float:
+        """Seconds since the last request started or ended; 0.0 while one is in flight."""
+        with self._lock:
+            return 0.0 if self.in_flight else time.monotonic() - self.last_activity
 
     def reset(self) -> None:
         with self._lock:
@@ -154,6 +171,14 @@ class _Server(ThreadingHTTPServer):
         self.open_sockets: set[socket.socket] = set()
         self.sockets_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (killed, timed out) is normal here: log it, do not print."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError, TimeoutError)):
+            log.debug("client %s went away: %r", client_address, exc)
+        else:
+            log.error("emulator failed serving %s", client_address, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -314,6 +339,18 @@ class Emulator:
         """Counts per kind (api/image/weights/registry/other/total), 5xx answers, bytes."""
         return self._stats.snapshot()
 
+    def wait_idle(self, quiet_s: float = 0.3, timeout_s: float = 15.0) -> None:
+        """Block until no request has been in flight for ``quiet_s``.
+
+        A client killed mid-download leaves requests the server still answers (into a reset
+        socket) and counts; call this before ``reset_stats`` so those land before the reset.
+        """
+        end = time.monotonic() + timeout_s
+        while self._stats.idle_for() < quiet_s:
+            if time.monotonic() > end:
+                raise TimeoutError(f"emulator at {self._base_url} still busy after {timeout_s} s")
+            time.sleep(0.02)
+
     def reset_stats(self, rearm_faults: bool = True) -> None:
         """Zero the counters; by default also re-arm the one-shot 500 of ``EdgeCases.FLAKY``."""
         self._stats.reset()
@@ -351,6 +388,7 @@ class Emulator:
             return
         kind = _classify(path)
         status, sent, truncated = 500, 0, False
+        self._stats.begin()
         try:
             if self.config.latency > 0:
                 time.sleep(self.config.latency)
@@ -371,6 +409,7 @@ class Emulator:
             sent = h.send_reply(reply, head, cut=cut)
         finally:
             self._stats.record(kind, path, status, sent, truncated)
+            self._stats.end()
 
     def _control(self, path: str) -> _Reply:
         if path == "/emulator/stats":
