@@ -206,18 +206,30 @@ class CachedDataset:
         images; it adds missing items but replaces nothing already cached.
         """
         pipeline = preprocessing or model_adapter.get_required_preprocessing()
-        rows, raw = self._rows_with_raw(split, card_ids)
+        rows = self._select(self.manifest().rows, split, card_ids)
+        raw = self.raw.raw_keys(self.name, rows["card_id"])
+        missing = rows[~rows["card_id"].isin(list(raw))]
+        if len(missing) and self.settings.offline:
+            self.raw.sync(self.name, missing)  # raises one OfflineError listing them all
         cards = rows.to_dict("records")
-        have = [c for c in cards if int(c["card_id"]) in raw]
-        contexts = [model_adapter.prediction_context(c) for c in have]
+        contexts = [model_adapter.prediction_context(c) for c in cards]
+
+        def fetch(positions: list[int]) -> dict[int, str | None]:
+            """Download these cards now (inside the prediction pipeline), return raw keys."""
+            ids = [int(cards[i]["card_id"]) for i in positions]
+            self.raw.sync(self.name, self._select(rows, None, ids))
+            got = self.raw.raw_keys(self.name, ids)
+            return {i: got.get(c) for i, c in zip(positions, ids, strict=True)}
+
         from tqdm.auto import tqdm
 
-        with tqdm(total=len(have), desc=f"{model_adapter.name} on {self.name}", unit="card",
+        with tqdm(total=len(cards), desc=f"{model_adapter.name} on {self.name}", unit="card",
                   disable=not self.progress, leave=False) as bar:
-            preds = self.predictions.predict([raw[int(c["card_id"])] for c in have], contexts,
-                                             model_adapter, pipeline, batch_size, use_cache,
-                                             on_progress=bar.update)
-        by_id = {int(c["card_id"]): p for c, p in zip(have, preds, strict=False)}
+            preds = self.predictions.predict([raw.get(int(c["card_id"])) for c in cards],
+                                             contexts, model_adapter, pipeline, batch_size,
+                                             use_cache, on_progress=bar.update, fetch=fetch)
+        by_id = {int(c["card_id"]): p for c, p in zip(cards, preds, strict=True)
+                 if p is not None}
         status = self.store.cards(self.name)
         return self._results_frame(cards, by_id, status, model_adapter, pipeline)
 

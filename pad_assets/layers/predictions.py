@@ -23,7 +23,8 @@ from ..provenance import stamp
 from ..store import ContentStore, NewItem
 from .derived import ChainResult, DerivedLayers
 
-PREDICT_CHUNK = 64  # small enough to overlap preparation and inference early
+PREDICT_CHUNK = 64  # cards prepared ahead of the model: bounds memory
+FIRST_CHUNK = 16  # the model starts after 16 cards are ready, not 64
 
 
 def prediction_key_for(tensor_key: str, signature: str, context: dict[str, Any]) -> str:
@@ -58,20 +59,30 @@ class CardPrediction:
     cached: bool
 
 
+#: Raw keys for positions whose image is not cached yet (``None`` where it failed).
+Fetch = Callable[[list[int]], dict[int, str | None]]
+
+
 @dataclass
 class _PredictJob:
-    """One ``predict`` call's inputs and outputs, shared by its chunks."""
+    """One ``predict`` call's inputs and outputs, shared by its chunks.
 
-    raw_keys: Sequence[str]
+    The key lists are filled in as raw images arrive: position ``i`` has keys once its raw
+    key is known. The prepare stage writes positions the model stage is not reading.
+    """
+
+    raw_keys: list[str | None]
     contexts: Sequence[dict[str, Any]]
-    pre_keys: list[str]
-    ten_keys: list[str]
-    pred_keys: list[str]
+    pre_keys: list[str | None]
+    ten_keys: list[str | None]
+    pred_keys: list[str | None]
     cached: dict[str, Any]
     model: ModelAdapter
     pipeline: PreprocessingPipeline
     spec: Any
+    signature: str
     batch_size: int
+    use_cache: bool
     out: list[CardPrediction | None]
     on_progress: Callable[[int], None] | None
     model_desc: dict[str, Any] | None = None
@@ -82,51 +93,97 @@ class PredictionLayer:
         self.store = store
         self.derived = derived
 
-    def predict(self, raw_keys: Sequence[str], contexts: Sequence[dict[str, Any]],
+    def predict(self, raw_keys: Sequence[str | None], contexts: Sequence[dict[str, Any]],
                 model: ModelAdapter, pipeline: PreprocessingPipeline, batch_size: int = 32,
                 use_cache: bool = True, on_progress: Callable[[int], None] | None = None,
-                ) -> list[CardPrediction]:
+                fetch: Fetch | None = None) -> list[CardPrediction | None]:
+        """Predictions aligned with ``raw_keys``; ``None`` where no image could be had.
+
+        ``raw_keys[i] is None`` means card ``i`` is not cached yet: ``fetch`` downloads such
+        cards chunk by chunk inside the preparation stage, so a cold run downloads chunk
+        n+1 while the model runs on chunk n instead of downloading everything first.
+        """
+        if fetch is None and any(k is None for k in raw_keys):
+            raise ValueError("predict: some raw keys are None and no fetch was given")
         spec = model.get_tensor_spec()
-        signature = model.get_cache_signature()
-        pre_keys, ten_keys = self.derived.keys_for(raw_keys, pipeline, spec)
-        assert ten_keys is not None
-        pred_keys = [prediction_key_for(t, signature, c) for t, c in zip(ten_keys, contexts, strict=False)]
-        cached = (self.store.index.json_fields(pred_keys, "$.record", "$.truncated")
-                  if use_cache else {})
-        out: list[CardPrediction | None] = [None] * len(raw_keys)
+        job = _PredictJob(list(raw_keys), contexts, [None] * len(raw_keys),
+                          [None] * len(raw_keys), [None] * len(raw_keys), {}, model, pipeline,
+                          spec, model.get_cache_signature(), batch_size, use_cache,
+                          [None] * len(raw_keys), on_progress)
+        known = [i for i, k in enumerate(raw_keys) if k is not None]
+        todo = self._lookup(job, known)
+        # cached raw first (ready now), then the cards that must be downloaded
+        todo += [i for i, k in enumerate(raw_keys) if k is None]
+        # a small first chunk gets the model busy early; later chunks amortise shard writes
+        bounds = [0, min(len(todo), FIRST_CHUNK)]
+        while bounds[-1] < len(todo):
+            bounds.append(min(len(todo), bounds[-1] + PREDICT_CHUNK))
+        chunks = [todo[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+        def prepare(chunk: list[int]) -> tuple[list[int], ChainResult]:
+            return self._prepare(job, chunk, fetch)
+
+        # Two stages: while the model runs on one chunk, one background thread downloads,
+        # decodes and preprocesses the next, so neither core idles during serial parts
+        # (HTTP, shard writes, verified reads). At most one chunk is prepared ahead:
+        # memory stays bounded.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pad-prepare") as stage:
+            ahead: Future[tuple[list[int], ChainResult]] | None = (
+                stage.submit(prepare, chunks[0]) if chunks else None)
+            for n in range(len(chunks)):
+                assert ahead is not None
+                ready, chain = ahead.result()
+                ahead = stage.submit(prepare, chunks[n + 1]) if n + 1 < len(chunks) else None
+                self._predict_chunk(job, ready, chain)
+        return job.out
+
+    def _lookup(self, job: _PredictJob, positions: list[int]) -> list[int]:
+        """Fill keys for ``positions`` (raw keys known); return those not cached."""
+        if not positions:
+            return []
+        raws = [job.raw_keys[i] for i in positions]
+        pre, ten = self.derived.keys_for(raws, job.pipeline, job.spec)  # type: ignore[arg-type]
+        assert ten is not None
+        preds = prediction_keys_for(ten, job.signature, [job.contexts[i] for i in positions])
+        for i, a, b, c in zip(positions, pre, ten, preds, strict=True):
+            job.pre_keys[i], job.ten_keys[i], job.pred_keys[i] = a, b, c
+        cached = (self.store.index.json_fields(preds, "$.record", "$.truncated")
+                  if job.use_cache else {})
         todo = []
-        for i, k in enumerate(pred_keys):
-            hit = cached.get(k)
-            if hit is not None:
-                record, truncated = hit
-                out[i] = CardPrediction(raw_keys[i], pre_keys[i], ten_keys[i], k,
+        for i in positions:
+            k = job.pred_keys[i]
+            hit = cached.get(k)  # type: ignore[arg-type]
+            if hit is None:
+                todo.append(i)
+                continue
+            record, truncated = hit
+            job.cached[k] = hit  # type: ignore[index]
+            job.out[i] = CardPrediction(job.raw_keys[i], job.pre_keys[i], job.ten_keys[i], k,  # type: ignore[arg-type]
                                         PredictionRecord.from_dict(json.loads(record or "{}")),
                                         bool(truncated), cached=True)
-            else:
-                todo.append(i)
-        if len(raw_keys) - len(todo):
-            self.store.index.touch([k for k in pred_keys if k in cached])  # LRU sees hits
-            if on_progress:
-                on_progress(len(raw_keys) - len(todo))
-        job = _PredictJob(raw_keys, contexts, pre_keys, ten_keys, pred_keys, cached, model,
-                          pipeline, spec, batch_size, out, on_progress)
-        chunks = [todo[s:s + PREDICT_CHUNK] for s in range(0, len(todo), PREDICT_CHUNK)]
+        hits = len(positions) - len(todo)
+        if hits:
+            self.store.index.touch([k for k in preds if k in cached])  # LRU sees hits
+            if job.on_progress:
+                job.on_progress(hits)
+        return todo
 
-        def prepare(chunk: list[int]) -> ChainResult:
-            return self.derived.ensure([raw_keys[i] for i in chunk], pipeline, spec,
-                                       recompute=not use_cache)
-
-        # Two stages: while the model runs on one chunk, one background thread decodes and
-        # preprocesses the next, so neither core idles during serial parts (shard writes,
-        # verified reads). At most one chunk is prepared ahead: memory stays bounded.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pad-prepare") as stage:
-            ahead: Future[ChainResult] | None = stage.submit(prepare, chunks[0]) if chunks else None
-            for n, chunk in enumerate(chunks):
-                assert ahead is not None
-                chain = ahead.result()
-                ahead = stage.submit(prepare, chunks[n + 1]) if n + 1 < len(chunks) else None
-                self._predict_chunk(job, chunk, chain)
-        return [o for o in out if o is not None]
+    def _prepare(self, job: _PredictJob, chunk: list[int], fetch: Fetch | None
+                 ) -> tuple[list[int], ChainResult]:
+        """Download what the chunk lacks, then build its missing preprocessed/tensor items."""
+        need = [i for i in chunk if job.raw_keys[i] is None]
+        if need:
+            assert fetch is not None
+            got = fetch(need)
+            arrived = [i for i in need if got.get(i)]
+            for i in arrived:
+                job.raw_keys[i] = got[i]
+            # content already predicted under another card or dataset: no work
+            still = set(self._lookup(job, arrived))
+            chunk = [i for i in chunk if i not in need or i in still]
+        chain = self.derived.ensure([job.raw_keys[i] for i in chunk], job.pipeline,  # type: ignore[misc]
+                                    job.spec, recompute=not job.use_cache)
+        return chunk, chain
 
     def _predict_chunk(self, job: _PredictJob, chunk: list[int], chain: ChainResult) -> None:
         """Run the model on one prepared chunk and store its new predictions (one shard)."""
