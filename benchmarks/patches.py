@@ -5,57 +5,18 @@ the core and leaves this file. P1-P7 (bounded downloads, verify instead of decod
 batch 4, record-only lookups, batched chain keys, fused input cast, hash once) were measured
 this way on 2026-11-24 and are now in the core; RESULTS.md keeps their before/after figures.
 
-Open: P8 (build the layers with ``apply_model`` first in the Dagster step), measured by B6.
-``ALL`` lists the open proposals that the cache scenarios run as "patched"; it is empty, so
-they run the core "as is" only.
+P8 (build the layers with ``apply_model`` first in the Dagster step) was measured by B6 the
+same way and is in the core too. ``ALL`` lists the open proposals that the cache scenarios
+run as "patched"; it is empty, so they run the core "as is" only.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 #: Open proposals measured as "patched" by the cache scenarios (B1-B4, B7).
 ALL: tuple[str, ...] = ()
-
-
-# ---------------------------------------------------------------------------- P8
-@contextlib.contextmanager
-def prebuild_in_dagster(project: Any) -> Iterator[None]:
-    """P8, pad_assets/orchestration/assets.py ``materialize_images``: build the batch's
-    layers with ``apply_model`` FIRST (where preprocessing overlaps inference), so the
-    per-layer ``ensure`` calls that follow only look keys up. Today the step preprocesses
-    every card, then builds every tensor, then runs the model: no overlap, and tensors are
-    read back twice. Measured here by making the step's ``download_and_cache(card_ids=...)``
-    run ``apply_model`` for the project's models right after downloading.
-    """
-    from pad_assets.orchestration.resources import PadResource
-
-    original = PadResource.dataset
-
-    def dataset(self: Any, name: str) -> Any:
-        d = original(self, name)
-        download = d.download_and_cache
-
-        def download_and_cache(*args: Any, **kwargs: Any) -> Any:
-            summary = download(*args, **kwargs)
-            ids = kwargs.get("card_ids")
-            if ids is not None:
-                raw = d.raw.raw_keys(d.name, ids)
-                ok = [c for c in ids if c in raw]
-                for m in project.models:
-                    d.apply_model(m.build(d.settings), card_ids=ok)
-            return summary
-
-        d.download_and_cache = download_and_cache
-        return d
-
-    PadResource.dataset = dataset  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        PadResource.dataset = original  # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------------------- registry

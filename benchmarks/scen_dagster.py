@@ -165,24 +165,6 @@ def run_b6(ctx: Context) -> list[Row]:
         n_events = sum(len(v) for v in events.values())
         ctx.log(f"  Dagster {real['total_s']:.1f} s ({n_events} materializations)")
 
-        # ---- the project's graph with the proposed reordering of the step (P8)
-        patched = None
-        if ctx.shared.get("patched", True):
-            from . import patches
-
-            ctx.log(f"B6 rep {r + 1}: Dagster images job, patched (P8: apply_model first)")
-            pcache = fresh_dir(ctx.caches / "b6_dagster_p8")
-            ppad = PadResource(cache_dir=str(pcache), api_url=ctx.emu.base_url,
-                               registry_url=ctx.emu.registry_url, offline=False)
-            pdefs = build_definitions(project, resources={
-                "pad": ppad, "pad_io_manager": PadStoreIOManager(pad=ppad)})
-            clear_runner_cache()
-            with patches.prebuild_in_dagster(project), dg.DagsterInstance.local_temp(
-                    tempdir=str(fresh_dir(ctx.out / "dagster" / "real_p8"))) as instance:
-                patched = _run_graph(pdefs, instance, project, part_keys)
-            fresh_dir(pcache)
-            ctx.log(f"  Dagster (P8) {patched['total_s']:.1f} s")
-
         # ---- the same work through CachedDataset
         ctx.log(f"B6 rep {r + 1}: CachedDataset download_and_cache + apply_model, {n} cards")
         cd_cache = fresh_dir(ctx.caches / "b6_cd")
@@ -221,7 +203,6 @@ def run_b6(ctx: Context) -> list[Row]:
         reps.append({"dagster": real, "cached_dataset_s": cdt.wall, "cached_dataset_cpu_s": cdt.cpu,
                      "cd_load": [cdt.load_before, cdt.load_after], "floor": floor,
                      "floor_in_memory": floor_mem, "events_real": n_events,
-                     "dagster_p8": patched,
                      "events_floor": f_events,
                      "ok_cards": int((cdt.value["status"] == "ok").sum())})
 
@@ -233,18 +214,12 @@ def run_b6(ctx: Context) -> list[Row]:
     fm = median([x["floor_in_memory"]["total_s"] for x in reps])
     fi = median([x["floor"]["images_job_s"] for x in reps])
     bound = c + 1.1 * f
-    p8 = [x["dagster_p8"]["total_s"] for x in reps if x.get("dagster_p8")]
-    dp = median(p8) if p8 else None
     per_event = fi / (n * n_assets) * 1e3
     rows = [
         Row("B6", f"Dagster graph, {n} cards, 1 batched run (SQLite)",
             f"Dagster {d:.1f} s; CachedDataset {c:.1f} s; floor {f:.1f} s",
             "D <= CD + 1.1 x floor", f"{d / bound:.2f} of bound ({bound:.1f} s)", d <= bound,
             {"reps": reps, "n_assets_per_partition": n_assets}),
-        *([Row("B6 (patched)", f"Dagster graph, {n} cards, step reordered (P8)",
-                f"Dagster {dp:.1f} s; CachedDataset {c:.1f} s; floor {f:.1f} s",
-                "D <= CD + 1.1 x floor", f"{dp / bound:.2f} of bound ({bound:.1f} s)",
-                dp <= bound)] if dp is not None else []),
         Row("B6'", "Dagster floor per partition per asset",
             f"{per_event:.1f} ms (SQLite temp dir); in-memory instance "
             f"{(median([x['floor_in_memory']['images_job_s'] for x in reps])) / (n * n_assets) * 1e3:.1f} ms",

@@ -355,13 +355,17 @@ def test_flaky_server_gives_results_identical_to_a_clean_run(
     assert_store_consistent(tmp_path / "c")
 
 
+@pytest.mark.parametrize("download_first", [True, False], ids=["download_first", "cold_apply"])
 def test_images_that_keep_failing_are_reported_by_name(model: PADTensorFlowAdapter,
-                                                       tmp_path: Path) -> None:
+                                                       tmp_path: Path, download_first: bool
+                                                       ) -> None:
+    # cold_apply: apply_model downloads chunk by chunk inside its prediction pipeline
     with Emulator(EmulatorConfig(slow_seconds=0.2, models_provider=lambda: [])) as edge:
         ds = CachedDataset(EdgeCases.DATASET, settings=_settings(edge, tmp_path / "c"),
                            progress=False)
-        summary = ds.download_and_cache()
+        summary = ds.download_and_cache() if download_first else None
         df = ds.apply_model(model).set_index("card_id")
+        image_requests = edge.stats()["by_path"]
         url = edge.image_url(EdgeCases.MISSING_IMAGE).replace("//var", "/var")
         ds_lineage = card_lineage(ds, EdgeCases.MISSING_IMAGE, model)
         ds.close()
@@ -370,8 +374,13 @@ def test_images_that_keep_failing_are_reported_by_name(model: PADTensorFlowAdapt
     missing = df.loc[EdgeCases.MISSING_IMAGE]
     assert missing["status"] == "failed"
     assert url in missing["detail"] and "HTTP 404" in missing["detail"]
-    assert url in summary.failed[EdgeCases.MISSING_IMAGE]
-    assert f"failed card {EdgeCases.MISSING_IMAGE}: GET {url}" in str(summary)
+    if summary is not None:
+        assert url in summary.failed[EdgeCases.MISSING_IMAGE]
+        assert f"failed card {EdgeCases.MISSING_IMAGE}: GET {url}" in str(summary)
+    # every good image was fetched exactly once, whichever path fetched it
+    for cid in EdgeCases.NORMAL:
+        hits = [n for path, n in image_requests.items() if path.endswith(f"/{cid}_processed.png")]
+        assert hits == [1], (cid, hits)
     mismatch = df.loc[EdgeCases.MD5_MISMATCH]
     assert mismatch["status"] == "failed" and "md5 mismatch" in mismatch["detail"]
     ok = [c for c in manifest_ids if c not in (EdgeCases.MISSING_IMAGE, EdgeCases.MD5_MISMATCH)]
