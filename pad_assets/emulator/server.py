@@ -335,8 +335,16 @@ class Emulator:
         self.catalog.precompute_md5s(progress=progress)
 
     # ------------------------------------------------------------ stats
-    def stats(self) -> dict[str, Any]:
-        """Counts per kind (api/image/weights/registry/other/total), 5xx answers, bytes."""
+    def stats(self, settle_s: float = 2.0) -> dict[str, Any]:
+        """Counts per kind (api/image/weights/registry/other/total), 5xx answers, bytes.
+
+        A request is counted just after its answer is written, so a client can hold the
+        answer before the count moves; waiting (at most ``settle_s``) for requests in flight
+        to finish makes the counts agree with what the client has received.
+        """
+        end = time.monotonic() + settle_s
+        while self._stats.in_flight and time.monotonic() < end:
+            time.sleep(0.002)
         return self._stats.snapshot()
 
     def wait_idle(self, quiet_s: float = 0.3, timeout_s: float = 15.0) -> None:
