@@ -88,6 +88,15 @@ class _PredictJob:
     model_desc: dict[str, Any] | None = None
 
 
+@dataclass
+class _Prepared:
+    """A chunk ready for the model: positions, their chain, their tensors (by key)."""
+
+    chunk: list[int]
+    chain: ChainResult
+    tensors: dict[str, Any]
+
+
 class PredictionLayer:
     def __init__(self, store: ContentStore, derived: DerivedLayers) -> None:
         self.store = store
@@ -120,7 +129,7 @@ class PredictionLayer:
             bounds.append(min(len(todo), bounds[-1] + PREDICT_CHUNK))
         chunks = [todo[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
-        def prepare(chunk: list[int]) -> tuple[list[int], ChainResult]:
+        def prepare(chunk: list[int]) -> _Prepared:
             return self._prepare(job, chunk, fetch)
 
         # Two stages: while the model runs on one chunk, one background thread downloads,
@@ -128,13 +137,13 @@ class PredictionLayer:
         # (HTTP, shard writes, verified reads). At most one chunk is prepared ahead:
         # memory stays bounded.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pad-prepare") as stage:
-            ahead: Future[tuple[list[int], ChainResult]] | None = (
+            ahead: Future[_Prepared] | None = (
                 stage.submit(prepare, chunks[0]) if chunks else None)
             for n in range(len(chunks)):
                 assert ahead is not None
-                ready, chain = ahead.result()
+                prepared = ahead.result()
                 ahead = stage.submit(prepare, chunks[n + 1]) if n + 1 < len(chunks) else None
-                self._predict_chunk(job, ready, chain)
+                self._predict_chunk(job, prepared)
         return job.out
 
     def _lookup(self, job: _PredictJob, positions: list[int]) -> list[int]:
@@ -168,9 +177,9 @@ class PredictionLayer:
                 job.on_progress(hits)
         return todo
 
-    def _prepare(self, job: _PredictJob, chunk: list[int], fetch: Fetch | None
-                 ) -> tuple[list[int], ChainResult]:
-        """Download what the chunk lacks, then build its missing preprocessed/tensor items."""
+    def _prepare(self, job: _PredictJob, chunk: list[int], fetch: Fetch | None) -> _Prepared:
+        """Download what the chunk lacks, build its missing preprocessed/tensor items, and
+        read its tensors (verified reads: ~1 ms/card that the model's thread need not wait for)."""
         need = [i for i in chunk if job.raw_keys[i] is None]
         if need:
             assert fetch is not None
@@ -183,10 +192,12 @@ class PredictionLayer:
             chunk = [i for i in chunk if i not in need or i in still]
         chain = self.derived.ensure([job.raw_keys[i] for i in chunk], job.pipeline,  # type: ignore[misc]
                                     job.spec, recompute=not job.use_cache)
-        return chunk, chain
+        keys = [chain.tensors[j] for j in range(len(chunk)) if j not in chain.failed]
+        return _Prepared(chunk, chain, self.store.get_many(keys))  # type: ignore[arg-type]
 
-    def _predict_chunk(self, job: _PredictJob, chunk: list[int], chain: ChainResult) -> None:
+    def _predict_chunk(self, job: _PredictJob, prepared: _Prepared) -> None:
         """Run the model on one prepared chunk and store its new predictions (one shard)."""
+        chunk, chain = prepared.chunk, prepared.chain
         ok = [j for j in range(len(chunk)) if j not in chain.failed]
         for j, reason in chain.failed.items():
             i = chunk[j]
@@ -201,8 +212,7 @@ class PredictionLayer:
         for b in range(0, len(ok), job.batch_size):
             part = ok[b:b + job.batch_size]
             batch_keys = tkeys[b:b + job.batch_size]
-            loaded = self.store.get_many(batch_keys)
-            tensors = np.stack([np.asarray(loaded[k]) for k in batch_keys])
+            tensors = np.stack([np.asarray(prepared.tensors[k]) for k in batch_keys])
             if not job.model.accepts_storage_dtype:
                 tensors = job.spec.to_model(tensors)
             ctx = [job.contexts[chunk[j]] for j in part]
