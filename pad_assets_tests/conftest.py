@@ -106,13 +106,19 @@ def emulator_factory() -> Iterator[Callable[..., Emulator]]:
         emu.stop()
 
 
+def point_env_at(emulator: Emulator, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``Settings.from_env()`` (what a researcher's code reads) use this emulator and
+    cache, online; undone by ``monkeypatch`` after the test."""
+    monkeypatch.setenv("PAD_API_URL", emulator.base_url)
+    monkeypatch.setenv("PAD_REGISTRY_URL", emulator.registry_url)
+    monkeypatch.setenv("PAD_CACHE_DIR", str(cache_dir))
+    monkeypatch.delenv("PAD_OFFLINE", raising=False)
+
+
 @pytest.fixture
 def pad_env(
     emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Emulator:
     """Point ``Settings.from_env()`` at the ``emulator`` fixture with a private cache dir."""
-    monkeypatch.setenv("PAD_API_URL", emulator.base_url)
-    monkeypatch.setenv("PAD_REGISTRY_URL", emulator.registry_url)
-    monkeypatch.setenv("PAD_CACHE_DIR", str(tmp_path / "pad_cache"))
-    monkeypatch.delenv("PAD_OFFLINE", raising=False)
+    point_env_at(emulator, tmp_path / "pad_cache", monkeypatch)
     return emulator

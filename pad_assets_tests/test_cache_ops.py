@@ -31,6 +31,7 @@ from pad_assets.settings import Settings
 from pad_assets.store import CardRecord, ContentStore, NewItem
 from pad_assets.store import shards as shard_io
 from pad_assets.store.store import INDEX_NAME
+from pad_assets_tests.conftest import point_env_at
 from pad_assets_tests.model_fixtures import TINY_DRUG_LABELS, write_tiny_onnx
 
 A, B = "opsA", "opsB"
@@ -471,10 +472,7 @@ def test_sizes_and_durations_parse_and_bad_ones_name_the_input() -> None:
 def test_cli_end_to_end(emu: Emulator, onnx_model, tmp_path: Path, capsys,
                         monkeypatch: pytest.MonkeyPatch) -> None:
     cache, other = tmp_path / "c", tmp_path / "other"
-    monkeypatch.setenv("PAD_API_URL", emu.base_url)
-    monkeypatch.setenv("PAD_REGISTRY_URL", emu.registry_url)
-    monkeypatch.setenv("PAD_CACHE_DIR", str(cache))
-    monkeypatch.delenv("PAD_OFFLINE", raising=False)
+    point_env_at(emu, cache, monkeypatch)
 
     def run(*argv: str) -> tuple[int, str, str]:
         code = ops_main(list(argv))

@@ -44,7 +44,7 @@ from pad_assets.ops.lineage import (
 )
 from pad_assets.settings import Settings
 from pad_assets.store import ContentStore
-from pad_assets_tests.conftest import make_config
+from pad_assets_tests.conftest import make_config, point_env_at
 from pad_assets_tests.model_fixtures import TINY_DRUG_LABELS
 
 pytest_plugins = ["pad_assets_tests.model_fixtures"]
@@ -290,10 +290,7 @@ def test_card_ids_must_be_integers(bad: Any) -> None:
 
 # ---------------------------------------------------------------------------- CLI
 def _env(monkeypatch: pytest.MonkeyPatch, emu: Emulator, cache: Path) -> None:
-    monkeypatch.setenv("PAD_API_URL", emu.base_url)
-    monkeypatch.setenv("PAD_REGISTRY_URL", emu.registry_url)
-    monkeypatch.setenv("PAD_CACHE_DIR", str(cache))
-    monkeypatch.delenv("PAD_OFFLINE", raising=False)
+    point_env_at(emu, cache, monkeypatch)
 
 
 def test_lineage_cli_json_and_text(emu: Emulator, warm: dict[str, Any],

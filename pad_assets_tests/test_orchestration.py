@@ -29,6 +29,7 @@ from pad_assets.orchestration.definitions import (
 from pad_assets.orchestration.resources import PadResource
 from pad_assets.orchestration.sync import range_tags
 from pad_assets.settings import Settings
+from pad_assets_tests.conftest import point_env_at
 
 ROOT = Path(__file__).resolve().parents[1]
 DS = "Dagster_DS"
@@ -46,10 +47,7 @@ def emulator(demo_cache_dir: Path):
 
 @pytest.fixture
 def env(emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("PAD_API_URL", emulator.base_url)
-    monkeypatch.setenv("PAD_REGISTRY_URL", emulator.registry_url)
-    monkeypatch.setenv("PAD_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("PAD_OFFLINE", raising=False)
+    point_env_at(emulator, tmp_path / "cache", monkeypatch)
     return Settings.from_env()
 
 

@@ -17,6 +17,7 @@ from pad_assets import (
 )
 from pad_assets.emulator import DRUGS, DatasetSpec, Emulator, EmulatorConfig
 from pad_assets.models.demo_models import demo_model_artifacts
+from pad_assets_tests.conftest import point_env_at
 from pad_assets_tests.model_fixtures import write_tiny_onnx
 
 DATASET = "FHI2020_Stratified_Sampling"
@@ -33,10 +34,7 @@ def emulator(demo_cache_dir: Path):
 @pytest.fixture
 def researcher(emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Only the environment points at the emulator; the working dir holds my_model.onnx."""
-    monkeypatch.setenv("PAD_API_URL", emulator.base_url)
-    monkeypatch.setenv("PAD_REGISTRY_URL", emulator.registry_url)
-    monkeypatch.setenv("PAD_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("PAD_OFFLINE", raising=False)
+    point_env_at(emulator, tmp_path / "cache", monkeypatch)
     monkeypatch.chdir(tmp_path)
     write_tiny_onnx(tmp_path / "my_model.onnx", n_classes=5)
     return tmp_path

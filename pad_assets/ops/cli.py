@@ -42,15 +42,31 @@ def _emit(args: argparse.Namespace, report: Any) -> None:
 
 
 # ---- cache sub-commands -------------------------------------------------------------------
+def _on_store(args: argparse.Namespace, command: str, run: Callable[[Any], Any],
+              problem: Callable[[Any], str | None] = lambda report: None,
+              recover: bool = True) -> int:
+    """Open the cache, run one operation on it, print its report, close the cache.
+
+    ``problem(report)`` names what went wrong, if anything: it goes to stderr and the exit
+    status is 1, so scripts and cron jobs notice without parsing the report.
+    """
+    store = _store(args, recover=recover)
+    try:
+        report = run(store)
+        _emit(args, report)
+    finally:
+        store.close()
+    message = problem(report)
+    if message:
+        print(f"pad-assets cache {command}: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cache_stats(args: argparse.Namespace) -> int:
     from .maintenance import stats
 
-    store = _store(args)
-    try:
-        _emit(args, stats(store))
-    finally:
-        store.close()
-    return 0
+    return _on_store(args, "stats", stats)
 
 
 def _cache_verify(args: argparse.Namespace) -> int:
@@ -89,86 +105,48 @@ def _cache_verify(args: argparse.Namespace) -> int:
 def _cache_reindex(args: argparse.Namespace) -> int:
     from .maintenance import reindex
 
-    store = _store(args, recover=False)
-    try:
-        report = reindex(store)
-        _emit(args, report)
-    finally:
-        store.close()
-    if report.unreadable:
-        print("pad-assets cache reindex: some shard files are unreadable; run "
-              "`pad-assets cache verify --repair`", file=sys.stderr)
-        return 1
-    return 0
+    return _on_store(args, "reindex", reindex, recover=False, problem=lambda r: (
+        "some shard files are unreadable; run `pad-assets cache verify --repair`"
+        if r.unreadable else None))
 
 
 def _cache_gc(args: argparse.Namespace) -> int:
     from .maintenance import gc
 
-    store = _store(args)
-    try:
-        report = gc(store, max_size=args.max_size, older_than=args.older_than,
-                    keep_datasets=args.keep_dataset or (), dry_run=args.dry_run)
-        _emit(args, report)
-    finally:
-        store.close()
-    if report.skipped:
-        print("pad-assets cache gc: some shards were skipped (see above)", file=sys.stderr)
-        return 1
-    return 0
+    return _on_store(args, "gc", lambda store: gc(
+        store, max_size=args.max_size, older_than=args.older_than,
+        keep_datasets=args.keep_dataset or (), dry_run=args.dry_run),
+        problem=lambda r: "some shards were skipped (see above)" if r.skipped else None)
 
 
 def _cache_export(args: argparse.Namespace) -> int:
     from .sharing import export_bundle
 
-    store = _store(args)
-    try:
-        _emit(args, export_bundle(store, args.dataset, args.layers, out=args.output))
-    finally:
-        store.close()
-    return 0
+    return _on_store(args, "export",
+                     lambda store: export_bundle(store, args.dataset, args.layers,
+                                                 out=args.output))
 
 
 def _cache_import(args: argparse.Namespace) -> int:
     from .sharing import import_bundle
 
-    store = _store(args)
-    try:
-        _emit(args, import_bundle(store, args.bundle))
-    finally:
-        store.close()
-    return 0
+    return _on_store(args, "import", lambda store: import_bundle(store, args.bundle))
 
 
 def _cache_push(args: argparse.Namespace) -> int:
     from .sharing import push
 
-    store = _store(args)
-    try:
-        report = push(store, args.remote)
-        _emit(args, report)
-    finally:
-        store.close()
-    if report.skipped:
-        print("pad-assets cache push: some shards were not pushed (see above)", file=sys.stderr)
-        return 1
-    return 0
+    return _on_store(args, "push", lambda store: push(store, args.remote), problem=lambda r: (
+        "some shards were not pushed (see above)" if r.skipped else None))
 
 
 def _cache_pull(args: argparse.Namespace) -> int:
     from .sharing import pull
 
-    store = _store(args)
-    try:
-        report = pull(store, args.remote, dataset=args.dataset, strict=False)
-        _emit(args, report)
-    finally:
-        store.close()
-    if report.failed:
-        print(f"pad-assets cache pull: {len(report.failed)} shards failed verification and "
-              "were not kept (see above)", file=sys.stderr)
-        return 1
-    return 0
+    return _on_store(args, "pull",
+                     lambda store: pull(store, args.remote, dataset=args.dataset, strict=False),
+                     problem=lambda r: (f"{len(r.failed)} shards failed verification and were "
+                                        "not kept (see above)" if r.failed else None))
 
 
 # ---- other commands -------------------------------------------------------------------
