@@ -204,6 +204,11 @@ class CachedDataset:
         number), truncated flag, and the key of every layer (the lineage chain).
         ``use_cache=False`` recomputes preprocessing, tensors and predictions from the raw
         images; it adds missing items but replaces nothing already cached.
+
+        Images not cached yet are downloaded chunk by chunk inside the prediction pipeline,
+        while the model runs on the previous chunk, so a cold call needs no
+        ``download_and_cache()`` first (and is faster without it). Offline, anything
+        missing is listed in one ``OfflineError`` before any work starts.
         """
         pipeline = preprocessing or model_adapter.get_required_preprocessing()
         rows = self._select(self.manifest().rows, split, card_ids)
