@@ -188,13 +188,10 @@ def png_bytes(rgb: np.ndarray, compress_level: int = 1) -> bytes:
 
 def card_rgb(index: int) -> np.ndarray:
     """Card ``index`` for parity tests: even indices from the project's emulator renderer
-    (realistic colours) when it is importable, the others from ``synthetic_card`` (harsher
-    edge cases: specks, white pixels, saturated bands)."""
+    (realistic colours), the others from ``synthetic_card`` (harsher edge cases: specks,
+    white pixels, saturated bands)."""
     if index % 2 == 0:
-        try:
-            from pad_assets.emulator.synthetic import render_card
-        except ImportError:  # the emulator is another component; never required here
-            pass
-        else:
-            return render_card(1000 + index)
+        from pad_assets.emulator.synthetic import render_card
+
+        return render_card(1000 + index)
     return synthetic_card(index)

@@ -20,13 +20,11 @@ from pad_assets_tests.pls_reference import card_rgb, png_bytes
 
 
 def _card_bytes(index: int) -> bytes:
+    """Even indices: the emulator's realistic PNGs; odd: harsher synthetic edge cases."""
     if index % 2 == 0:
-        try:
-            from pad_assets.emulator.synthetic import card_png
-        except ImportError:
-            pass
-        else:
-            return card_png(2000 + index)
+        from pad_assets.emulator.synthetic import card_png
+
+        return card_png(2000 + index)
     return png_bytes(card_rgb(index))
 
 
