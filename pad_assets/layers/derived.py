@@ -93,7 +93,8 @@ class DerivedLayers:
 
     def _run_from_store(self, pipeline: PreprocessingPipeline, raw_key: str
                         ) -> tuple[np.ndarray, bool]:
-        data = self.store.get(raw_key)
+        # touch=False: the chunk's raw keys are touched once (one index write, not one per card)
+        data = self.store.get_many([raw_key], touch=False)[raw_key]
         return _run_pipeline(pipeline, data, f"raw {raw_key}")  # type: ignore[arg-type]
 
     # ---- keys --------------------------------------------------------------------------
@@ -159,8 +160,10 @@ class DerivedLayers:
                     # Each thread reads its own image: ~workers images in memory, not 64.
                     futures[i] = pool.submit(self._run_from_store, pipeline, raw_keys[i])
                 else:
-                    futures[i] = pool.submit(_run_pipeline, pipeline,
-                                             self.store.get(raw_keys[i]), source)
+                    futures[i] = pool.submit(
+                        _run_pipeline, pipeline,
+                        self.store.get_many([raw_keys[i]], touch=False)[raw_keys[i]], source)
+            self.store.index.touch([raw_keys[i] for i in futures])  # LRU sees the reads
             desc = pipeline.describe()
             for i, fut in futures.items():
                 try:

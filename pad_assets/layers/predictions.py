@@ -76,7 +76,6 @@ class _PredictJob:
     pre_keys: list[str | None]
     ten_keys: list[str | None]
     pred_keys: list[str | None]
-    cached: dict[str, Any]
     model: ModelAdapter
     pipeline: PreprocessingPipeline
     spec: Any
@@ -116,7 +115,7 @@ class PredictionLayer:
             raise ValueError("predict: some raw keys are None and no fetch was given")
         spec = model.get_tensor_spec()
         job = _PredictJob(list(raw_keys), contexts, [None] * len(raw_keys),
-                          [None] * len(raw_keys), [None] * len(raw_keys), {}, model, pipeline,
+                          [None] * len(raw_keys), [None] * len(raw_keys), model, pipeline,
                           spec, model.get_cache_signature(), batch_size, use_cache,
                           [None] * len(raw_keys), on_progress)
         known = [i for i, k in enumerate(raw_keys) if k is not None]
@@ -166,7 +165,6 @@ class PredictionLayer:
                 todo.append(i)
                 continue
             record, truncated = hit
-            job.cached[k] = hit  # type: ignore[index]
             job.out[i] = CardPrediction(job.raw_keys[i], job.pre_keys[i], job.ten_keys[i], k,  # type: ignore[arg-type]
                                         PredictionRecord.from_dict(json.loads(record or "{}")),
                                         bool(truncated), cached=True)
@@ -227,13 +225,12 @@ class PredictionLayer:
                 trunc = chain.truncated[j]
                 job.out[i] = CardPrediction(job.raw_keys[i], job.pre_keys[i], job.ten_keys[i],
                                             job.pred_keys[i], rec, trunc, cached=False)
-                if job.pred_keys[i] not in job.cached:
-                    new_items.append(NewItem(job.pred_keys[i], "prediction", None, stamp(
-                        record=rec.as_dict(), raw_key=job.raw_keys[i],
-                        preprocessed_key=job.pre_keys[i], tensor_key=job.ten_keys[i],
-                        model=job.model_desc, pipeline=job.pipeline.describe(),
-                        spec=job.spec.as_dict(), context=job.contexts[i], truncated=trunc,
-                        inference_seconds=dt)))
+                new_items.append(NewItem(job.pred_keys[i], "prediction", None, stamp(
+                    record=rec.as_dict(), raw_key=job.raw_keys[i],
+                    preprocessed_key=job.pre_keys[i], tensor_key=job.ten_keys[i],
+                    model=job.model_desc, pipeline=job.pipeline.describe(),
+                    spec=job.spec.as_dict(), context=job.contexts[i], truncated=trunc,
+                    inference_seconds=dt)))
             if job.on_progress:
                 job.on_progress(len(part))
         if new_items:

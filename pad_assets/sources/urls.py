@@ -114,6 +114,3 @@ def normalize_url(url: str, api_url: str,
         )
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
-
-def host_of(url: str) -> str:
-    return (urlsplit(url).hostname or "").lower()

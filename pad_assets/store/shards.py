@@ -116,11 +116,6 @@ def read_shard_contents(path: Path) -> tuple[list[dict[str, Any]], list[dict[str
     return records, blobs
 
 
-def list_blob_ids(path: Path) -> list[str]:
-    with h5py.File(path, "r", locking=False) as f:
-        return list(f[BLOBS_GROUP].keys())
-
-
 class ShardReader:
     """Per-process LRU of open read-only shard handles (opening HDF5 costs ~1 ms)."""
 
