@@ -146,6 +146,10 @@ class _Stats:
                 self.truncated += 1
             self.bytes_sent += sent
 
+    def add_bytes(self, sent: int) -> None:
+        with self._lock:
+            self.bytes_sent += sent
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             out: dict[str, Any] = {k: self.kinds.get(k, 0) for k in KINDS}
@@ -335,16 +339,8 @@ class Emulator:
         self.catalog.precompute_md5s(progress=progress)
 
     # ------------------------------------------------------------ stats
-    def stats(self, settle_s: float = 2.0) -> dict[str, Any]:
-        """Counts per kind (api/image/weights/registry/other/total), 5xx answers, bytes.
-
-        A request is counted just after its answer is written, so a client can hold the
-        answer before the count moves; waiting (at most ``settle_s``) for requests in flight
-        to finish makes the counts agree with what the client has received.
-        """
-        end = time.monotonic() + settle_s
-        while self._stats.in_flight and time.monotonic() < end:
-            time.sleep(0.002)
+    def stats(self) -> dict[str, Any]:
+        """Counts per kind (api/image/weights/registry/other/total), 5xx answers, bytes."""
         return self._stats.snapshot()
 
     def wait_idle(self, quiet_s: float = 0.3, timeout_s: float = 15.0) -> None:
@@ -395,7 +391,7 @@ class Emulator:
             h.send_reply(self._control(path.rstrip("/")), head)
             return
         kind = _classify(path)
-        status, sent, truncated = 500, 0, False
+        status, recorded = 500, False
         self._stats.begin()
         try:
             if self.config.latency > 0:
@@ -413,10 +409,14 @@ class Emulator:
             cut = (
                 reply.status == 200 and reply.truncatable and self._draw(self.config.truncate_rate)
             )
-            status, truncated = reply.status, cut
-            sent = h.send_reply(reply, head, cut=cut)
+            status = reply.status
+            # Counted before the answer is written: a client holding the answer sees its count.
+            self._stats.record(kind, path, status, 0, cut)
+            recorded = True
+            self._stats.add_bytes(h.send_reply(reply, head, cut=cut))
         finally:
-            self._stats.record(kind, path, status, sent, truncated)
+            if not recorded:  # failed before answering
+                self._stats.record(kind, path, status, 0, False)
             self._stats.end()
 
     def _control(self, path: str) -> _Reply:
