@@ -222,7 +222,7 @@ class CachedDataset:
         def fetch(positions: list[int]) -> dict[int, str | None]:
             """Download these cards now (inside the prediction pipeline), return raw keys."""
             ids = [int(cards[i]["card_id"]) for i in positions]
-            self.raw.sync(self.name, self._select(rows, None, ids))
+            self.raw.sync(self.name, rows.iloc[positions])
             got = self.raw.raw_keys(self.name, ids)
             return {i: got.get(c) for i, c in zip(positions, ids, strict=True)}
 

@@ -10,7 +10,7 @@ batch in flight and never leaves a half-indexed item.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,15 +73,20 @@ class RawLayer:
         return self._api
 
     # ---- lookups -----------------------------------------------------------------------
-    def known_raw_by_md5(self) -> dict[str, str]:
-        rows = self.store.index.query(
-            "SELECT key, json_extract(meta, '$.md5') FROM items WHERE layer='raw'")
+    def known_raw_by_md5(self, md5s: Sequence[str] | None = None) -> dict[str, str]:
+        """md5 -> raw key of the raw items any dataset holds (only these ``md5s`` if given)."""
+        sql = "SELECT key, json_extract(meta, '$.md5') FROM items WHERE layer='raw'"
+        if md5s is None:
+            rows = self.store.index.query(sql)
+        else:
+            rows = list(self.store.index._select_in(
+                sql + " AND json_extract(meta, '$.md5') IN ({marks})", md5s))
         return {md5: key for key, md5 in rows if md5}
 
     def raw_keys(self, dataset: str, card_ids: Iterable[int]) -> dict[int, str]:
         """card id -> raw key, for the cards of ``dataset`` already cached."""
-        cards = self.store.cards(dataset)
         wanted = [int(c) for c in card_ids]
+        cards = self.store.cards(dataset, wanted)
         keys = {c: cards[c]["raw_key"] for c in wanted
                 if c in cards and cards[c]["status"] == "ok" and cards[c]["raw_key"]}
         present = self.store.has(list(keys.values()))
@@ -93,9 +98,10 @@ class RawLayer:
         """Make every row's image present in the cache; download only what is missing."""
         t0 = time.time()
         summary = DownloadSummary(dataset, total=len(rows))
-        existing = self.store.cards(dataset)
+        # Only these rows' records: apply_model syncs a large dataset chunk by chunk.
+        existing = self.store.cards(dataset, [int(c) for c in rows["card_id"]])
         present_raw = self.store.metas([v["raw_key"] for v in existing.values() if v["raw_key"]])
-        by_md5 = self.known_raw_by_md5()
+        by_md5 = self.known_raw_by_md5([str(m) for m in rows.get("md5", []) if m])
         reuse: list[CardRecord] = []
         todo: list[dict[str, Any]] = []
         for row in rows.to_dict("records"):

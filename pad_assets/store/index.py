@@ -235,24 +235,21 @@ class Index:
             }
         return out
 
-    def _select_in(self, sql: str, values: Sequence[str]) -> Iterator[tuple]:
-        """Rows of ``sql`` (with one ``{marks}`` placeholder) for all values, in chunks."""
+    def _select_in(self, sql: str, values: Sequence[Any], params: Sequence[Any] = ()
+                   ) -> Iterator[tuple]:
+        """Rows of ``sql`` (``params`` first, then one ``{marks}`` placeholder) for all
+        values, in chunks."""
         con = self._connect()
         for part in _chunks(list(dict.fromkeys(values))):
-            yield from con.execute(sql.format(marks=",".join("?" * len(part))), part)
+            yield from con.execute(sql.format(marks=",".join("?" * len(part))),
+                                   (*params, *part))
 
     def json_fields(self, keys: Sequence[str], *paths: str) -> dict[str, tuple[Any, ...]]:
         """key -> the JSON values at ``paths`` ('$.record', ...) of each present item's meta,
         extracted by SQLite: a warm lookup need not parse every ~3 kB lineage meta."""
         cols = ", ".join("json_extract(meta, ?)" for _ in paths)
-        out: dict[str, tuple[Any, ...]] = {}
-        con = self._connect()
-        for part in _chunks(list(dict.fromkeys(keys))):
-            marks = ",".join("?" * len(part))
-            for row in con.execute(f"SELECT key, {cols} FROM items WHERE key IN ({marks})",
-                                   (*paths, *part)):
-                out[row[0]] = row[1:]
-        return out
+        return {row[0]: row[1:] for row in self._select_in(
+            f"SELECT key, {cols} FROM items WHERE key IN ({{marks}})", keys, paths)}
 
     def present(self, keys: Sequence[str]) -> set[str]:
         return {r[0] for r in self._select_in("SELECT key FROM items WHERE key IN ({marks})",
@@ -274,10 +271,16 @@ class Index:
     def refs_for(self, names: Sequence[str]) -> dict[str, str]:
         return dict(self._select_in("SELECT name, key FROM refs WHERE name IN ({marks})", names))
 
-    def cards(self, dataset: str) -> dict[int, dict[str, Any]]:
-        rows = self._connect().execute(
-            "SELECT card_id, raw_key, status, detail, updated FROM cards WHERE dataset=?",
-            (dataset,)).fetchall()
+    def cards(self, dataset: str, card_ids: Sequence[int] | None = None
+              ) -> dict[int, dict[str, Any]]:
+        """Card records of ``dataset``; only those of ``card_ids`` when given (a chunk of a
+        large dataset need not read the whole table)."""
+        sql = "SELECT card_id, raw_key, status, detail, updated FROM cards WHERE dataset=?"
+        if card_ids is None:
+            rows = self._connect().execute(sql, (dataset,)).fetchall()
+        else:
+            rows = list(self._select_in(sql + " AND card_id IN ({marks})",
+                                        [int(c) for c in card_ids], (dataset,)))
         return {int(c): {"raw_key": k, "status": s, "detail": d, "updated": u}
                 for c, k, s, d, u in rows}
 

@@ -173,8 +173,9 @@ class ContentStore:
     def ref(self, name: str) -> str | None:
         return self.index.ref(name)
 
-    def cards(self, dataset: str) -> dict[int, dict[str, Any]]:
-        return self.index.cards(dataset)
+    def cards(self, dataset: str, card_ids: Sequence[int] | None = None
+              ) -> dict[int, dict[str, Any]]:
+        return self.index.cards(dataset, card_ids)
 
     # ---- recovery ----------------------------------------------------------------------
     def shard_files(self) -> dict[str, str]:
