@@ -397,8 +397,11 @@ def _inspect_shard(name: str, path: Path) -> _Inspected:
     return out
 
 
-def _check_items(shards: Sequence[_Inspected], local_blobs: set[str]) -> list[str]:
-    """Every item's payload is present and its key matches its content / chain."""
+def _check_items(shards: Sequence[_Inspected], local_blobs: set[str],
+                 require_payloads: bool = True) -> list[str]:
+    """Every item's key matches its content / chain, and (``require_payloads``) its payload
+    is in these shards or the cache. A pulled shard may point at payloads in other remote
+    shards, so pull checks keys only."""
     problems = []
     blobs = {b for s in shards for b in s.blobs}
     for s in shards:
@@ -406,7 +409,8 @@ def _check_items(shards: Sequence[_Inspected], local_blobs: set[str]) -> list[st
             if r["type"] != "item":
                 continue
             b = r.get("blob")
-            if b is not None and b not in blobs and b not in local_blobs:
+            if (require_payloads and b is not None and b not in blobs
+                    and b not in local_blobs):
                 problems.append(f"shard {s.name}: item {r['key']} needs payload {b}, which "
                                 "neither the shards nor this cache hold")
             if r["layer"] in CONTENT_KEYED_LAYERS and b is None:
@@ -919,8 +923,8 @@ def pull(store: ContentStore, remote_url: str, dataset: str | None = None, *,
                 if want and h.hexdigest() != want:
                     raise IntegrityError(f"sha256 {h.hexdigest()}, the remote index says {want}")
                 insp = _inspect_shard(name, tmp)
-                problems = insp.problems + _check_items([insp], set())
-                problems = [p for p in problems if "neither the shards nor this cache" not in p]
+                problems = insp.problems + _check_items([insp], set(),
+                                                        require_payloads=False)
                 if problems:
                     raise IntegrityError("; ".join(problems[:5]))
                 if not _brings_something(store, insp):
