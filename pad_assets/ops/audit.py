@@ -41,6 +41,7 @@ from .lineage import (
     check_link,
     iso_time,
     model_summary,
+    models_of,
     prediction_metas_for_raw,
     resolve_model_spec,
 )
@@ -126,7 +127,8 @@ def collect_chains(dataset: CachedDataset, models: Sequence[ModelAdapter | str] 
     raw_by_card = {c: v["raw_key"] for c, v in cards.items()
                    if v["status"] == "ok" and v["raw_key"]}
     preds = prediction_metas_for_raw(store, raw_by_card.values())
-    wanted = _model_filter(models, cached_models(store, raw_by_card.values()))
+    # models=None keeps every model: no need to list them
+    wanted = None if models is None else _model_filter(models, models_of(preds.values()))
     by_raw: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for key, meta in preds.items():
         sig = (meta.get("model") or {}).get("signature")

@@ -289,8 +289,13 @@ def cached_models(store: ContentStore, raw_keys: Iterable[str]) -> list[dict[str
 
     Sorted by name then signature, each with the number of predictions found.
     """
+    return models_of(prediction_metas_for_raw(store, raw_keys).values())
+
+
+def models_of(prediction_metas: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``cached_models`` of prediction metadata already read (no second index scan)."""
     by_sig: dict[str, dict[str, Any]] = {}
-    for meta in prediction_metas_for_raw(store, raw_keys).values():
+    for meta in prediction_metas:
         s = model_summary(meta)
         sig = s["signature"] or ""
         entry = by_sig.setdefault(sig, {**s, "predictions": 0})
@@ -740,6 +745,7 @@ __all__ = [
     "iso_time",
     "main_lineage",
     "model_summary",
+    "models_of",
     "prediction_metas_for_raw",
     "resolve_model_spec",
 ]
