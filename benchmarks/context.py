@@ -28,10 +28,6 @@ class Sizes:
                    dagster_cards=100, dagster_reps=1, storage_cards=40,
                    memory_sizes=(100, 300))
 
-    @property
-    def max_cards(self) -> int:
-        return max(self.cards, self.dagster_cards, self.storage_cards, *self.memory_sizes)
-
 
 @dataclass
 class Context:

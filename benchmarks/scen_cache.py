@@ -118,7 +118,7 @@ def run_b1_b2(ctx: Context) -> list[Row]:
     ds, adapter, df, cache = keep
     all_base = [x["baseline_median_ms"] for x in reps["as is"]]
     base_ms = median(all_base)
-    ctx.shared.update(b1_cache=cache, b1_dataset=name, b1_ids=ids, baseline_median_ms=base_ms)
+    ctx.shared.update(b1_ids=ids)
     rows = []
     for label, _ in variants:
         rr = reps[label]
