@@ -1,0 +1,37 @@
+"""Fair, paired comparison of several models' results on one dataset.
+
+A difference between two models only means something if both were scored on the same
+cards, so every model is scored on the identical item set: the cards that every model
+scored (status ``ok``, ground truth known) *and* saw as the same image bytes (same
+``raw_key``). One model's failure therefore removes that card for all models, and the
+report says how many cards each model lost and why, plus a hash of the item set so two
+reports can be checked for comparability at a glance.
+
+Because the items are shared, the statistics are paired: McNemar's exact test on the
+discordant cards, and a bootstrap that resamples *cards* (the same resample for every
+model), so the interval of a difference reflects the pairing instead of two independent
+sampling errors.
+
+Only NumPy, pandas and matplotlib are used (the exact binomial tail is computed with
+``math.comb``), so the comparison needs nothing beyond the package's dependencies.
+"""
+
+from .compare import compare_results
+from .figures import render_figures
+from .report import ComparisonReport
+from .scoring import (
+    LABEL_TYPES,
+    PAIRWISE_COLUMNS,
+    PER_CLASS_COLUMNS,
+    QUANTITY_CLASSES,
+    REQUIRED_COLUMNS,
+    SUMMARY_COLUMNS,
+    item_set_hash,
+)
+from .statistics import cohen_kappa, mcnemar_exact_p, nearest_class
+
+__all__ = [
+    "LABEL_TYPES", "PAIRWISE_COLUMNS", "PER_CLASS_COLUMNS", "QUANTITY_CLASSES",
+    "REQUIRED_COLUMNS", "SUMMARY_COLUMNS", "ComparisonReport", "cohen_kappa",
+    "compare_results", "item_set_hash", "mcnemar_exact_p", "nearest_class", "render_figures",
+]
