@@ -19,6 +19,7 @@ _EXPORTS = {
     "PADNeuralNetworkPipeline": "pad_assets.preprocessing.nn",
     "PADPLSPipeline": "pad_assets.preprocessing.pls",
     "WhiteBalancedNNPipeline": "pad_assets.preprocessing.examples",
+    "CustomResearchPipeline": "pad_assets.preprocessing.research",
     "ModelAdapter": "pad_assets.models.base",
     "TensorSpec": "pad_assets.models.base",
     "PredictionRecord": "pad_assets.models.base",

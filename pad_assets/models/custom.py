@@ -17,9 +17,15 @@ dictionary is refused, as is a state dict without a ``module`` to load it into.
 ``torch.export`` archives (``.pt2``) are deliberately not supported: ``torch.export.load``
 (torch 2.13) reads parts of them with ``weights_only=False``, i.e. arbitrary unpickling.
 
-The signature covers the file's bytes, the runtime and its version, labels, output kind and
-input spec (and, for a state dict, the module's class and structure), and is computed
-without loading the model or importing its framework.
+The signature covers the file's bytes, the runtime and its version, labels and where they
+came from, output kind and input spec (and, for a state dict, the module's class and
+structure), and is computed without loading the model or importing its framework.
+
+Labels are found the way researchers ship them (``labels.py``): ``labels=`` wins, then a PAD
+model record (``from_pad_model``), then the file's own metadata, then a sidecar file
+(``<stem>.labels.json``, ``<stem>.labels.txt``, ``labels.txt``). With none of those, a
+classifier predicts class indices as strings (``"0"``, ``"1"``, ...: categorical, like drug
+names, so never confused with concentration numbers) and warns once per model signature.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 import importlib.util
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -44,6 +50,7 @@ from .base import (
     label_type_of,
     standardize_label,
 )
+from .labels import HOW_TO_GIVE_LABELS, LabelSource, UnlabelledModelWarning, resolve_labels
 from .runtime import (
     MAX_INVOKE_BATCH,
     RuntimeInfo,
@@ -64,6 +71,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..preprocessing.base import PreprocessingPipeline
+    from ..settings import Settings
 
 OutputKind = Literal["logits", "probabilities", "regression"]
 
@@ -135,18 +143,37 @@ def _batches(batch: np.ndarray, size: int) -> list[np.ndarray]:
     return [batch[i : i + size] for i in range(0, batch.shape[0], size)]
 
 
+#: Signatures of unlabelled models already warned about in this process (once each).
+_WARNED_UNLABELLED: set[str] = set()
+
+#: ``label_type`` of class-index predictions: categorical, like drug names.
+CLASS_INDEX_LABEL_TYPE = "drug"
+
+
 class CustomModelAdapter(ModelAdapter):
     """A user's model file behind the cache, with PAD's NN preprocessing by default.
 
     ``output`` says how to read the model's output: ``"logits"`` (PAD semantics: softmax
     probability and logsumexp energy), ``"probabilities"`` (already softmaxed) or
-    ``"regression"`` (one number per item, compared with card quantity). Classification
-    needs ``labels`` in output order; all-integer labels make a concentration classifier.
+    ``"regression"`` (one number per item, compared with card quantity).
+
+    Classifier labels (output order) are found as researchers ship them, first found wins:
+    ``labels=``; the PAD model record (``from_pad_model`` or ``record=``); the file's own
+    metadata (ONNX ``metadata_props['labels']``, TorchScript extra file ``labels.txt`` /
+    ``labels.json``, a ``.keras`` archive's ``metadata.json``/``config.json`` ``labels``, a
+    TF Lite associated ``labels.txt``); a sidecar ``<stem>.labels.json`` /
+    ``<stem>.labels.txt`` / ``labels.txt`` next to the file. Two automatic sources that
+    disagree are an error. All-integer labels make a concentration classifier. With no
+    labels at all, predictions are class indices ``"0"``, ``"1"``, ... (``actual`` is then
+    unknown, so such a model is not scored) and an ``UnlabelledModelWarning`` is issued once
+    per model signature. A label count that does not match the output width is an error.
+    ``label_source`` says where the labels came from; it is in the signature and lineage.
 
     The default input is PAD's (454, 454, 3) crop, raw 0..255 float32 (stored as uint8); a
-    custom ``preprocessing`` needs an ``input_spec`` describing what it returns. Arrays are
-    fed as the spec describes (NHWC for the default): a PyTorch model that wants NCHW should
-    permute inside ``forward`` or get a pipeline that returns CHW.
+    custom ``preprocessing`` needs an ``input_spec`` describing what it returns, unless it
+    describes itself (``CustomResearchPipeline.tensor_spec()``). Arrays are fed as the spec
+    describes (NHWC for the default): a PyTorch model that wants NCHW should permute inside
+    ``forward`` or get a pipeline that returns CHW.
 
     For a state dict, ``module`` receives the file's weights in place (``load_state_dict``,
     strict) on the first prediction; its class and ``repr`` enter the signature, but not
@@ -162,6 +189,7 @@ class CustomModelAdapter(ModelAdapter):
         module: torch.nn.Module | None = None,
         name: str | None = None,
         output: OutputKind = "logits",
+        record: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
         ext = self.path.suffix.lower()
@@ -183,25 +211,28 @@ class CustomModelAdapter(ModelAdapter):
         self.runtime = runtime_for(self.kind)
         self.name = name or safe_name(self.path.stem)
         self.sha256 = file_sha256(self.path)
+        self.record: dict[str, Any] = dict(record) if record else {}
 
         if preprocessing is not None and input_spec is None:
-            raise ModelError(
-                f"{self.path}: a custom preprocessing pipeline needs input_spec= (the shape "
-                "and dtype of the arrays it returns)"
-            )
+            described = getattr(preprocessing, "tensor_spec", None)
+            if not callable(described):
+                raise ModelError(
+                    f"{self.path}: a custom preprocessing pipeline needs input_spec= (the "
+                    "shape and dtype of the arrays it returns)"
+                )
+            input_spec = described()
         self._preprocessing = preprocessing
         self.input_spec = input_spec or PAD_NN_TENSOR_SPEC
 
         if output == "regression":
+            self.label_source = LabelSource(None, "not_applicable", "regression", "", None)
             self.labels: list[str] = []
             self._label_type = "concentration"
         else:
-            if not labels:
-                raise ModelError(
-                    f"{self.path}: a classifier ({output}) needs labels= in output order"
-                )
-            self.labels = [standardize_label(x) for x in labels]
-            self._label_type = label_type_of(self.labels)
+            self.label_source = resolve_labels(self.path, self.kind, labels, self.record)
+            found = self.label_source.labels
+            self.labels = [standardize_label(x) for x in found] if found else []
+            self._label_type = label_type_of(self.labels) if found else CLASS_INDEX_LABEL_TYPE
 
         self.torch_format: str | None = None
         self._module_identity: list[str] | None = None
@@ -231,6 +262,47 @@ class CustomModelAdapter(ModelAdapter):
         self._module = module
         self._model: Any = None
         self._dynamic_batch = True
+        if self.class_indices:
+            self._warn_unlabelled()
+
+    @classmethod
+    def from_pad_model(
+        cls,
+        model_id: int,
+        settings: Settings | None = None,
+        refresh: bool = False,
+        **kwargs: Any,
+    ) -> CustomModelAdapter:
+        """A PAD model's verified weights run as a custom model, labelled by its record.
+
+        The record and weights are fetched once and sha256-checked (``resolve_model``); the
+        record's ``labels`` are the label source unless ``labels=`` is given. Useful to run
+        a PAD network under another pipeline or runtime than ``PADTensorFlowAdapter``'s.
+        """
+        from ..sources.model_artifacts import resolve_model
+
+        resolved = resolve_model(int(model_id), settings=settings, refresh=refresh)
+        record = dict(resolved.record)
+        record.setdefault("id", int(model_id))
+        kwargs.setdefault("name", f"custom_pad_{int(model_id)}")
+        return cls(resolved.weights_path, record=record, **kwargs)
+
+    @property
+    def class_indices(self) -> bool:
+        """True when no labels were found: predictions are class indices."""
+        return self.label_source.kind == "class_index"
+
+    def _warn_unlabelled(self) -> None:
+        signature = self.get_cache_signature()
+        if signature in _WARNED_UNLABELLED:
+            return
+        _WARNED_UNLABELLED.add(signature)
+        warnings.warn(
+            f"{self.path}: no labels found, so predictions are class indices ('0', '1', ... "
+            f"in output order) and cannot be scored; {HOW_TO_GIVE_LABELS}",
+            UnlabelledModelWarning,
+            stacklevel=3,
+        )
 
     # -- ModelAdapter interface -----------------------------------------------------------
     def get_required_preprocessing(self) -> PreprocessingPipeline:
@@ -246,13 +318,21 @@ class CustomModelAdapter(ModelAdapter):
     def label_type(self) -> str:
         return self._label_type
 
+    def actual_label(self, card: dict[str, Any]) -> Any:
+        """Unknown for class-index predictions: index 3 means nothing without labels."""
+        if self.class_indices:
+            return None
+        return super().actual_label(card)
+
     def get_cache_signature(self) -> str:
-        """File sha256, runtime + version, labels, output kind, input spec, and for a state
-        dict the module's class and structure (its code is not in the file)."""
+        """File sha256, runtime + version, labels and their source (kind, machine-independent
+        name, content hash), output kind, input spec, and for a state dict the module's
+        class and structure (its code is not in the file)."""
         return self.signature_of(
             self.sha256,
             self.runtime.as_list(),
             self.labels,
+            self.label_source.signature_part(),
             self.output,
             self.input_spec.as_dict(),
             self._module_identity,
@@ -409,7 +489,8 @@ class CustomModelAdapter(ModelAdapter):
             return []
         out = self.predict_outputs(preprocessed_images)
         if self.output != "regression":
-            return records_from_outputs(out, self.labels, self._label_type, self.output, self.name)
+            labels = self.labels or [str(i) for i in range(out.shape[1])]
+            return records_from_outputs(out, labels, self._label_type, self.output, self.name)
         if out.shape[1] != 1:
             raise ModelError(
                 f"{self.name}: a regression model must output one value per item, got "
@@ -438,6 +519,8 @@ class CustomModelAdapter(ModelAdapter):
             runtime=self.runtime.as_list(),
             labels=list(self.labels),
             label_type=self._label_type,
+            label_source=self.label_source.lineage(),
+            record_id=self.record.get("id") if self.record else None,
             output=self.output,
             input_spec=self.input_spec.as_dict(),
             module=self._module_identity[0] if self._module_identity else None,
