@@ -276,7 +276,7 @@ def _zip_read(path: Path, member: str) -> bytes:
 
 def _source(labels: list[str], kind: str, where: str, content: bytes, path: Path
             ) -> LabelSource:
-    return LabelSource(tuple(labels), kind, where, sha256_bytes(content), str(path))
+    return LabelSource(tuple(labels), kind, where, sha256_bytes(content), str(path.resolve()))
 
 
 def _first_key(mapping: Any) -> str | None:
@@ -372,7 +372,7 @@ def sidecar_labels(path: Path) -> LabelSource | None:
 
 
 # -------------------------------------------------------------------------------- resolution
-def _record_source(record: Mapping[str, Any], path: Path) -> LabelSource | None:
+def _record_source(record: Mapping[str, Any]) -> LabelSource | None:
     raw = record.get("labels")
     if not raw:
         return None
@@ -394,7 +394,7 @@ def resolve_labels(path: Path, kind: str, explicit: Sequence[Any] | None = None,
         return LabelSource(tuple(labels), "explicit", "labels=",
                            sha256_bytes(canonical_json(labels).encode("utf-8")), None)
     found = [s for s in (
-        _record_source(record, path) if record else None,
+        _record_source(record) if record else None,
         embedded_labels(path, kind),
         sidecar_labels(path),
     ) if s is not None]
@@ -406,8 +406,16 @@ def resolve_labels(path: Path, kind: str, explicit: Sequence[Any] | None = None,
         theirs = [standardize_label(x) for x in other.labels or ()]
         if theirs != mine:
             raise ModelError(
-                f"{path}: labels from {chosen.where} ({len(mine)}: {mine[:4]}...) disagree with "
-                f"{other.path or other.where} ({len(theirs)}: {theirs[:4]}...); one of them is "
-                "stale: fix or remove it, or pass labels= explicitly"
+                f"{path}: labels from {_described(chosen)} ({len(mine)}: {mine[:4]}...) "
+                f"disagree with {_described(other)} ({len(theirs)}: {theirs[:4]}...); one of "
+                "them is stale: fix or remove it, or pass labels= explicitly"
             )
     return chosen
+
+
+def _described(source: LabelSource) -> str:
+    if source.kind == "embedded":
+        return f"the model file's {source.where}"
+    if source.kind == "sidecar":
+        return f"sidecar {source.path}"
+    return source.where
