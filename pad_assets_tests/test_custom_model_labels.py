@@ -276,8 +276,8 @@ def test_no_labels_gives_class_indices_and_warns_once(
         adapter = CustomModelAdapter(onnx_dir / "net.onnx")
     assert len(caught) == 1
     message = str(caught[0].message)
-    for way in ("metadata_props", "_extra_files", "net.onnx", "labels.txt",
-                "<name>.labels.json", "from_pad_model", "labels=["):
+    for way in ("metadata_props", "_extra_files", "net.onnx", "'net.labels.txt'",
+                "'labels.txt'", "'net.labels.json'", "from_pad_model", "labels=["):
         assert way in message, way
     assert adapter.class_indices and adapter.labels == []
     records = adapter.predict_batch(tiny_nn_batch)
@@ -301,5 +301,6 @@ def test_no_labels_gives_class_indices_and_warns_once(
 def test_label_count_mismatch_is_an_error(onnx_dir: Path) -> None:
     (onnx_dir / "net.labels.txt").write_text("a\nb\nc\n")
     adapter = CustomModelAdapter(onnx_dir / "net.onnx")
-    with pytest.raises(ModelError, match="outputs 5 values per item but has 3 labels"):
+    with pytest.raises(ModelError, match="outputs 5 values per item but has 3 labels") as info:
         adapter.predict_batch(nn_batch(2))
+    assert f"sidecar {onnx_dir / 'net.labels.txt'}" in str(info.value)

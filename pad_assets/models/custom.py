@@ -50,7 +50,13 @@ from .base import (
     label_type_of,
     standardize_label,
 )
-from .labels import HOW_TO_GIVE_LABELS, LabelSource, UnlabelledModelWarning, resolve_labels
+from .labels import (
+    LabelSource,
+    UnlabelledModelWarning,
+    describe_source,
+    how_to_give_labels,
+    resolve_labels,
+)
 from .runtime import (
     MAX_INVOKE_BATCH,
     RuntimeInfo,
@@ -299,7 +305,7 @@ class CustomModelAdapter(ModelAdapter):
         _WARNED_UNLABELLED.add(signature)
         warnings.warn(
             f"{self.path}: no labels found, so predictions are class indices ('0', '1', ... "
-            f"in output order) and cannot be scored; {HOW_TO_GIVE_LABELS}",
+            f"in output order) and cannot be scored; {how_to_give_labels(self.path)}",
             UnlabelledModelWarning,
             stacklevel=3,
         )
@@ -489,8 +495,18 @@ class CustomModelAdapter(ModelAdapter):
             return []
         out = self.predict_outputs(preprocessed_images)
         if self.output != "regression":
-            labels = self.labels or [str(i) for i in range(out.shape[1])]
-            return records_from_outputs(out, labels, self._label_type, self.output, self.name)
+            if self.class_indices:
+                indices = [str(i) for i in range(out.shape[1])]
+                return records_from_outputs(out, indices, self._label_type, self.output,
+                                            self.name)
+            if out.shape[1] != len(self.labels):
+                raise ModelError(
+                    f"{self.name}: the model outputs {out.shape[1]} values per item but has "
+                    f"{len(self.labels)} labels (from {describe_source(self.label_source)}); "
+                    "labels and weights do not belong together"
+                )
+            return records_from_outputs(out, self.labels, self._label_type, self.output,
+                                        self.name)
         if out.shape[1] != 1:
             raise ModelError(
                 f"{self.name}: a regression model must output one value per item, got "

@@ -55,6 +55,7 @@ __all__ = [
     "LabelSource",
     "UnlabelledModelWarning",
     "embedded_labels",
+    "how_to_give_labels",
     "parse_label_data",
     "resolve_labels",
     "SIDECAR_PATTERNS",
@@ -71,14 +72,17 @@ TFLITE_ASSOCIATED_FILES: tuple[str, ...] = ("labels.json", "labels.txt", "labelm
 #: Label files larger than this are refused (a list of class names is a few KB).
 MAX_LABEL_BYTES = 4 * 1024 * 1024
 
-HOW_TO_GIVE_LABELS = (
-    "give labels in output order in one of three ways: (1) in the model file's own metadata "
-    "(ONNX metadata_props['labels'], TorchScript _extra_files={'labels.txt': ...}, a Keras "
-    "archive's metadata.json 'labels'); (2) a sidecar file next to the weights, "
-    "'<name>.labels.txt', 'labels.txt' (one label per line) or '<name>.labels.json'; "
-    "(3) a PAD model record (CustomModelAdapter.from_pad_model(model_id)); "
-    "or pass labels=[...] explicitly"
-)
+def how_to_give_labels(path: Path) -> str:
+    """The three ways to label a model (and ``labels=``), with this file's sidecar names."""
+    stem = path.stem
+    return (
+        "give labels in output order in one of three ways: (1) in the model file's own "
+        "metadata (ONNX metadata_props['labels'], TorchScript "
+        "_extra_files={'labels.txt': ...}, a Keras archive's metadata.json 'labels'); "
+        f"(2) a sidecar file next to the weights: '{stem}.labels.txt' or 'labels.txt' (one "
+        f"label per line) or '{stem}.labels.json' (a JSON list); (3) a PAD model record "
+        "(CustomModelAdapter.from_pad_model(model_id)); or pass labels=[...] explicitly"
+    )
 
 
 class UnlabelledModelWarning(UserWarning):
@@ -406,16 +410,19 @@ def resolve_labels(path: Path, kind: str, explicit: Sequence[Any] | None = None,
         theirs = [standardize_label(x) for x in other.labels or ()]
         if theirs != mine:
             raise ModelError(
-                f"{path}: labels from {_described(chosen)} ({len(mine)}: {mine[:4]}...) "
-                f"disagree with {_described(other)} ({len(theirs)}: {theirs[:4]}...); one of "
+                f"{path}: labels from {describe_source(chosen)} ({len(mine)}: {mine[:4]}...) "
+                f"disagree with {describe_source(other)} ({len(theirs)}: {theirs[:4]}...); one of "
                 "them is stale: fix or remove it, or pass labels= explicitly"
             )
     return chosen
 
 
-def _described(source: LabelSource) -> str:
+def describe_source(source: LabelSource) -> str:
+    """Where labels came from, in words for messages."""
     if source.kind == "embedded":
         return f"the model file's {source.where}"
     if source.kind == "sidecar":
         return f"sidecar {source.path}"
+    if source.kind == "explicit":
+        return "the labels= argument"
     return source.where
