@@ -69,6 +69,7 @@ class CachedDataset:
                                          registry_url=registry_url)
         self.settings = settings
         self.progress = progress
+        self._owns_store = store is None  # a store passed in belongs to the caller
         self.store = store or ContentStore(settings.cache_dir)
         self._http: HttpClient = http_client_for(settings)
         self.api = PadApiClient(settings, self._http)
@@ -81,8 +82,19 @@ class CachedDataset:
         return f"CachedDataset({self.name!r}, cache_dir={str(self.settings.cache_dir)!r})"
 
     def close(self) -> None:
+        """Stop the preprocessing worker pool and close the store's open shard files and
+        index connection (only a store this dataset opened itself). Idempotent; the
+        dataset reopens what it needs if used again."""
         self.derived.close()
-        self.store.close()
+        if self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> CachedDataset:
+        """``with CachedDataset(name) as ds:`` closes pools and files on leaving."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ---- manifest and raw layer --------------------------------------------------------
     def manifest(self, refresh: bool = False) -> Manifest:

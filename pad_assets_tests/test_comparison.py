@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,16 @@ from pad_assets.comparison import (
     PAIRWISE_COLUMNS,
     SUMMARY_COLUMNS,
     ComparisonReport,
+    bca_interval,
     cohen_kappa,
     compare_results,
     item_set_hash,
     mcnemar_exact_p,
     nearest_class,
+    paired_difference_interval,
+    rmse_difference_statistic,
+    rmse_statistic,
+    wilson_interval,
 )
 from pad_assets.errors import InvalidInputError, PadAssetsError
 
@@ -227,50 +233,120 @@ def test_cohen_kappa_by_hand() -> None:
     assert rep.pairwise.iloc[0]["agreement"] == pytest.approx(0.7)
 
 
-def _bootstrap_pair(seed: int, n_bootstrap: int = 400) -> ComparisonReport:
-    rng = np.random.default_rng(123)
-    truth = rng.choice(["a", "b", "c"], size=40).tolist()
-    pa = [t if rng.random() < 0.85 else "c" for t in truth]
-    pb = [t if rng.random() < 0.6 else "a" for t in truth]
-    return compare_results({"a": drug_frame("a", truth, pa), "b": drug_frame("b", truth, pb)},
-                           "ds", n_bootstrap=n_bootstrap, seed=seed)
+def _conc_pair(seed: int = 0, n_bootstrap: int = 2000) -> ComparisonReport:
+    """A concentration classifier and a PLS-like regressor on 42 cards (lab size)."""
+    rng = np.random.default_rng(11)
+    actual = rng.choice([20.0, 50.0, 80.0, 100.0], size=42)
+    cls = [a if rng.random() < 0.7 else float(rng.choice([20.0, 50.0, 80.0, 100.0]))
+           for a in actual]
+    reg = [float(a + rng.normal(0, 12)) for a in actual]
+    return compare_results(
+        {"cnn": frame("cnn", "concentration", [(i + 1, a, p) for i, (a, p) in
+                                               enumerate(zip(actual, cls, strict=True))]),
+         "pls": frame("pls", "concentration", [(i + 1, a, p) for i, (a, p) in
+                                               enumerate(zip(actual, reg, strict=True))])},
+        "ds", n_bootstrap=n_bootstrap, seed=seed)
 
 
-def test_paired_bootstrap_ci_contains_the_difference_and_is_reproducible() -> None:
-    rep = _bootstrap_pair(seed=7)
-    pw = rep.pairwise.iloc[0]
-    assert pw["ci_low"] <= pw["diff"] <= pw["ci_high"] and pw["ci_low"] < pw["ci_high"]
-    again = _bootstrap_pair(seed=7)
-    pd.testing.assert_frame_equal(rep.pairwise, again.pairwise)
-    pd.testing.assert_frame_equal(rep.summary, again.summary)
-    other = _bootstrap_pair(seed=8).pairwise.iloc[0]
-    assert (other["ci_low"], other["ci_high"]) != (pw["ci_low"], pw["ci_high"])
-    # Paired: one resample of the items serves both models (percentile CI of the differences).
-    assert rep.confusion["a"].to_numpy().trace() / rep.n_items == pytest.approx(row_of(rep.summary, model="a")["accuracy"])
-    s = rep.summary.set_index("model")
-    for m in ("a", "b"):
-        assert s.loc[m, "accuracy_ci_low"] <= s.loc[m, "accuracy"] <= s.loc[m, "accuracy_ci_high"]
+def test_wilson_interval_against_scipy_and_where_a_bootstrap_collapses() -> None:
+    from scipy import stats  # test extra: an independent reference, never skipped
+
+    for n in (1, 2, 5, 17, 42, 100):
+        for k in range(n + 1):
+            ref = stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
+            assert wilson_interval(k, n) == pytest.approx((ref.low, ref.high), abs=1e-12)
+    assert wilson_interval(0, 0) == (pytest.approx(math.nan, nan_ok=True),) * 2
+    with pytest.raises(InvalidInputError):
+        wilson_interval(5, 4)
+    # A model right on all 42 cards: a percentile bootstrap gives [1, 1]; Wilson does not.
+    truth = ["a", "b", "c"] * 14
+    rep = compare_results({"m": drug_frame("m", truth, truth)}, "ds", n_bootstrap=200)
+    s = row_of(rep.summary, model="m")
+    assert s["accuracy"] == 1.0 and s["accuracy_ci_high"] == 1.0
+    assert s["accuracy_ci_low"] == pytest.approx(0.91620, abs=1e-5)  # 42/(42 + 1.96^2)
+    pc = rep.per_class["m"].set_index("label")  # per-class accuracy: Wilson on 14 cards
+    ref = stats.binomtest(14, 14).proportion_ci(0.95, method="wilson")
+    assert pc.loc["a", ["recall_ci_low", "recall_ci_high"]].tolist() == pytest.approx(
+        [ref.low, ref.high])
 
 
-def test_bootstrap_resamples_items_jointly_for_both_models() -> None:
-    truth = ["a", "b"] * 10
+def test_newcombe_paired_interval_matches_the_textbook() -> None:
+    """Fagerland, Lydersen & Laake, Statistical Analysis of Contingency Tables (2017),
+    ch. 8, the Cavo et al. (2012) table [[59, 6], [16, 80]]: Newcombe square-and-add
+    -0.0621 (-0.1186 to -0.0046); McNemar exact conditional P = 0.052479."""
+    lo, hi = paired_difference_interval(59, 6, 16, 80)
+    assert (round(lo, 4), round(hi, 4)) == (-0.1186, -0.0046)
+    assert mcnemar_exact_p(6, 16) == pytest.approx(0.052479, abs=5e-7)
+    # Two models that agree on all 42 cards: no bootstrap could give more than [0, 0].
+    lo0, hi0 = paired_difference_interval(40, 0, 0, 2)
+    assert lo0 < 0 < hi0 and lo0 == pytest.approx(-hi0) and 0.05 < hi0 < 0.15
+    with pytest.raises(InvalidInputError):
+        paired_difference_interval(1, -1, 0, 0)
+    # In a report: the accuracy row of a pair uses exactly this interval.
+    truth = ["a"] * 10 + ["b"] * 10
     pa = truth[:]
-    pb = ["a"] * 20  # right exactly where truth is "a"
+    pb = ["a"] * 20
     rep = compare_results({"a": drug_frame("a", truth, pa), "b": drug_frame("b", truth, pb)},
-                          "ds", n_bootstrap=300, seed=3)
-    idx = np.random.default_rng(3).integers(0, 20, size=(300, 20))
-    ca = np.ones(20)
-    cb = np.array([t == "a" for t in truth], dtype=float)
-    diffs = ca[idx].mean(axis=1) - cb[idx].mean(axis=1)
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
-    pw = rep.pairwise.iloc[0]
-    assert (pw["ci_low"], pw["ci_high"]) == pytest.approx((lo, hi))
+                          "ds", n_bootstrap=0)
+    pw = row_of(rep.pairwise, metric="accuracy")
+    assert (pw["ci_low"], pw["ci_high"]) == pytest.approx(paired_difference_interval(10, 10, 0, 0))
+    assert pw["ci_method"] == "newcombe" and pw["ci_low"] <= pw["diff"] <= pw["ci_high"]
 
 
-def test_no_bootstrap_gives_nan_intervals() -> None:
-    rep = _bootstrap_pair(seed=0, n_bootstrap=0)
-    assert math.isnan(rep.pairwise.iloc[0]["ci_low"])
-    assert rep.summary["accuracy_ci_low"].isna().all()
+def test_bca_matches_scipy_for_rmse_and_paired_rmse_difference() -> None:
+    from scipy import stats
+
+    rng = np.random.default_rng(5)
+    se_a = rng.exponential(100, size=42) ** 2 / 50  # skewed, like squared errors
+    se_b = se_a * rng.uniform(0.3, 1.7, size=42)
+    for data, stat, paired in (((se_a,), rmse_statistic, False),
+                               ((se_a, se_b), rmse_difference_statistic, True)):
+        mine = bca_interval(list(data), stat, n_resamples=20000, seed=1)
+        ref = stats.bootstrap(data, stat, n_resamples=20000, method="BCa", paired=paired,
+                              vectorized=True, random_state=np.random.default_rng(2)
+                              ).confidence_interval
+        width = ref.high - ref.low
+        # Different resamples: equal up to Monte Carlo error (a few % of the width).
+        assert mine[0] == pytest.approx(ref.low, abs=0.04 * width)
+        assert mine[1] == pytest.approx(ref.high, abs=0.04 * width)
+    # BCa is not the percentile interval: RMSE is skewed and the correction is visible.
+    pct = stats.bootstrap((se_a,), rmse_statistic, n_resamples=20000, method="percentile",
+                          vectorized=True, random_state=np.random.default_rng(1)
+                          ).confidence_interval
+    bca = bca_interval([se_a], rmse_statistic, n_resamples=20000, seed=1)
+    assert bca[0] - pct.low > 0.02 * (pct.high - pct.low)
+    # A point-mass bootstrap distribution (every card equal) gives the point, not NaN.
+    assert bca_interval([np.full(42, 4.0)], rmse_statistic, 500) == (2.0, 2.0)
+    assert all(math.isnan(v) for v in bca_interval([se_a], rmse_statistic, 0))
+
+
+def test_rmse_intervals_are_bca_paired_and_reproducible() -> None:
+    rep = _conc_pair(seed=7)
+    s = rep.summary.set_index("model")
+    pw = row_of(rep.pairwise, metric="rmse")
+    assert pw["ci_method"] == "bca" and pw["ci_low"] <= pw["diff"] <= pw["ci_high"]
+    # The report's intervals are bca_interval on its own per-card squared errors, one
+    # shared resample (same seed) for the models and for the pair.
+    sq = {m: (pred - act) ** 2 for m, (act, pred) in rep.scores.items()}
+    assert (s.loc["pls", "rmse_ci_low"], s.loc["pls", "rmse_ci_high"]) == pytest.approx(
+        bca_interval([sq["pls"]], rmse_statistic, 2000, seed=7))
+    assert (pw["ci_low"], pw["ci_high"]) == pytest.approx(
+        bca_interval([sq["cnn"], sq["pls"]], rmse_difference_statistic, 2000, seed=7))
+    for m in ("cnn", "pls"):
+        assert s.loc[m, "rmse_ci_low"] <= s.loc[m, "rmse"] <= s.loc[m, "rmse_ci_high"]
+    again = _conc_pair(seed=7)
+    pd.testing.assert_frame_equal(rep.pairwise, again.pairwise)
+    other = row_of(_conc_pair(seed=8).pairwise, metric="rmse")
+    assert (other["ci_low"], other["ci_high"]) != (pw["ci_low"], pw["ci_high"])
+
+
+def test_no_bootstrap_leaves_only_rmse_intervals_empty() -> None:
+    rep = _conc_pair(n_bootstrap=0)
+    assert math.isnan(row_of(rep.pairwise, metric="rmse")["ci_low"])
+    assert rep.summary["rmse_ci_low"].isna().all()
+    acc = row_of(rep.summary, model="cnn")  # Wilson needs no resampling
+    assert acc["accuracy_ci_low"] < acc["accuracy"] < acc["accuracy_ci_high"]
+    assert "not computed (n_bootstrap=0)" in str(rep)
 
 
 # ---- edge cases ----------------------------------------------------------------------
@@ -393,8 +469,11 @@ def test_report_writes_markdown_html_pngs_and_csvs(mixed_report: ComparisonRepor
 
 def test_str_shows_summary_and_pairwise(mixed_report: ComparisonReport) -> None:
     text = str(mixed_report)
-    assert "Summary:" in text and "Pairwise" in text and "nn|drug v2" in text
-    assert "mcnemar_p" in text and "FHI2020_test" in text
+    assert "nn|drug v2" in text and "FHI2020_test" in text and "McNemar b/c p" in text
+    acc = row_of(mixed_report.summary, model="nn drug")  # value [low, high] on one line
+    assert (f"{acc['accuracy']:.4g} [{acc['accuracy_ci_low']:.4g}, "
+            f"{acc['accuracy_ci_high']:.4g}]") in text
+    assert "Wilson" in text and "Newcombe" in text and "BCa" in text
 
 
 def test_figures_render_on_agg_without_display_or_pyplot(monkeypatch: pytest.MonkeyPatch
@@ -419,8 +498,127 @@ def test_figures_render_on_agg_without_display_or_pyplot(monkeypatch: pytest.Mon
     rep = compare_results({"m": drug_frame("m", ["x", "y", "y"], ["x", "x", "y"])}, "ds",
                           n_bootstrap=10)
     figs = rep.figures
-    assert set(figs) == {"summary.png", "confusion_m.png"}
+    assert set(figs) == {"summary.png", "confusion_m.png", "per_class_accuracy.png"}
     assert all(b.startswith(PNG_MAGIC) for b in figs.values())
     assert calls and set(calls) == {"FigureCanvasAgg"}
     assert dict.__getitem__(matplotlib.rcParams, "backend") == backend_before
     assert rep.figures is figs  # rendered once, then kept
+
+
+# ---- what the figures show ---------------------------------------------------------------
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Keeps each matplotlib Figure that ``render_figures`` draws, by file name."""
+    from pad_assets.comparison import figures as figmod
+
+    kept: dict[str, Any] = {}
+    original = figmod._png
+
+    def keep(draw: Any, size: tuple[float, float]) -> bytes:
+        def recording(fig: Any) -> None:
+            draw(fig)
+            kept[f"#{len(kept)}"] = fig
+        return original(recording, size)
+
+    monkeypatch.setattr(figmod, "_png", keep)
+    return kept
+
+
+def _by_name(rep: ComparisonReport, kept: dict[str, Any]) -> dict[str, Any]:
+    figs = rep.figures  # renders, in file-name order
+    return dict(zip(figs, kept.values(), strict=True))
+
+
+def test_figures_show_differences_scatter_and_per_class_without_empty_classes(
+        drawn: dict[str, Any]) -> None:
+    rep = _conc_pair(seed=3)  # classes 20..100 occur; class 0 never occurs nor is predicted
+    figs = _by_name(rep, drawn)
+    assert set(figs) == {"summary.png", "paired_differences.png", "predicted_vs_actual.png",
+                         "per_class_accuracy.png", "confusion_cnn.png"}
+    # paired differences: one panel (RMSE), the CI drawn from the pairwise row
+    (ax,) = figs["paired_differences.png"].axes
+    pw = row_of(rep.pairwise, metric="rmse")
+    ci_lines = [line for line in ax.lines if len(line.get_xdata()) == 2
+                and line.get_ydata()[0] == line.get_ydata()[1]]
+    assert [tuple(line.get_xdata()) for line in ci_lines] == [
+        pytest.approx((pw["ci_low"], pw["ci_high"]))]
+    assert "cnn − pls" in ax.get_yticklabels()[0].get_text()
+    # predicted vs actual: a panel per concentration model, a point per card; the
+    # regressor's y values are its predictions exactly, x the labels up to the jitter
+    ax_cnn, ax_pls = figs["predicted_vs_actual.png"].axes
+    actual, pred = rep.scores["pls"]
+    pts = ax_pls.collections[0].get_offsets()
+    assert len(pts) == rep.n_items == len(ax_cnn.collections[0].get_offsets())
+    assert np.allclose(pts[:, 1], pred) and np.abs(pts[:, 0] - actual).max() <= 2.5 + 1e-9
+    # per-class accuracy: only the classes present, each with its support
+    (ax,) = figs["per_class_accuracy.png"].axes
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    support = rep.per_class["cnn"].set_index("label")["support"]
+    assert support[0] == 0 and [t.split("\n")[0] for t in ticks] == ["20", "50", "80", "100"]
+    assert ticks[0] == f"20\nn={support[20]}"
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == pytest.approx(rep.per_class["cnn"].set_index("label").loc[
+        [20, 50, 80, 100], "recall"].tolist())
+    # confusion: the empty class 0 is left out of the picture (the CSV keeps it)
+    conf_ax = figs["confusion_cnn.png"].axes[0]
+    assert [t.get_text() for t in conf_ax.get_yticklabels()] == ["20", "50", "80", "100"]
+    assert list(rep.confusion["cnn"].index) == [0, 20, 50, 80, 100]
+
+
+def test_every_model_keeps_one_distinct_colour(mixed_report: ComparisonReport,
+                                               drawn: dict[str, Any]) -> None:
+    from matplotlib.colors import to_hex
+
+    from pad_assets.comparison.figures import model_colours
+
+    assert len(set(model_colours([f"m{i}" for i in range(18)]).values())) == 18
+    colours = model_colours(mixed_report.models)
+    figs = _by_name(dataclasses.replace(mixed_report, _figures=None), drawn)  # fresh render
+    drug_ax = figs["per_class_accuracy.png"].axes[0]
+    bar_colours = {to_hex(p.get_facecolor()) for p in drug_ax.patches}
+    assert bar_colours == {colours["nn drug"].lower(), colours["nn|drug v2"].lower()}
+    summary_colours = {to_hex(line.get_color()) for ax in figs["summary.png"].axes
+                       for line in ax.lines if line.get_marker() == "o"}
+    assert summary_colours == {c.lower() for c in colours.values()}
+
+
+def test_figures_and_report_show_themselves_in_a_notebook(mixed_report: ComparisonReport
+                                                          ) -> None:
+    figs = mixed_report.figures
+    assert isinstance(figs, Mapping) and figs["summary.png"].startswith(PNG_MAGIC)
+    page = figs._repr_html_()
+    assert page.count("<img") == len(figs) and page.count("<figcaption>") == len(figs)
+    first = page.split("base64,", 1)[1].split('"', 1)[0]
+    assert base64.b64decode(first) == figs[next(iter(figs))]
+    view = mixed_report._repr_html_()
+    assert "<html" not in view and "<!DOCTYPE" not in view  # a fragment, not a page
+    assert view.count("data:image/png;base64,") == len(figs)
+    assert view.count("<table") == 3 + len(mixed_report.per_class)  # summary, pairwise, excl.
+    assert mixed_report.item_set_hash in view and "Newcombe" in view
+
+
+def test_html_escapes_model_names() -> None:
+    name = "<script>alert(1)</script>"
+    rep = compare_results({name: drug_frame(name, ["x", "y"], ["x", "x"])}, "ds",
+                          n_bootstrap=10)
+    assert "<script>" not in rep._repr_html_() and "&lt;script&gt;" in rep._repr_html_()
+
+
+def test_rewriting_a_report_folder_removes_only_its_own_stale_files(tmp_path: Path) -> None:
+    a = drug_frame("a", ["x", "y", "x"], ["x", "y", "y"])
+    b = drug_frame("b", ["x", "y", "x"], ["x", "x", "x"])
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "confusion_mine.png").write_bytes(b"not a report's")  # a name a report could use
+    compare_results({"a": a, "b": b}, "ds", n_bootstrap=10).write(out)
+    assert {"confusion_b.png", "paired_differences.png"} <= {p.name for p in out.iterdir()}
+    compare_results({"a": a}, "ds", n_bootstrap=10).write(out)
+    names = {p.name for p in out.iterdir()}
+    assert "confusion_b.png" not in names and "per_class_b.csv" not in names
+    assert "paired_differences.png" not in names  # one model: no pairs, no stale picture
+    assert {"notes.txt", "confusion_mine.png", "confusion_a.png", "report.md"} <= names
+    assert (out / "confusion_mine.png").read_bytes() == b"not a report's"
+    (out / ".pad_report_files.json").write_text("{not json")
+    with pytest.raises(InvalidInputError, match="pad_report_files.json"):
+        compare_results({"a": a}, "ds", n_bootstrap=10).write(out)

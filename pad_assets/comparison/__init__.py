@@ -17,7 +17,7 @@ Only NumPy, pandas and matplotlib are used (the exact binomial tail is computed 
 """
 
 from .compare import compare_results
-from .figures import render_figures
+from .figures import Figures, render_figures
 from .report import ComparisonReport
 from .scoring import (
     LABEL_TYPES,
@@ -28,10 +28,21 @@ from .scoring import (
     SUMMARY_COLUMNS,
     item_set_hash,
 )
-from .statistics import cohen_kappa, mcnemar_exact_p, nearest_class
+from .statistics import (
+    bca_interval,
+    cohen_kappa,
+    mcnemar_exact_p,
+    nearest_class,
+    paired_difference_interval,
+    rmse_difference_statistic,
+    rmse_statistic,
+    wilson_interval,
+)
 
 __all__ = [
     "LABEL_TYPES", "PAIRWISE_COLUMNS", "PER_CLASS_COLUMNS", "QUANTITY_CLASSES",
-    "REQUIRED_COLUMNS", "SUMMARY_COLUMNS", "ComparisonReport", "cohen_kappa",
-    "compare_results", "item_set_hash", "mcnemar_exact_p", "nearest_class", "render_figures",
+    "REQUIRED_COLUMNS", "SUMMARY_COLUMNS", "ComparisonReport", "Figures", "bca_interval",
+    "cohen_kappa", "compare_results", "item_set_hash", "mcnemar_exact_p", "nearest_class",
+    "paired_difference_interval", "render_figures", "rmse_difference_statistic",
+    "rmse_statistic", "wilson_interval",
 ]

@@ -34,9 +34,15 @@ from .scoring import (
     _validated,
     item_set_hash,
 )
-from .statistics import cohen_kappa, mcnemar_exact_p
-
-_BOOT_CHUNK_ELEMENTS = 2_000_000  # bounds the memory of the resample index matrix
+from .statistics import (
+    bca_interval,
+    cohen_kappa,
+    mcnemar_exact_p,
+    paired_difference_interval,
+    rmse_difference_statistic,
+    rmse_statistic,
+    wilson_interval,
+)
 
 
 def compare_results(results: dict[str, pd.DataFrame], dataset: str, n_bootstrap: int = 2000,
@@ -47,7 +53,11 @@ def compare_results(results: dict[str, pd.DataFrame], dataset: str, n_bootstrap:
     ``results`` maps a model name to its ``CachedDataset.apply_model`` frame. An item is a
     card that every model scored (status ``ok``, ground truth known) from the same image
     bytes; the others are excluded for every model and counted per model and reason.
-    ``n_bootstrap=0`` skips the bootstrap (intervals are NaN). ``quantity_classes`` decides
+    Intervals (95%): Wilson for accuracies, Newcombe's paired interval for accuracy
+    differences, BCa bootstrap (``n_bootstrap`` resamples of the cards, one shared
+    resample for every model, ``seed``) for RMSE and RMSE differences; ``n_bootstrap=0``
+    skips the bootstrap (RMSE intervals are NaN). See ``statistics`` for why each.
+    ``quantity_classes`` decides
     whether a concentration model is a classifier (every prediction is a class value) or a
     regressor (scored by RMSE/MAE only; rounded to the nearest class for agreement).
 
@@ -81,14 +91,14 @@ def compare_results(results: dict[str, pd.DataFrame], dataset: str, n_bootstrap:
     for w in warn:
         _warnings.warn(w, stacklevel=2)
 
-    boot = _bootstrap(scored, len(common), int(n_bootstrap), seed)
+    boot = _Bootstrap(int(n_bootstrap), seed)
     summary_rows, per_class, confusion = [], {}, {}
     for m in names:
         s = scored[m]
         row: dict[str, Any] = {"model": m, "label_type": s.label_type, "kind": s.kind,
                                "n_scored": len(common)}
-        row.update(_metric_with_ci("accuracy", _accuracy(s), boot.get((m, "accuracy"))))
-        row.update(_metric_with_ci("rmse", _rmse(s), boot.get((m, "rmse"))))
+        row.update(_with_ci("accuracy", _accuracy(s), _accuracy_ci(s)))
+        row.update(_with_ci("rmse", _rmse(s), boot.rmse(s)))
         row["mae"] = (float(np.mean(np.abs(s.y_pred - s.y_true)))
                       if s.sqerr is not None else math.nan)
         row["n_excluded"] = int(exclusions.set_index("model").loc[m, "n_excluded"])
@@ -98,6 +108,10 @@ def compare_results(results: dict[str, pd.DataFrame], dataset: str, n_bootstrap:
             labels = _class_labels(s, classes)
             confusion[m] = _confusion(s, labels)
             per_class[m] = _per_class(confusion[m])
+            cis = [wilson_interval(int(confusion[m].iloc[i, i]), int(n_true))
+                   for i, n_true in enumerate(per_class[m]["support"])]
+            per_class[m]["recall_ci_low"] = [lo for lo, _ in cis]
+            per_class[m]["recall_ci_high"] = [hi for _, hi in cis]
     summary = pd.DataFrame(summary_rows, columns=list(SUMMARY_COLUMNS))
     pairwise = _pairwise(names, scored, boot, classes)
     items = pd.DataFrame(common, columns=["card_id", "raw_key"])
@@ -109,57 +123,52 @@ def compare_results(results: dict[str, pd.DataFrame], dataset: str, n_bootstrap:
         summary=summary, per_class=per_class, confusion=confusion, pairwise=pairwise,
         n_bootstrap=int(n_bootstrap), seed=seed, quantity_classes=classes,
         warnings=warn, files=files,
+        scores={m: (scored[m].y_true, scored[m].y_pred) for m in names},
     )
     return report
 
 
 
-def _metric_with_ci(metric: str, value: float, samples: np.ndarray | None) -> dict[str, float]:
-    lo, hi = _percentile_ci(samples)
-    return {metric: value, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi}
+class _Bootstrap:
+    """BCa intervals of RMSE and of RMSE differences, one shared resample for all models.
 
-
-def _percentile_ci(samples: np.ndarray | None) -> tuple[float, float]:
-    if samples is None or len(samples) == 0:
-        return math.nan, math.nan
-    lo, hi = np.percentile(samples, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
-
-def _bootstrap(scored: dict[str, _Scored], n_items: int, n_bootstrap: int, seed: int
-               ) -> dict[tuple[str, str], np.ndarray]:
-    """Per (model, metric) the metric on each resample; one resample serves every model.
-
-    Sharing the resampled card indices is what makes differences *paired*. Resamples are
-    drawn in chunks to bound memory; results depend only on (seed, n_items, n_bootstrap).
+    Every call draws its resamples from ``seed`` with the same item count, so the same
+    resampled cards serve every model and every pair (the pairing the differences need).
     """
-    per_item: dict[tuple[str, str], np.ndarray] = {}
-    for m, s in scored.items():
-        if s.correct is not None:
-            per_item[(m, "accuracy")] = s.correct
-        if s.sqerr is not None:
-            per_item[(m, "rmse")] = s.sqerr
-    if n_bootstrap == 0:
-        return {}
-    rng = np.random.default_rng(seed)
-    out = {k: np.empty(n_bootstrap, dtype=np.float64) for k in per_item}
-    chunk = max(1, min(n_bootstrap, _BOOT_CHUNK_ELEMENTS // max(n_items, 1)))
-    for start in range(0, n_bootstrap, chunk):
-        stop = min(start + chunk, n_bootstrap)
-        idx = rng.integers(0, n_items, size=(stop - start, n_items))
-        for k, v in per_item.items():
-            out[k][start:stop] = v[idx].mean(axis=1)
-    for k in out:
-        if k[1] == "rmse":
-            out[k] = np.sqrt(out[k])
-    return out
+
+    def __init__(self, n_resamples: int, seed: int) -> None:
+        self.n, self.seed = n_resamples, seed
+
+    def rmse(self, s: _Scored) -> tuple[float, float]:
+        if s.sqerr is None:
+            return math.nan, math.nan
+        return bca_interval([s.sqerr], rmse_statistic, self.n, self.seed)
+
+    def rmse_difference(self, a: _Scored, b: _Scored) -> tuple[float, float]:
+        assert a.sqerr is not None and b.sqerr is not None
+        return bca_interval([a.sqerr, b.sqerr], rmse_difference_statistic, self.n, self.seed)
 
 
+def _with_ci(metric: str, value: float, ci: tuple[float, float]) -> dict[str, float]:
+    return {metric: value, f"{metric}_ci_low": ci[0], f"{metric}_ci_high": ci[1]}
 
-def _pairwise(names: list[str], scored: dict[str, _Scored],
-              boot: dict[tuple[str, str], np.ndarray], classes: tuple[float, ...]
-              ) -> pd.DataFrame:
+
+def _accuracy_ci(s: _Scored) -> tuple[float, float]:
+    if s.correct is None:
+        return math.nan, math.nan
+    return wilson_interval(int(s.correct.sum()), len(s.correct))
+
+
+def _paired_table(a: _Scored, b: _Scored) -> tuple[int, int, int, int]:
+    """(both right, only a right, only b right, both wrong) on the common items."""
+    assert a.correct is not None and b.correct is not None
+    ca, cb = a.correct.astype(bool), b.correct.astype(bool)
+    return (int(np.sum(ca & cb)), int(np.sum(ca & ~cb)), int(np.sum(~ca & cb)),
+            int(np.sum(~ca & ~cb)))
+
+
+def _pairwise(names: list[str], scored: dict[str, _Scored], boot: _Bootstrap,
+              classes: tuple[float, ...]) -> pd.DataFrame:
     rows = []
     for a_name, b_name in combinations(names, 2):
         a, b = scored[a_name], scored[b_name]
@@ -169,25 +178,21 @@ def _pairwise(names: list[str], scored: dict[str, _Scored],
         base = {"model_a": a_name, "model_b": b_name, "label_type": a.label_type,
                 "agreement": float(np.mean(la == lb)), "kappa": cohen_kappa(la, lb)}
         note = _ROUNDING_NOTE if "regressor" in (a.kind, b.kind) else ""
-        metrics = []
         if a.kind == b.kind == "classifier":
-            metrics.append("accuracy")
+            both, nb, nc, neither = _paired_table(a, b)
+            lo, hi = paired_difference_interval(both, nb, nc, neither)
+            va, vb = _accuracy(a), _accuracy(b)
+            rows.append({**base, "metric": "accuracy", "value_a": va, "value_b": vb,
+                         "diff": va - vb, "ci_low": lo, "ci_high": hi, "ci_method": "newcombe",
+                         "note": note, "mcnemar_b": nb, "mcnemar_c": nc,
+                         "mcnemar_p": mcnemar_exact_p(nb, nc)})
         if a.label_type == "concentration":
-            metrics.append("rmse")
-        for metric in metrics:
-            fn = _accuracy if metric == "accuracy" else _rmse
-            va, vb = fn(a), fn(b)
-            ba, bb = boot.get((a_name, metric)), boot.get((b_name, metric))
-            lo, hi = _percentile_ci(None if ba is None or bb is None else ba - bb)
-            row = {**base, "metric": metric, "value_a": va, "value_b": vb, "diff": va - vb,
-                   "ci_low": lo, "ci_high": hi, "note": note,
-                   "mcnemar_b": None, "mcnemar_c": None, "mcnemar_p": math.nan}
-            if metric == "accuracy":
-                assert a.correct is not None and b.correct is not None
-                ca, cb = a.correct.astype(bool), b.correct.astype(bool)
-                nb, nc = int(np.sum(ca & ~cb)), int(np.sum(~ca & cb))
-                row.update(mcnemar_b=nb, mcnemar_c=nc, mcnemar_p=mcnemar_exact_p(nb, nc))
-            rows.append(row)
+            lo, hi = boot.rmse_difference(a, b)
+            va, vb = _rmse(a), _rmse(b)
+            rows.append({**base, "metric": "rmse", "value_a": va, "value_b": vb,
+                         "diff": va - vb, "ci_low": lo, "ci_high": hi, "ci_method": "bca",
+                         "note": note, "mcnemar_b": None, "mcnemar_c": None,
+                         "mcnemar_p": math.nan})
     out = pd.DataFrame(rows, columns=list(PAIRWISE_COLUMNS))
     for c in ("mcnemar_b", "mcnemar_c"):
         out[c] = out[c].astype("Int64")
@@ -195,4 +200,3 @@ def _pairwise(names: list[str], scored: dict[str, _Scored],
               "value_b"):
         out[c] = out[c].astype(np.float64)
     return out
-

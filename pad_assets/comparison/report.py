@@ -3,8 +3,8 @@ Markdown, HTML and files."""
 
 from __future__ import annotations
 
-import base64
 import html
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +13,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .figures import render_figures
+from ..errors import InvalidInputError
+from .figures import Figures, render_figures
 from .scoring import QUANTITY_CLASSES, _missing
+
+
+#: What the intervals are, in one line (text, Markdown and HTML say the same).
+def _ci_line(n_bootstrap: int, seed: int) -> str:
+    boot = (f"BCa bootstrap, {n_bootstrap} resamples of the common cards (one shared "
+            f"resample for every model), seed {seed}" if n_bootstrap else
+            "not computed (n_bootstrap=0)")
+    return ("95% intervals: Wilson for accuracies and per-class accuracy; Newcombe's paired "
+            f"interval for accuracy differences; RMSE and RMSE differences: {boot}")
+
+
+#: Lists the files ``write`` put in a folder, so a later report there removes exactly the
+#: ones it does not rewrite (a reused folder never shows a stale figure) and nothing else.
+_MANIFEST = ".pad_report_files.json"
 
 
 @dataclass(eq=False)
@@ -24,7 +39,8 @@ class ComparisonReport:
     ``diff`` in ``pairwise`` is always ``model_a - model_b``: positive is better for
     accuracy and worse for RMSE. Concentration-classifier pairs get two rows (accuracy,
     with McNemar, and RMSE); pairs of different label types are not compared (they are
-    scored against different ground truths).
+    scored against different ground truths). ``ci_method`` names each row's interval.
+    In a notebook the report shows itself as HTML (tables and figures).
     """
 
     dataset: str
@@ -45,14 +61,19 @@ class ComparisonReport:
     quantity_classes: tuple[float, ...] = QUANTITY_CLASSES
     warnings: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)  # model -> file-name stem
-    _figures: dict[str, bytes] | None = field(default=None, repr=False)
+    #: Per model, (actual, predicted) on the common items in ``card_ids`` order (numeric
+    #: for concentration models, labels for drug models): what the scatter plot draws.
+    scores: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict,
+                                                             repr=False)
+    _figures: Figures | None = field(default=None, repr=False)
 
     @property
-    def figures(self) -> dict[str, bytes]:
-        """PNG bytes keyed by file name (``summary.png``, ``confusion_<model>.png``).
+    def figures(self) -> Figures:
+        """The report's PNG figures keyed by file name (a mapping of name -> PNG bytes).
 
-        Rendered on first use and kept: drawing costs far more than the statistics, and a
-        terminal or notebook user who only reads the tables should not pay for it.
+        Shown as images in a notebook. Rendered on first use and kept: drawing costs far
+        more than the statistics, and a terminal or notebook user who only reads the
+        tables should not pay for it.
         """
         if self._figures is None:
             self._figures = render_figures(self)
@@ -60,26 +81,44 @@ class ComparisonReport:
 
     # -- text ---------------------------------------------------------------------------
     def __str__(self) -> str:
-        summary = self.summary.copy()
-        summary["signature"] = summary["signature"].map(lambda s: _short(s, 12))
-        keep = [c for c in ("model", "label_type", "kind", "n_scored", "accuracy", "rmse",
-                            "mae", "n_excluded", "signature") if c in summary]
+        """Compact text: one line per model and per pair, each value with its interval."""
+        summary = pd.DataFrame({
+            "model": self.summary["model"], "label": self.summary["label_type"],
+            "kind": self.summary["kind"], "n": self.summary["n_scored"],
+            "accuracy [95% CI]": [_with_interval(r.accuracy, r.accuracy_ci_low,
+                                                 r.accuracy_ci_high)
+                                  for r in self.summary.itertuples()],
+            "RMSE [95% CI]": [_with_interval(r.rmse, r.rmse_ci_low, r.rmse_ci_high)
+                              for r in self.summary.itertuples()],
+            "MAE": [_fmt_cell(v) for v in self.summary["mae"]],
+            "excluded": self.summary["n_excluded"],
+            "signature": self.summary["signature"].map(lambda s: _short(s, 12)),
+        })
+        summary = summary[[c for c in summary if not (summary[c] == "").all()]]
         lines = [
             f"Model comparison on {self.dataset}: {self.n_items} common item(s), "
             f"item set {_short(self.item_set_hash, 16)}",
             "",
-            "Summary:",
-            summary[keep].to_string(index=False, float_format=lambda v: f"{v:.4g}"),
+            summary.to_string(index=False),
             "",
         ]
         if self.pairwise.empty:
             lines.append("Pairwise: none (fewer than two models of the same label type)")
         else:
-            cols = ["model_a", "model_b", "metric", "diff", "ci_low", "ci_high", "agreement",
-                    "kappa", "mcnemar_b", "mcnemar_c", "mcnemar_p"]
-            lines += ["Pairwise (diff = a - b, 95% paired bootstrap CI):",
-                      self.pairwise[cols].to_string(index=False,
-                                                    float_format=lambda v: f"{v:.4g}")]
+            pw = pd.DataFrame({
+                "pair (a - b)": [f"{r.model_a} - {r.model_b}" for r in self.pairwise.itertuples()],
+                "metric": self.pairwise["metric"],
+                "diff [95% CI]": [_with_interval(r.diff, r.ci_low, r.ci_high)
+                                  for r in self.pairwise.itertuples()],
+                "CI": self.pairwise["ci_method"],
+                "agree": [_fmt_cell(v) for v in self.pairwise["agreement"]],
+                "kappa": [_fmt_cell(v) for v in self.pairwise["kappa"]],
+                "McNemar b/c p": ["" if pd.isna(r.mcnemar_b) else
+                                  f"{r.mcnemar_b}/{r.mcnemar_c} {r.mcnemar_p:.3g}"
+                                  for r in self.pairwise.itertuples()],
+            })
+            lines += [pw.to_string(index=False)]
+        lines += ["", _ci_line(self.n_bootstrap, self.seed)]
         for w in self.warnings:
             lines.append(f"warning: {w}")
         return "\n".join(lines)
@@ -93,27 +132,32 @@ class ComparisonReport:
             f"- Item set hash: `{self.item_set_hash}` (sha256 of the canonical JSON of the "
             "sorted `[card_id, raw_key]` pairs; list in [items.csv](items.csv))",
             f"- Card ids: {_id_preview(self.card_ids)}",
-            f"- Paired bootstrap: {self.n_bootstrap} resamples of the common items, seed "
-            f"{self.seed}, 95% percentile intervals",
+            f"- {_ci_line(self.n_bootstrap, self.seed)}",
             "",
         ]
+        figs = self.figures
         if self.warnings:
             out += ["## Warnings", ""] + [f"- {_md_escape(w)}" for w in self.warnings] + [""]
         out += ["## Summary", "", _md_table(self.summary), "",
                 "[summary.csv](summary.csv)", ""]
-        out += ["![Summary metrics with 95% bootstrap intervals](summary.png)", ""]
+        out += [f"![{figs.captions['summary.png']}](summary.png)", ""]
         out += ["## Pairwise comparisons", ""]
         if self.pairwise.empty:
             out += ["No pairs: fewer than two models of the same label type.", ""]
         else:
             out += [
                 "`diff` = model_a - model_b (higher accuracy is better, lower RMSE is "
-                "better); `ci_low`/`ci_high`: 95% paired bootstrap interval of the "
-                "difference; McNemar: exact two-sided binomial test on the discordant "
+                "better); `ci_low`/`ci_high`: 95% interval of the paired difference "
+                "(`ci_method`); McNemar: exact two-sided binomial test on the discordant "
                 "cards (`b`: only model_a right, `c`: only model_b right).",
                 "",
                 _md_table(self.pairwise), "", "[pairwise.csv](pairwise.csv)", "",
             ]
+            out += [f"![{figs.captions['paired_differences.png']}](paired_differences.png)",
+                    ""]
+        for name in ("predicted_vs_actual.png", "per_class_accuracy.png"):
+            if name in figs:
+                out += [f"![{figs.captions[name]}]({name})", ""]
         out += ["## Excluded cards per model", "",
                 "Each card is counted once, under the first reason that applies.", "",
                 _md_table(self.exclusions), "", "[exclusions.csv](exclusions.csv)", ""]
@@ -131,81 +175,119 @@ class ComparisonReport:
                 out += [f"![Confusion matrix of {_md_escape(m)}](confusion_{stem}.png)", ""]
         return "\n".join(out)
 
-    def to_html(self) -> str:
-        """A self-contained HTML page (figures embedded as base64 PNG)."""
-
-        def img(name: str, alt: str) -> str:
-            data = base64.b64encode(self.figures[name]).decode("ascii")
-            return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'
+    def _html_body(self, h: int = 1) -> list[str]:
+        """The report as HTML elements, headings starting at ``<h{h}>``."""
 
         def table(df: pd.DataFrame) -> str:
             return _fmt_frame(df).to_html(index=False, border=0, na_rep="", escape=True)
 
+        def img(name: str) -> str:
+            return f"<p>{figs.img_tag(name)}</p>" if name in figs else ""
+
         e = html.escape
+        figs = self.figures
+        h1, h2, h3 = (f"h{min(h + i, 6)}" for i in range(3))
         parts = [
-            "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-            f"<title>Model comparison: {e(self.dataset)}</title>",
-            "<style>body{font-family:sans-serif;margin:2em;max-width:80em}"
-            "table{border-collapse:collapse;margin:0.5em 0}"
-            "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
-            "code{background:#f4f4f4}</style></head><body>",
-            f"<h1>Model comparison: {e(self.dataset)}</h1><ul>",
+            f"<{h1}>Model comparison: {e(self.dataset)}</{h1}><ul>",
             f"<li>Items scored, identical for every model: <b>{self.n_items}</b> card(s)</li>",
             f"<li>Item set hash: <code>{e(self.item_set_hash)}</code> (sha256 of the "
             "canonical JSON of the sorted [card_id, raw_key] pairs)</li>",
             f"<li>Card ids: {e(_id_preview(self.card_ids))}</li>",
-            f"<li>Paired bootstrap: {self.n_bootstrap} resamples, seed {self.seed}, "
-            "95% percentile intervals</li></ul>",
+            f"<li>{e(_ci_line(self.n_bootstrap, self.seed))}</li></ul>",
         ]
         if self.warnings:
-            parts += ["<h2>Warnings</h2><ul>"] + [f"<li>{e(w)}</li>" for w in self.warnings]
+            parts += [f"<{h2}>Warnings</{h2}><ul>"] + [f"<li>{e(w)}</li>"
+                                                       for w in self.warnings]
             parts += ["</ul>"]
-        parts += ["<h2>Summary</h2>", table(self.summary)]
-        if "summary.png" in self.figures:
-            parts.append(img("summary.png", "Summary metrics with 95% bootstrap intervals"))
-        parts.append("<h2>Pairwise comparisons</h2>")
+        parts += [f"<{h2}>Summary</{h2}>", table(self.summary), img("summary.png"),
+                  f"<{h2}>Pairwise comparisons</{h2}>"]
         if self.pairwise.empty:
             parts.append("<p>No pairs: fewer than two models of the same label type.</p>")
         else:
-            parts += ["<p>diff = model_a - model_b; 95% paired bootstrap interval; McNemar "
-                      "exact test on the discordant cards.</p>", table(self.pairwise)]
-        parts += ["<h2>Excluded cards per model</h2>", table(self.exclusions),
-                  "<h2>Per model</h2>"]
+            parts += ["<p>diff = model_a - model_b; 95% interval of the paired difference "
+                      "(ci_method); McNemar exact test on the discordant cards.</p>",
+                      table(self.pairwise), img("paired_differences.png")]
+        parts += [img("predicted_vs_actual.png"), img("per_class_accuracy.png"),
+                  f"<{h2}>Excluded cards per model</{h2}>", table(self.exclusions),
+                  f"<{h2}>Per model</{h2}>"]
         for m in self.models:
-            parts.append(f"<h3>{e(m)}</h3>")
+            parts.append(f"<{h3}>{e(m)}</{h3}>")
             if m in self.per_class:
                 parts.append(table(self.per_class[m]))
-            png = f"confusion_{self.files.get(m, _slug(m))}.png"
-            if png in self.figures:
-                parts.append(img(png, f"Confusion matrix of {m}"))
-        parts.append("</body></html>")
-        return "\n".join(parts)
+            parts.append(img(f"confusion_{self.files.get(m, _slug(m))}.png"))
+        return [p for p in parts if p]
+
+    def to_html(self) -> str:
+        """A self-contained HTML page (figures embedded as base64 PNG)."""
+        return "\n".join([
+            "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>Model comparison: {html.escape(self.dataset)}</title>",
+            "<style>body{font-family:sans-serif;margin:2em;max-width:80em}"
+            "table{border-collapse:collapse;margin:0.5em 0}"
+            "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+            "code{background:#f4f4f4}</style></head><body>",
+            *self._html_body(1), "</body></html>"])
+
+    def _repr_html_(self) -> str:
+        """Notebook view: the report's tables and figures inline (no page scaffolding)."""
+        return '<div class="pad-comparison">' + "\n".join(self._html_body(3)) + "</div>"
 
     # -- files --------------------------------------------------------------------------
     def write(self, directory: Path | str) -> Path:
         """Write report.md, report.html, every figure (PNG) and every table (CSV).
 
-        Returns the path of ``report.md``. Files of an earlier report in the same folder
-        are overwritten, not deleted; the Markdown links only to this report's files.
+        Returns the path of ``report.md``. Report files of an earlier comparison in the
+        same folder that this report does not rewrite (a model that is gone, a figure
+        this comparison has no use for) are removed, so the folder never mixes reports.
+        Only files a report wrote there (listed in ``.pad_report_files.json``) are ever
+        removed: anything else in the folder is left alone.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        previous = _previous_files(directory)
+        written: set[str] = set()
+
+        def csv(df: pd.DataFrame, name: str, **kw: Any) -> None:
+            df.to_csv(directory / name, index=kw.pop("index", False), **kw)
+            written.add(name)
+
         for name, data in self.figures.items():
             (directory / name).write_bytes(data)
-        self.summary.to_csv(directory / "summary.csv", index=False)
-        self.pairwise.to_csv(directory / "pairwise.csv", index=False)
-        self.exclusions.to_csv(directory / "exclusions.csv", index=False)
-        self.items.to_csv(directory / "items.csv", index=False)
+            written.add(name)
+        csv(self.summary, "summary.csv")
+        csv(self.pairwise, "pairwise.csv")
+        csv(self.exclusions, "exclusions.csv")
+        csv(self.items, "items.csv")
         for m, df in self.per_class.items():
-            df.to_csv(directory / f"per_class_{self.files.get(m, _slug(m))}.csv", index=False)
+            csv(df, f"per_class_{self.files.get(m, _slug(m))}.csv")
         for m, df in self.confusion.items():
-            df.to_csv(directory / f"confusion_{self.files.get(m, _slug(m))}.csv",
-                      index_label="actual\\predicted")
+            csv(df, f"confusion_{self.files.get(m, _slug(m))}.csv", index=True,
+                index_label="actual\\predicted")
         (directory / "report.html").write_text(self.to_html(), encoding="utf-8")
         md = directory / "report.md"
         md.write_text(self.to_markdown(), encoding="utf-8")
+        written |= {"report.html", "report.md"}
+        for name in sorted(previous - written):
+            (directory / name).unlink(missing_ok=True)
+        (directory / _MANIFEST).write_text(json.dumps(sorted(written), indent=1) + "\n",
+                                           encoding="utf-8")
         return md
 
+
+def _previous_files(directory: Path) -> set[str]:
+    """Plain file names an earlier ``write`` listed in this folder (never a path)."""
+    path = directory / _MANIFEST
+    if not path.is_file():
+        return set()
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(
+            f"{path} is not the JSON list of file names a comparison report writes ({exc}); "
+            "remove it or choose another output folder") from exc
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InvalidInputError(f"{path}: expected a JSON list of file names")
+    return {n for n in names if n == Path(n).name and n not in ("", ".", "..")}
 
 
 # ---- formatting helpers --------------------------------------------------------------
@@ -246,6 +328,14 @@ def _fmt_cell(v: Any) -> str:
     if isinstance(v, (float, np.floating)):
         return f"{float(v):.4g}"
     return str(v)
+
+
+def _with_interval(value: Any, lo: Any, hi: Any) -> str:
+    if _missing(value) or (isinstance(value, float) and value != value):
+        return ""
+    if _missing(lo) or _missing(hi) or lo != lo or hi != hi:
+        return _fmt_cell(value)
+    return f"{_fmt_cell(value)} [{_fmt_cell(lo)}, {_fmt_cell(hi)}]"
 
 
 def _fmt_frame(df: pd.DataFrame) -> pd.DataFrame:

@@ -48,8 +48,11 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 PAIRWISE_COLUMNS: tuple[str, ...] = (
     "model_a", "model_b", "metric", "diff", "ci_low", "ci_high", "agreement", "kappa",
     "mcnemar_b", "mcnemar_c", "mcnemar_p", "label_type", "value_a", "value_b", "note",
+    "ci_method",
 )
-PER_CLASS_COLUMNS: tuple[str, ...] = ("label", "precision", "recall", "f1", "support")
+PER_CLASS_COLUMNS: tuple[str, ...] = (
+    "label", "precision", "recall", "f1", "support", "recall_ci_low", "recall_ci_high",
+)
 
 _CLASS_ATOL = 1e-9  # a concentration prediction "is" a class value within this tolerance
 _BOOT_CHUNK_ELEMENTS = 2_000_000  # bounds the memory of the resample index matrix
@@ -327,7 +330,7 @@ def _per_class(conf: pd.DataFrame) -> pd.DataFrame:
         f1 = np.where(denom > 0, 2 * tp / denom, np.nan)
     return pd.DataFrame({"label": list(conf.index), "precision": precision, "recall": recall,
                          "f1": f1, "support": support.astype(np.int64)},
-                        columns=list(PER_CLASS_COLUMNS))
+                        columns=list(PER_CLASS_COLUMNS[:5]))
 
 
 def _agreement_labels(s: _Scored, classes: tuple[float, ...]) -> np.ndarray:

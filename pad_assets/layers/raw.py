@@ -9,6 +9,7 @@ batch in flight and never leaves a half-indexed item.
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ from ..store import CardRecord, ContentStore, NewItem
 
 WRITE_BATCH_ITEMS = 16
 WRITE_BATCH_BYTES = 48 * 1024 * 1024
+
+
+_HTML_ROWS = 50  # failures listed in a notebook; the rest are counted
 
 
 @dataclass
@@ -57,6 +61,31 @@ class DownloadSummary:
                          f"{sorted(self.truncated)}")
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """Notebook view: the counts as a table, then failures (card, reason) and warnings."""
+        e = html.escape
+        status = "ok" if self.ok else f"{len(self.failed)} failed"
+        counts = [("cards", self.total), ("downloaded", f"{len(self.downloaded)} "
+                  f"({self.bytes_downloaded / 1e6:.1f} MB)"),
+                  ("already cached", len(self.reused)), ("failed", len(self.failed)),
+                  ("truncated PNGs", len(self.truncated)), ("seconds", f"{self.seconds:.1f}")]
+        parts = [f"<div><b>{e(self.dataset)}</b>: download {e(status)}",
+                 "<table><tr>" + "".join(f"<th>{e(k)}</th>" for k, _ in counts) + "</tr><tr>"
+                 + "".join(f"<td>{e(str(v))}</td>" for _, v in counts) + "</tr></table>"]
+        if self.failed:
+            shown = sorted(self.failed.items())[:_HTML_ROWS]
+            parts.append("<table><tr><th>failed card</th><th>reason</th></tr>" + "".join(
+                f"<tr><td>{c}</td><td>{e(r)}</td></tr>" for c, r in shown) + "</table>")
+            if len(self.failed) > _HTML_ROWS:
+                parts.append(f"<p>... and {len(self.failed) - _HTML_ROWS} more</p>")
+        if self.truncated:
+            parts.append("<p>truncated PNGs (decoded with tolerance, flagged): "
+                          f"{e(str(sorted(self.truncated)))}</p>")
+        if self.warnings:
+            parts.append("<ul>" + "".join(f"<li>warning: {e(w)}</li>" for w in self.warnings)
+                         + "</ul>")
+        return "\n".join(parts) + "</div>"
 
 
 class RawLayer:
