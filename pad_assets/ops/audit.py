@@ -113,17 +113,18 @@ def _context_fits(context: dict[str, Any], row: dict[str, Any] | None) -> bool:
     return True
 
 
-def collect_chains(dataset: CachedDataset, models: Sequence[ModelAdapter | str] | None = None
-                   ) -> list[dict[str, Any]]:
+def collect_chains(dataset: CachedDataset, models: Sequence[ModelAdapter | str] | None = None,
+                   card_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """One dict per card x cached prediction (sorted by card id, model name, signature,
-    prediction key), holding the manifest row and the metadata of every layer."""
+    prediction key), holding the manifest row and the metadata of every layer.
+    ``card_ids`` limits it to those cards (one card's PROV reads only its own rows)."""
     store = dataset.store
     cm = cached_manifest(dataset)
     rows: dict[int, dict[str, Any]] = {}
     if cm is not None:
         for r in cm.manifest.rows.to_dict("records"):
             rows[int(r["card_id"])] = r
-    cards = store.cards(dataset.name)
+    cards = store.cards(dataset.name, None if card_ids is None else [int(c) for c in card_ids])
     raw_by_card = {c: v["raw_key"] for c, v in cards.items()
                    if v["status"] == "ok" and v["raw_key"]}
     preds = prediction_metas_for_raw(store, raw_by_card.values())
