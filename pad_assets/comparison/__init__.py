@@ -8,12 +8,16 @@ report says how many cards each model lost and why, plus a hash of the item set 
 reports can be checked for comparability at a glance.
 
 Because the items are shared, the statistics are paired: McNemar's exact test on the
-discordant cards, and a bootstrap that resamples *cards* (the same resample for every
-model), so the interval of a difference reflects the pairing instead of two independent
-sampling errors.
+discordant cards, Newcombe's paired interval for accuracy differences, and a BCa bootstrap
+that resamples *cards* (the same resample for every model) for RMSE differences, so the
+interval of a difference reflects the pairing instead of two independent sampling errors.
+Single-model accuracies get Wilson intervals. ``statistics`` says why each holds at lab
+sizes (40-200 cards).
 
-Only NumPy, pandas and matplotlib are used (the exact binomial tail is computed with
-``math.comb``), so the comparison needs nothing beyond the package's dependencies.
+Modules: ``scoring`` (validation, the item set, per-model metrics), ``statistics``
+(intervals and tests, NumPy and the standard library only), ``compare``
+(``compare_results``), ``report`` (``ComparisonReport``: text, Markdown, HTML, files,
+notebook view), ``figures`` (PNGs drawn without pyplot, a notebook view of them).
 """
 
 from .compare import compare_results

@@ -40,6 +40,7 @@ from .statistics import (
     mcnemar_exact_p,
     paired_difference_interval,
     rmse_difference_statistic,
+    rmse_jackknife,
     rmse_statistic,
     wilson_interval,
 )
@@ -142,11 +143,14 @@ class _Bootstrap:
     def rmse(self, s: _Scored) -> tuple[float, float]:
         if s.sqerr is None:
             return math.nan, math.nan
-        return bca_interval([s.sqerr], rmse_statistic, self.n, self.seed)
+        return bca_interval([s.sqerr], rmse_statistic, self.n, self.seed,
+                            jackknife=rmse_jackknife(s.sqerr) if len(s.sqerr) > 1 else None)
 
     def rmse_difference(self, a: _Scored, b: _Scored) -> tuple[float, float]:
         assert a.sqerr is not None and b.sqerr is not None
-        return bca_interval([a.sqerr, b.sqerr], rmse_difference_statistic, self.n, self.seed)
+        jack = rmse_jackknife(a.sqerr, b.sqerr) if len(a.sqerr) > 1 else None
+        return bca_interval([a.sqerr, b.sqerr], rmse_difference_statistic, self.n, self.seed,
+                            jackknife=jack)
 
 
 def _with_ci(metric: str, value: float, ci: tuple[float, float]) -> dict[str, float]:

@@ -153,7 +153,8 @@ Statistic = Callable[..., np.ndarray]
 
 
 def bca_interval(data: Sequence[np.ndarray], statistic: Statistic, n_resamples: int = 2000,
-                 seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
+                 seed: int = 0, confidence: float = 0.95,
+                 jackknife: np.ndarray | None = None) -> tuple[float, float]:
     """BCa bootstrap interval of ``statistic(*data)``, resampling items jointly.
 
     ``data``: 1-d arrays of equal length, one value per item; every array is resampled with
@@ -161,7 +162,10 @@ def bca_interval(data: Sequence[np.ndarray], statistic: Statistic, n_resamples: 
     ``statistic(*arrays, axis=-1)`` must reduce along ``axis`` (vectorised, like
     ``scipy.stats.bootstrap`` with ``vectorized=True``). The resamples depend only on
     ``(seed, n items, n_resamples)``, so every call with one seed sees the same resamples.
-    NaNs when ``n_resamples == 0`` or there are fewer than 2 items.
+    ``jackknife``: the statistic with each item left out, when the caller can compute it
+    in O(n) (for RMSE, from leave-one-out means); otherwise it is computed by evaluating
+    ``statistic`` n times, which costs O(n^2). NaNs when ``n_resamples == 0`` or there are
+    fewer than 2 items.
     """
     arrays = [np.asarray(a, dtype=np.float64) for a in data]
     if not arrays or any(a.ndim != 1 or len(a) != len(arrays[0]) for a in arrays):
@@ -174,7 +178,11 @@ def bca_interval(data: Sequence[np.ndarray], statistic: Statistic, n_resamples: 
         return math.nan, math.nan
     theta = float(statistic(*arrays, axis=-1))
     boot = _resampled(arrays, statistic, n_resamples, seed)
-    jack = _jackknife(arrays, statistic)
+    jack = (_jackknife(arrays, statistic) if jackknife is None
+            else np.asarray(jackknife, dtype=np.float64))
+    if jack.shape != (n,):
+        raise InvalidInputError(f"jackknife must hold one value per item ({n}), got "
+                                f"shape {jack.shape}")
     # Bias correction: ties count half, so a bootstrap distribution that is a point mass at
     # theta gives z0 = 0 (and the interval [theta, theta]) instead of an infinite z0.
     below = (np.count_nonzero(boot < theta) + 0.5 * np.count_nonzero(boot == theta)) / len(boot)
@@ -223,6 +231,13 @@ def _jackknife(arrays: list[np.ndarray], statistic: Statistic) -> np.ndarray:
 def rmse_statistic(sqerr: np.ndarray, axis: int = -1) -> np.ndarray:
     """RMSE from per-item squared errors (vectorised for ``bca_interval``)."""
     return np.sqrt(np.mean(sqerr, axis=axis))
+
+
+def rmse_jackknife(*sqerrs: np.ndarray) -> np.ndarray:
+    """Leave-one-out RMSE (one array) or RMSE difference (two arrays), in O(n)."""
+    loo = [np.sqrt((np.sum(se) - se) / (len(se) - 1)) for se in
+           (np.asarray(a, dtype=np.float64) for a in sqerrs)]
+    return loo[0] if len(loo) == 1 else loo[0] - loo[1]
 
 
 def rmse_difference_statistic(sqerr_a: np.ndarray, sqerr_b: np.ndarray, axis: int = -1
