@@ -26,17 +26,22 @@ checks for that); import only from people and places you trust.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import io
 import json
+import lzma
 import math
 import os
+import re
 import shutil
 import socket
 import tarfile
 import time
 import uuid
+import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -44,12 +49,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import IntegrityError, InvalidInputError
+from ..hashing import md5_bytes
 from ..sources.urls import validate_name
 from ..store import ContentStore
 from ..store import shards as shard_io
 from ..store.store import file_sha256, payload_blob
 from .maintenance import (
     CONTENT_KEYED_LAYERS,
+    EXAMPLES,
     KNOWN_LAYERS,
     blob_row,
     dataset_affinity,
@@ -62,6 +69,7 @@ from .maintenance import (
     read_blob_checked,
     retired_shards,
 )
+from .proposals import vet
 
 BUNDLE_FORMAT = "pad_assets.bundle"
 REMOTE_FORMAT = "pad_assets.remote"
@@ -71,6 +79,26 @@ REMOTE_INDEX = "index.json"
 #: Payload bytes per bundle shard (keeps each file a manageable unit to copy and check).
 BUNDLE_SHARD_BYTES = 512 << 20
 MAX_JSON_BYTES = 256 << 20
+# Resource limits of imports and pulls, checked while streaming and before anything is
+# written or read whole (issue 12, defect 5). Module attributes, so a deployment with
+# unusual models can raise them.
+#: bundle.json lists one entry per shard (~200 bytes each): 16 MiB is ~80,000 shards.
+MAX_BUNDLE_JSON_BYTES = 16 << 20
+#: Members of a bundle tar / shard files of a bundle directory (a bundle of 10,000 shards
+#: of 512 MiB would be 5 TB).
+MAX_TAR_MEMBERS = 10_000
+#: One shard file (a tar member, a bundle file, a pulled shard): 512 MiB of payloads plus
+#: one oversized item and its records, with room to spare.
+MAX_TAR_MEMBER_BYTES = 4 << 30
+#: One item's payload (PAD weights are a few MB, images and tensors far less).
+MAX_IMPORT_ITEM_BYTES = 1 << 30
+#: Shards are written uncompressed, so a payload that declares many times the bytes it
+#: stores is a decompression bomb; refused unread. Small payloads are exempt.
+MAX_ITEM_COMPRESSION = 16
+COMPRESSION_EXEMPT_BYTES = 1 << 20
+#: A compressed bundle (``.tar.gz`` ...) may not declare more than this many times its own
+#: size (exports are plain tar; gzip of JSON records and images stays far below).
+MAX_STREAM_COMPRESSION = 200
 LAYER_ALIASES = {"raw": "raw", "preprocessed": "preprocessed", "tensor": "tensor",
                  "tensors": "tensor", "prediction": "prediction", "predictions": "prediction"}
 DEFAULT_LAYERS = ("raw", "tensors", "predictions")
@@ -183,6 +211,49 @@ class BundleReport:
                 f"({human_bytes(self.bytes)}) [{self.seconds:.1f} s]")
 
 
+#: ``.<name>.<8 hex>.partial``: the temporary names of exports and remote copies.
+_DEAD_PARTIAL = re.compile(r"^\.?.+\.[0-9a-f]{8}" + re.escape(shard_io.PARTIAL_SUFFIX) + "$")
+
+
+def _hold(path: Path) -> int:
+    """Open ``path`` (file or directory) and hold an exclusive flock on it while the writer
+    lives: the kernel drops it when the process dies, even by SIGKILL, which is how
+    ``clean_dead_partials`` tells a dead writer's leftovers from a live writer's work."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def clean_dead_partials(folder: Path) -> list[str]:
+    """Remove ``.<name>.<8 hex>.partial`` files and folders in ``folder`` whose writer is
+    gone (a killed export or push): nobody holds their lock. A live writer's are kept."""
+    removed: list[str] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if not _DEAD_PARTIAL.match(p.name) or p.is_symlink():
+            continue
+        try:
+            fd = _hold(p)
+        except OSError:
+            continue  # held by a live writer, or already gone
+        try:
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p.name)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 def _write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{shard_io.PARTIAL_SUFFIX}")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -212,12 +283,16 @@ def export_bundle(store: ContentStore, dataset: str,
                                 "(bundles are never overwritten)")
     as_tar = dest.name.endswith(".tar")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    clean_dead_partials(dest.parent)  # leftovers of exports killed before they finished
     work = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}{shard_io.PARTIAL_SUFFIX}"
     rep = BundleReport(str(dest), dataset, chosen)
+    held: list[int] = []
+    tmp_tar: Path | None = None
     with maintenance_lock(store, exclusive=False, what="cache export"):
         sel = _select_dataset(store, dataset, chosen)
         try:
             work.mkdir()
+            held.append(_hold(work))
             files = _write_bundle_shards(store, sel, work)
             shutil.rmtree(work / "tmp", ignore_errors=True)
             layer_counts = dict(Counter(v["layer"] for v in sel.items.values()))
@@ -234,6 +309,8 @@ def export_bundle(store: ContentStore, dataset: str,
             if as_tar:
                 tmp_tar = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}"
                                          f"{shard_io.PARTIAL_SUFFIX}")
+                tmp_tar.touch(exist_ok=False)
+                held.append(_hold(tmp_tar))
                 with tarfile.open(tmp_tar, "w") as tar:
                     tar.add(work / BUNDLE_JSON, arcname=BUNDLE_JSON)
                     for f in files:
@@ -247,7 +324,12 @@ def export_bundle(store: ContentStore, dataset: str,
             fsync_dir(dest.parent)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
+            if tmp_tar is not None:
+                tmp_tar.unlink(missing_ok=True)
             raise
+        finally:
+            for fd in held:
+                os.close(fd)
     rep.items = layer_counts
     rep.refs = len(sel.refs)
     rep.cards = len(sel.cards)
@@ -313,6 +395,7 @@ class _Inspected:
     records: list[dict[str, Any]]
     blobs: dict[str, dict[str, Any]]  # blob id -> blob row
     problems: list[str]
+    md5: dict[str, str] = field(default_factory=dict)  # bytes blob id -> md5 of the bytes
 
 
 def _check_record(r: Any, where: str) -> str | None:
@@ -356,18 +439,37 @@ def _check_record(r: Any, where: str) -> str | None:
     return f"{where}: record type {t!r}, expected item, ref or card"
 
 
+def _size_problem(what: str, ds: Any, limit: int) -> str | None:
+    """Why an HDF5 dataset may not be read: it declares more than ``limit`` bytes, or far
+    more than it stores (a compression bomb). Checked from metadata, before reading."""
+    declared = int(ds.size) * int(ds.dtype.itemsize)
+    if declared > limit:
+        return f"{what} declares {declared} bytes, over the per-item limit of {limit}"
+    stored = int(ds.id.get_storage_size())
+    if declared > COMPRESSION_EXEMPT_BYTES and declared > MAX_ITEM_COMPRESSION * stored:
+        return (f"{what} declares {declared} bytes but stores {stored} (compression over "
+                f"{MAX_ITEM_COMPRESSION}:1, a decompression bomb); refused unread")
+    return None
+
+
 def _inspect_shard(name: str, path: Path) -> _Inspected:
-    """Read a foreign shard and check everything it says about itself (no index needed)."""
+    """Read a foreign shard and check everything it says about itself (no index needed).
+
+    Sizes are checked from the HDF5 metadata before any payload is read, so a small file
+    that expands to gigabytes is refused without allocating them."""
     import h5py
 
     out = _Inspected(name, path, [], {}, [])
     try:
         with h5py.File(path, "r", locking=False) as f:
             rec = f.get(shard_io.RECORDS_DATASET)
-            if rec is None or not isinstance(rec, h5py.Dataset) or rec.dtype != np.uint8 \
-                    or rec.size > MAX_JSON_BYTES:
+            if rec is None or not isinstance(rec, h5py.Dataset) or rec.dtype != np.uint8:
                 out.problems.append(f"shard {name}: /records is missing or not a JSON byte "
                                     "array")
+                return out
+            why = _size_problem(f"shard {name}: /records", rec, MAX_JSON_BYTES)
+            if why:
+                out.problems.append(why)
                 return out
             records = json.loads(bytes(rec[()]).decode("utf-8"))
             if not isinstance(records, list):
@@ -379,12 +481,22 @@ def _inspect_shard(name: str, path: Path) -> _Inspected:
                 if not is_hex_key(b):
                     out.problems.append(f"shard {name}: payload name {b!r} is not a digest")
                     continue
+                ds = group.get(b)
+                why = _size_problem(f"shard {name}: payload {b}", ds,
+                                    MAX_IMPORT_ITEM_BYTES) if isinstance(ds, h5py.Dataset) \
+                    else None
+                if why:
+                    out.problems.append(why)
+                    continue
                 try:
                     arr, kind = read_blob_checked(f, b)
                 except IntegrityError as exc:
                     out.problems.append(f"shard {name}: {exc}")
                     continue
                 out.blobs[b] = blob_row(b, arr, kind)
+                if kind == "bytes":
+                    out.md5[b] = md5_bytes(arr.tobytes())
+                del arr
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         out.problems.append(f"shard {name}: cannot be read ({type(exc).__name__}: {exc})")
         return out
@@ -419,7 +531,22 @@ def _check_items(shards: Sequence[_Inspected], local_blobs: set[str],
             why = key_problem(r["key"], r["layer"], b, r.get("meta") or {})
             if why:
                 problems.append(f"shard {s.name}: item {r['key']}: {why}")
+            elif r["layer"] == "raw":
+                why = _raw_meta_problem(r, s.md5.get(b or ""))
+                if why:
+                    problems.append(f"shard {s.name}: raw item {r['key']}: {why}")
     return problems
+
+
+def _raw_meta_problem(r: dict[str, Any], md5: str | None) -> str | None:
+    """A raw item's metadata may not lie about its bytes: downloads reuse a cached image
+    for any card whose manifest md5 equals the image's recorded md5."""
+    meta = r.get("meta") or {}
+    if meta.get("sha256") not in (None, r["key"]):
+        return f"metadata says sha256 {meta.get('sha256')!r}, the bytes hash to {r['key']}"
+    if md5 is not None and meta.get("md5") not in (None, md5):
+        return f"metadata says md5 {meta.get('md5')!r}, the bytes have md5 {md5}"
+    return None
 
 
 def _rewrite_into(store: ContentStore, shards: Sequence[_Inspected], staging: Path
@@ -429,7 +556,7 @@ def _rewrite_into(store: ContentStore, shards: Sequence[_Inspected], staging: Pa
     ``recover`` until the caller moves it in).
 
     Payloads the cache already holds are not written again; item records the cache already
-    holds are skipped; refs and cards always go (the newest record wins when indexed).
+    holds are skipped; refs and cards go as ``proposals.vet`` left them.
     Payloads are re-read and re-checked while writing, so a file that changed since it was
     inspected fails here instead of entering the cache.
     """
@@ -476,15 +603,50 @@ class ImportReport:
     shards_written: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
+    #: refs and card records of the bundle that were not taken, each with why
+    ignored: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     def __str__(self) -> str:
-        return (f"imported {self.dataset} from {self.path}: items {self.items} "
+        text = (f"imported {self.dataset} from {self.path}: items {self.items} "
                 f"({self.already_cached} already cached), {self.refs} refs, {self.cards} "
                 f"cards; {self.shards_written} new shards ({human_bytes(self.bytes_written)}) "
                 f"[{self.seconds:.1f} s]")
+        return text + _ignored_lines(self.ignored)
+
+
+def _ignored_lines(ignored: Sequence[str]) -> str:
+    if not ignored:
+        return ""
+    more = f"\n  ... and {len(ignored) - EXAMPLES} more" if len(ignored) > EXAMPLES else ""
+    return (f"\n{len(ignored)} refs/card records not taken (this cache's own are kept; "
+            "others did not verify):\n" + "\n".join(f"  {w}" for w in ignored[:EXAMPLES]) + more)
+
+
+def _payload_reader(store: ContentStore, shards: Sequence[_Inspected]
+                    ) -> Callable[[str], bytes | None]:
+    """Bytes of an item by key, from the verified foreign shards or else the cache."""
+    import h5py
+
+    blob_of = {r["key"]: r.get("blob") for s in shards for r in s.records
+               if r["type"] == "item"}
+    where = {b: s.path for s in shards for b in s.blobs}
+
+    def read(key: str) -> bytes | None:
+        b = blob_of.get(key)
+        if b in where:
+            with h5py.File(where[b], "r", locking=False) as f:
+                arr, kind = read_blob_checked(f, b)
+            return arr.tobytes() if kind == "bytes" else None
+        try:
+            value = store.get_many([key], touch=False).get(key)
+        except IntegrityError:
+            return None
+        return value if isinstance(value, bytes) else None
+
+    return read
 
 
 def _bundle_rel_ok(rel: Any) -> str | None:
@@ -500,42 +662,94 @@ def _bundle_rel_ok(rel: Any) -> str | None:
     return name
 
 
+def _tar_target(tar_path: Path, m: tarfile.TarInfo, dest: Path) -> Path:
+    """Where a member goes, or IntegrityError: only ``bundle.json`` and
+    ``shards/<prefix>/<name>.h5`` regular files within their size limits."""
+    if m.name == BUNDLE_JSON:
+        target, limit = dest / BUNDLE_JSON, MAX_BUNDLE_JSON_BYTES
+    elif _bundle_rel_ok(m.name):
+        target, limit = dest / m.name, MAX_TAR_MEMBER_BYTES
+    else:
+        raise IntegrityError(f"bundle {tar_path}: unexpected member {m.name!r}; "
+                             "expected bundle.json and shards/<prefix>/<name>.h5")
+    if not m.isfile():
+        raise IntegrityError(f"bundle {tar_path}: member {m.name!r} is not a regular file")
+    if m.size > limit:
+        raise IntegrityError(f"bundle {tar_path}: member {m.name!r} declares {m.size} bytes, "
+                             f"over the limit of {limit}")
+    return target
+
+
+def _scan_tar(tar_path: Path, dest: Path) -> dict[str, int]:
+    """First pass over the member headers only (nothing is written): names, types, count,
+    declared sizes, and the expansion a compressed tar would need. Stops at the first
+    member over a limit, so a bomb is refused before its data is decompressed."""
+    archive = tar_path.stat().st_size
+    budget = archive * MAX_STREAM_COMPRESSION + COMPRESSION_EXEMPT_BYTES
+    declared: dict[str, int] = {}
+    total = 0
+    try:
+        with tarfile.open(tar_path, "r:*") as tar:
+            compressed = not isinstance(tar.fileobj, io.BufferedReader)
+            for m in tar:
+                if len(declared) >= MAX_TAR_MEMBERS:
+                    raise IntegrityError(f"bundle {tar_path} has more than {MAX_TAR_MEMBERS} "
+                                         "members; refused before extracting any")
+                _tar_target(tar_path, m, dest)
+                if m.name in declared:
+                    raise IntegrityError(f"bundle {tar_path}: member {m.name!r} appears twice")
+                declared[m.name] = m.size
+                total += m.size
+                if not compressed and total > archive:
+                    raise IntegrityError(f"bundle {tar_path}: members declare {total} bytes, "
+                                         f"more than the {archive}-byte file holds")
+                if total > budget:
+                    raise IntegrityError(
+                        f"bundle {tar_path}: members declare {total} bytes from a "
+                        f"{archive}-byte compressed file (over {MAX_STREAM_COMPRESSION}:1, "
+                        "a decompression bomb); refused before extracting")
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise IntegrityError(f"bundle {tar_path} is not a readable tar file: {exc}") from exc
+    free = shutil.disk_usage(dest).free
+    if total > free:
+        raise InvalidInputError(f"bundle {tar_path} needs {human_bytes(total)} to extract "
+                                f"into {dest}, which has {human_bytes(free)} free")
+    return declared
+
+
 def _extract_tar(tar_path: Path, dest: Path) -> None:
-    """Extract only ``bundle.json`` and ``shards/<prefix>/<name>.h5`` regular files."""
+    """Extract only ``bundle.json`` and ``shards/<prefix>/<name>.h5`` regular files, after
+    ``_scan_tar`` accepted every header; each member's bytes are counted while copying."""
+    declared = _scan_tar(tar_path, dest)
     try:
         tar = tarfile.open(tar_path, "r:*")  # noqa: SIM115 (closed by the with below)
     except (tarfile.TarError, OSError) as exc:
         raise IntegrityError(f"bundle {tar_path} is not a readable tar file: {exc}") from exc
     with tar:
         try:
-            members = tar.getmembers()
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise IntegrityError(f"bundle {tar_path} is not a readable tar file: {exc}"
-                                 ) from exc
-        for m in members:
-            if m.name == BUNDLE_JSON:
-                target = dest / BUNDLE_JSON
-            elif _bundle_rel_ok(m.name):
-                target = dest / m.name
-            else:
-                raise IntegrityError(f"bundle {tar_path}: unexpected member {m.name!r}; "
-                                     "expected bundle.json and shards/<prefix>/<name>.h5")
-            if not m.isfile():
-                raise IntegrityError(f"bundle {tar_path}: member {m.name!r} is not a regular "
-                                     "file")
-            src = tar.extractfile(m)
-            if src is None:  # pragma: no cover - isfile() members always have data
-                raise IntegrityError(f"bundle {tar_path}: member {m.name!r} has no data")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with src, open(target, "xb") as fh:
-                    shutil.copyfileobj(src, fh, 1 << 20)
-            except FileExistsError:
-                raise IntegrityError(f"bundle {tar_path}: member {m.name!r} appears twice"
-                                     ) from None
-            except (tarfile.TarError, EOFError) as exc:
-                raise IntegrityError(f"bundle {tar_path}: member {m.name!r} cannot be read "
-                                     f"({exc})") from exc
+            for m in tar:
+                target = _tar_target(tar_path, m, dest)
+                if declared.get(m.name) != m.size:
+                    raise IntegrityError(f"bundle {tar_path} changed while it was read "
+                                         f"(member {m.name!r})")
+                src = tar.extractfile(m)
+                if src is None:  # pragma: no cover - isfile() members always have data
+                    raise IntegrityError(f"bundle {tar_path}: member {m.name!r} has no data")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    with src, open(target, "xb") as fh:
+                        copied = 0
+                        for chunk in iter(lambda src=src: src.read(1 << 20), b""):
+                            copied += len(chunk)
+                            if copied > m.size:  # pragma: no cover - tarfile stops at size
+                                raise IntegrityError(f"bundle {tar_path}: member {m.name!r} "
+                                                     f"holds more than its {m.size} bytes")
+                            fh.write(chunk)
+                except FileExistsError:
+                    raise IntegrityError(f"bundle {tar_path}: member {m.name!r} appears "
+                                         "twice") from None
+        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
+            raise IntegrityError(f"bundle {tar_path}: cannot be read ({exc})") from exc
 
 
 def _load_json(data: bytes, what: str) -> dict[str, Any]:
@@ -587,7 +801,13 @@ def _import_dir(store: ContentStore, bdir: Path, shown: str, t0: float) -> Impor
     if not jpath.is_file():
         raise IntegrityError(f"bundle {shown} has no {BUNDLE_JSON}; expected a directory or tar "
                              "written by `pad-assets cache export`")
-    manifest = _load_json(jpath.read_bytes(), f"bundle {shown}: {BUNDLE_JSON}")
+    size = jpath.stat().st_size
+    if size > MAX_BUNDLE_JSON_BYTES:
+        raise IntegrityError(f"bundle {shown}: {BUNDLE_JSON} is {size} bytes, over the limit "
+                             f"of {MAX_BUNDLE_JSON_BYTES}; not read")
+    with open(jpath, "rb") as fh:
+        manifest = _load_json(fh.read(MAX_BUNDLE_JSON_BYTES + 1),
+                              f"bundle {shown}: {BUNDLE_JSON}")
     if manifest.get("format") != BUNDLE_FORMAT or manifest.get("version") != FORMAT_VERSION:
         raise IntegrityError(f"bundle {shown}: format {manifest.get('format')!r} version "
                              f"{manifest.get('version')!r}, expected {BUNDLE_FORMAT!r} "
@@ -599,8 +819,12 @@ def _import_dir(store: ContentStore, bdir: Path, shown: str, t0: float) -> Impor
     files = manifest.get("files")
     if not isinstance(files, list):
         raise IntegrityError(f"bundle {shown}: 'files' is not a list")
+    if len(files) > MAX_TAR_MEMBERS:
+        raise IntegrityError(f"bundle {shown}: {BUNDLE_JSON} lists {len(files)} files, over "
+                             f"the limit of {MAX_TAR_MEMBERS}")
     problems: list[str] = []
     listed: dict[str, tuple[str, str]] = {}
+    sizes: dict[str, int | None] = {}
     for f in files:
         rel = f.get("path") if isinstance(f, dict) else None
         name = _bundle_rel_ok(rel)
@@ -609,10 +833,18 @@ def _import_dir(store: ContentStore, bdir: Path, shown: str, t0: float) -> Impor
                             "with a sha256")
             continue
         listed[name] = (rel, f["sha256"])
+        declared = f.get("bytes")
+        if declared is not None and (not isinstance(declared, int) or declared < 0):
+            problems.append(f"listed file {rel} declares size {declared!r}, expected bytes")
+        else:
+            sizes[name] = declared
     present = {}
     sdir = bdir / "shards"
     if sdir.is_dir():
-        for p in sdir.rglob("*"):
+        for n, p in enumerate(sdir.rglob("*")):
+            if n > 2 * MAX_TAR_MEMBERS:
+                raise IntegrityError(f"bundle {shown}: more than {MAX_TAR_MEMBERS} files under "
+                                     "shards/; refused")
             if p.is_file() or p.is_symlink():
                 rel = p.relative_to(bdir).as_posix()
                 name = _bundle_rel_ok(rel)
@@ -626,6 +858,15 @@ def _import_dir(store: ContentStore, bdir: Path, shown: str, t0: float) -> Impor
         p = present.get(name)
         if p is None:
             problems.append(f"listed file {rel} is missing")
+            continue
+        actual = p.stat().st_size
+        if sizes.get(name) is not None and sizes[name] != actual:
+            problems.append(f"file {rel} has {actual} bytes, {BUNDLE_JSON} declares "
+                            f"{sizes[name]}")
+            continue
+        if actual > MAX_TAR_MEMBER_BYTES:
+            problems.append(f"file {rel} has {actual} bytes, over the limit of "
+                            f"{MAX_TAR_MEMBER_BYTES}")
             continue
         got = file_sha256(p)
         if got != sha:
@@ -643,6 +884,10 @@ def _import_dir(store: ContentStore, bdir: Path, shown: str, t0: float) -> Impor
     problems += _check_items(inspected, store.index.present_blobs(needed))
     _refuse(problems, shown)
     rep = ImportReport(shown, dataset)
+    # Refs and card records are proposals: verified against content, never overriding
+    # local truth, never stamped later than now (dropped ones are reported, not imported).
+    rep.ignored = vet(store, inspected, _payload_reader(store, inspected),
+                      dataset=dataset).ignored
     recs = [r for s in inspected for r in s.records]
     rep.items = dict(Counter(r["layer"] for r in recs if r["type"] == "item"))
     rep.already_cached = len(store.has([r["key"] for r in recs if r["type"] == "item"]))
@@ -709,7 +954,32 @@ def _read_remote_index(fs: Any, root: str, url: str) -> dict[str, Any]:
     if idx.get("format") != REMOTE_FORMAT or not isinstance(idx.get("shards"), dict):
         raise IntegrityError(f"{url}/{REMOTE_INDEX} is not a pad_assets remote index "
                              f"(format {idx.get('format')!r})")
+    bad = [f"entry {name!r}: {why}" for name, e in sorted(idx["shards"].items())
+           if (why := _remote_entry_problem(e))]
+    if bad:
+        more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise IntegrityError(f"remote {url}: {REMOTE_INDEX} has malformed entries, nothing "
+                             f"was copied: {'; '.join(bad[:5])}{more}. Expected each entry "
+                             "to be an object with 'path' (text), 'datasets' (list of names), "
+                             "'sha256' (64 hex) and 'bytes' (a size)")
     return idx
+
+
+def _remote_entry_problem(e: Any) -> str | None:
+    """Why one shard entry of a remote index cannot be used (None when it can)."""
+    if not isinstance(e, dict):
+        return f"is {type(e).__name__} {str(e)[:40]!r}, expected an object"
+    if "path" in e and not isinstance(e["path"], str):
+        return f"'path' is {type(e['path']).__name__}, expected text"
+    ds = e.get("datasets", [])
+    if not isinstance(ds, list) or not all(isinstance(d, str) for d in ds):
+        return f"'datasets' is {str(ds)[:40]!r}, expected a list of dataset names"
+    if "sha256" in e and e["sha256"] is not None and not is_hex_key(e["sha256"]):
+        return f"'sha256' is {str(e['sha256'])[:70]!r}, expected 64 hex digits"
+    n = e.get("bytes")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+        return f"'bytes' is {str(n)[:40]!r}, expected a non-negative integer"
+    return None
 
 
 def _remote_files(fs: Any, root: str) -> dict[str, str]:
@@ -738,6 +1008,7 @@ def _write_remote(fs: Any, root: str, rel: str, src: Path | bytes) -> None:
         tmp = tmp_dir / f"{final_p.name}.{uuid.uuid4().hex[:8]}{shard_io.PARTIAL_SUFFIX}"
         try:
             with open(tmp, "wb") as out:
+                fcntl.flock(out.fileno(), fcntl.LOCK_EX)  # "alive": see clean_dead_partials
                 if isinstance(src, bytes):
                     out.write(src)
                 else:
@@ -760,22 +1031,21 @@ def _write_remote(fs: Any, root: str, rel: str, src: Path | bytes) -> None:
 
 
 def _brings_something(store: ContentStore, insp: _Inspected) -> bool:
-    """Whether a verified shard holds a payload, item, or newer ref/card this cache lacks."""
+    """Whether a verified, vetted shard holds a payload, item, ref or card record this cache
+    lacks (vetting left only refs and cards that are new here or equal to the local ones)."""
     if set(insp.blobs) - store.index.present_blobs(list(insp.blobs)):
         return True
     keys = [r["key"] for r in insp.records if r["type"] == "item"]
     if set(keys) - store.has(keys):
         return True
     for r in insp.records:
-        if r["type"] == "ref":
-            row = store.index.query("SELECT updated FROM refs WHERE name=?", (r["name"],))
-        elif r["type"] == "card":
-            row = store.index.query("SELECT updated FROM cards WHERE dataset=? AND card_id=?",
-                                    (r["dataset"], r["card_id"]))
-        else:
-            continue
-        if not row or float(row[0][0]) < float(r["ts"]):
+        if r["type"] == "ref" and store.ref(r["name"]) != r["key"]:
             return True
+        if r["type"] == "card":
+            cur = store.cards(r["dataset"], [int(r["card_id"])]).get(int(r["card_id"]))
+            if cur is None or (cur["raw_key"], cur["status"]) != (r.get("raw_key"),
+                                                                  r["status"]):
+                return True
     return False
 
 
@@ -804,6 +1074,9 @@ def push(store: ContentStore, remote_url: str) -> PushReport:
     t0 = time.time()
     fs, root = _remote(remote_url)
     rep = PushReport(remote_url)
+    _read_remote_index(fs, root, remote_url)  # a malformed index is refused before copying
+    if _is_local(fs):
+        clean_dead_partials(Path(root) / "tmp")  # of pushes killed mid-copy
     with maintenance_lock(store, exclusive=False, what="cache push"):
         retired = retired_shards(store.index)
         local = {s: p for s, p in store.index.shard_paths().items() if s not in retired}
@@ -857,6 +1130,8 @@ class PullReport:
     failed: list[str] = field(default_factory=list)
     missing_payloads: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: refs and card records of pulled shards that were not taken, each with why
+    ignored: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -870,7 +1145,52 @@ class PullReport:
             lines.append(f"  {len(self.missing_payloads)} pulled items reference payloads no "
                          f"shard here holds (e.g. {self.missing_payloads[:3]}); pull without "
                          "--dataset to fetch everything")
-        return "\n".join(lines)
+        return "\n".join(lines) + _ignored_lines(self.ignored)
+
+
+def _copy_remote_shard(fs: Any, src: str, tmp: Path, entry: dict[str, Any], url: str,
+                       name: str) -> None:
+    """Stream one remote shard to ``tmp``, checking its size while copying (never more than
+    the index declares, never more than a shard may hold) and its sha256 at the end."""
+    declared = entry.get("bytes")
+    limit = MAX_TAR_MEMBER_BYTES if declared is None else min(declared, MAX_TAR_MEMBER_BYTES)
+    h = hashlib.sha256()
+    copied = 0
+    with fs.open(src, "rb") as fin, open(tmp, "wb") as fout:
+        for chunk in iter(lambda: fin.read(1 << 20), b""):
+            copied += len(chunk)
+            if copied > limit:
+                raise IntegrityError(
+                    f"remote {url}: shard {name} is larger than "
+                    + (f"the {declared} bytes its index entry declares" if declared is not None
+                       and declared <= MAX_TAR_MEMBER_BYTES else
+                       f"the limit of {MAX_TAR_MEMBER_BYTES} bytes") + "; not kept")
+            h.update(chunk)
+            fout.write(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+    if declared is not None and copied != declared:
+        raise IntegrityError(f"{copied} bytes, the remote index declares {declared}")
+    want = entry.get("sha256")
+    if want and h.hexdigest() != want:
+        raise IntegrityError(f"sha256 {h.hexdigest()}, the remote index says {want}")
+
+
+def _index_rewritten(store: ContentStore, insp: _Inspected) -> int:
+    """Write a pulled shard's vetted content into a fresh local shard and index it; the
+    bytes written."""
+    staging = store.root / "tmp" / f"pull-{uuid.uuid4().hex[:12]}{shard_io.PARTIAL_SUFFIX}"
+    try:
+        written = _rewrite_into(store, [insp], staging)
+        for _, rel, *_ in written:
+            final = store.root / rel
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / rel, final)
+            fsync_dir(final.parent)
+        store.index.apply_shards(written)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return sum(w[2] for w in written)
 
 
 def pull(store: ContentStore, remote_url: str, dataset: str | None = None, *,
@@ -903,48 +1223,60 @@ def pull(store: ContentStore, remote_url: str, dataset: str | None = None, *,
         local = set(store.index.shard_paths()) | set(store.shard_files())
         tmp_dir = store.root / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        pulled_records: list[dict[str, Any]] = []
-        for name in sorted(names):
-            if name in local:
-                rep.already_here += 1
-                continue
-            rel = shard_io.shard_relpath(name)
-            tmp = tmp_dir / f"{name}{shard_io.SHARD_SUFFIX}.{uuid.uuid4().hex[:8]}" \
-                            f"{shard_io.PARTIAL_SUFFIX}"
-            try:
-                h = hashlib.sha256()
-                with fs.open(files[name], "rb") as fin, open(tmp, "wb") as fout:
-                    for chunk in iter(lambda fin=fin: fin.read(1 << 20), b""):
-                        h.update(chunk)
-                        fout.write(chunk)
-                    fout.flush()
-                    os.fsync(fout.fileno())
-                want = (entries.get(name) or {}).get("sha256")
-                if want and h.hexdigest() != want:
-                    raise IntegrityError(f"sha256 {h.hexdigest()}, the remote index says {want}")
-                insp = _inspect_shard(name, tmp)
-                problems = insp.problems + _check_items([insp], set(),
-                                                        require_payloads=False)
-                if problems:
-                    raise IntegrityError("; ".join(problems[:5]))
+        arrived: list[_Inspected] = []
+        try:
+            # 1. copy and verify every missing shard (kept under tmp/ until vetted)
+            for name in sorted(names):
+                if name in local:
+                    rep.already_here += 1
+                    continue
+                tmp = tmp_dir / f"{name}{shard_io.SHARD_SUFFIX}.{uuid.uuid4().hex[:8]}" \
+                                f"{shard_io.PARTIAL_SUFFIX}"
+                try:
+                    _copy_remote_shard(fs, files[name], tmp, entries.get(name) or {},
+                                       remote_url, name)
+                    insp = _inspect_shard(name, tmp)
+                    problems = insp.problems + _check_items([insp], set(),
+                                                            require_payloads=False)
+                    if problems:
+                        raise IntegrityError("; ".join(problems[:5]))
+                except (IntegrityError, OSError) as exc:
+                    tmp.unlink(missing_ok=True)
+                    rep.failed.append(f"{name}: {exc}")
+                    continue
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
+                arrived.append(insp)
+            # 2. refs and cards are proposals, vetted together (a model record and its
+            # weights may travel in different shards)
+            vetting = vet(store, arrived, _payload_reader(store, arrived))
+            rep.ignored = vetting.ignored
+            vet_changed = {arrived[i].name for i in vetting.changed}
+            # 3. index what brings something new: verbatim when vetting changed nothing,
+            # else rewritten into a fresh local shard (the remote's file keeps its records)
+            pulled_records: list[dict[str, Any]] = []
+            for insp in arrived:
                 if not _brings_something(store, insp):
                     # e.g. the pre-compaction original of a shard this cache rewrote: its
                     # content is here already, indexing it would only store it twice
-                    tmp.unlink(missing_ok=True)
                     rep.already_here += 1
                     continue
-                final = store.root / rel
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, final)
-                fsync_dir(final.parent)
-                store.index_shard_file(name, rel)
-            except (IntegrityError, OSError) as exc:
-                tmp.unlink(missing_ok=True)
-                rep.failed.append(f"{name}: {exc}")
-                continue
-            rep.pulled.append(name)
-            rep.bytes += final.stat().st_size
-            pulled_records += insp.records
+                if insp.name in vet_changed:
+                    rep.bytes += _index_rewritten(store, insp)
+                else:
+                    rel = shard_io.shard_relpath(insp.name)
+                    final = store.root / rel
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(insp.path, final)
+                    fsync_dir(final.parent)
+                    store.index_shard_file(insp.name, rel)
+                    rep.bytes += final.stat().st_size
+                rep.pulled.append(insp.name)
+                pulled_records += insp.records
+        finally:
+            for insp in arrived:
+                insp.path.unlink(missing_ok=True)
         needed = [r["blob"] for r in pulled_records if r["type"] == "item" and r.get("blob")]
         have = store.index.present_blobs(needed)
         rep.missing_payloads = sorted({r["key"] for r in pulled_records if r["type"] == "item"

@@ -31,6 +31,8 @@ from .common import (
     read_blob_checked,
     retired_shards,
 )
+from .contradictions import HELP as CONTRADICTION_HELP
+from .contradictions import find_contradictions
 from .locking import maintenance_lock
 from .rewrite import _Conflict, _partials, _rows, clean_partials, purge_retired, rewrite_shards
 
@@ -66,6 +68,7 @@ PROBLEM_HELP = {
     "record_missing": "an index row with no record in its shard (a rebuild would lose it)",
     "dangling_ref": "a ref whose target item is not in the cache",
     "card_missing_raw": "a card marked ok whose raw image is not in the cache",
+    **CONTRADICTION_HELP,
 }
 
 
@@ -303,6 +306,7 @@ def _check(store: ContentStore) -> _CheckState:
     for name, size, mtime in _partials(store):
         rep.notes.append(Finding("partial_file", f"tmp/{name}",
                                  f"{size} bytes, {time.time() - mtime:.0f} s old"))
+    rep.problems += [Finding(*f) for f in find_contradictions(store, set(st.bad_items))]
     rep.seconds = time.time() - t0
     return st
 
