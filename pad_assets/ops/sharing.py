@@ -19,6 +19,17 @@ elsewhere is *input*, and this is the one place that decides what may enter:
   indexes them. Both directions re-verify payload digests: a corrupt shard is never
   spread.
 
+Refs (manifest, model record, Dagster asset) and card records (card -> raw key) are
+pointers, not content: from a bundle or a remote they are *proposals* (``proposals.vet``),
+taken only where this cache has none yet and only when they verify against content (a
+card's image has its manifest's md5, a model record's SHA256 is weights that are present,
+a manifest is for the dataset its ref names); every foreign timestamp is clamped to now,
+so a clock set ahead never pins a pointer. What is not taken is reported.
+
+Resource limits (member count, declared against actual sizes, compression ratio, size per
+item, size of ``bundle.json``) are checked while streaming, before anything is written or
+read whole.
+
 Bundles and remotes are integrity-checked, not authenticated: a derived payload is trusted
 to be what its producer computed (``pad-assets cache verify`` and re-computation are the
 checks for that); import only from people and places you trust.
@@ -559,15 +570,21 @@ def _rewrite_into(store: ContentStore, shards: Sequence[_Inspected], staging: Pa
     holds are skipped; refs and cards go as ``proposals.vet`` left them.
     Payloads are re-read and re-checked while writing, so a file that changed since it was
     inspected fails here instead of entering the cache.
+
+    Refs and card records go into one record-only shard, last in the returned order: the
+    caller moves files in that order, so a process killed between two moves leaves shards
+    that ``recover`` can index on their own (items with their payloads) and never a card
+    or ref pointing at an item whose shard was not moved in yet.
     """
     import h5py
 
     have_blobs = store.index.present_blobs([b for s in shards for b in s.blobs])
     have_items = store.has([r["key"] for s in shards for r in s.records if r["type"] == "item"])
     written: list[tuple[str, str, int, list[dict[str, Any]], list[dict[str, Any]]]] = []
+    pointers = [r for s in shards for r in s.records if r["type"] != "item"]
     try:
         for s in shards:
-            records = [r for r in s.records if r["type"] != "item" or r["key"] not in have_items]
+            records = [r for r in s.records if r["type"] == "item" and r["key"] not in have_items]
             new_blobs = [b for b in s.blobs if b not in have_blobs]
             if not records and not new_blobs:
                 continue
@@ -584,6 +601,9 @@ def _rewrite_into(store: ContentStore, shards: Sequence[_Inspected], staging: Pa
                 name, rel, nbytes = shard_io.write_shard(staging, payloads(), records)
             written.append((name, rel, nbytes, records, rows))
             have_blobs |= set(new_blobs)
+        if pointers:
+            name, rel, nbytes = shard_io.write_shard(staging, [], pointers)
+            written.append((name, rel, nbytes, pointers, []))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -768,10 +788,12 @@ def import_bundle(store: ContentStore, path: str | os.PathLike[str]) -> ImportRe
     """Verify a bundle completely, then add its content to the cache in one transaction.
 
     Refused with ``IntegrityError`` (and nothing imported) when: a listed file is missing,
-    unlisted, or has another sha256; a shard or record is malformed; a payload fails its
-    digest; an item's key does not match its content or recorded chain; a record names a
-    payload that is neither in the bundle nor in the cache; a card belongs to another
-    dataset than the bundle's.
+    unlisted, or has another sha256 or size; a shard or record is malformed; a payload fails
+    its digest; an item's key (or a raw image's recorded md5) does not match its content or
+    recorded chain; a record names a payload that is neither in the bundle nor in the
+    cache; a card belongs to another dataset than the bundle's; a resource limit is
+    exceeded. Refs and card records that do not verify, or that would override this cache's
+    own, are left out and listed in ``ImportReport.ignored``.
     """
     t0 = time.time()
     src = Path(path).expanduser()
@@ -901,7 +923,8 @@ def _import_dir(store: ContentStore, bdir: Path, shown: str, t0: float) -> Impor
                              "was imported") from exc
     try:
         # Everything is verified and written: move the files in, then one transaction.
-        # (A crash in between leaves complete, verified shards that recover() indexes.)
+        # (A crash in between leaves complete, verified shards that recover() indexes;
+        # refs and cards move last, so none points at an item that did not arrive.)
         for _, rel, *_ in written:
             final = store.root / rel
             final.parent.mkdir(parents=True, exist_ok=True)
