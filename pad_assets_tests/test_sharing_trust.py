@@ -170,8 +170,42 @@ def test_a_poisoned_bundle_cannot_override_local_refs_cards_or_clocks(
     before = _truth(store)
     report = import_bundle(store, bundle)
     store.close()
-    assert report.ignored, "the rejected proposals are reported"
+    text = str(report)
+    s = _settings(emu, victim)
+    for fact in (f"ref model-record/{s.api_url}/{MODEL_ID}", f"ref {manifest_ref(s, OTHER)}",
+                 f"card {DS}/{DS_IDS[0]}", f"card {DS}/{DS_IDS[1]}"):
+        assert fact in text, f"{fact!r} not reported as ignored:\n{text}"
     _assert_unpoisoned(emu, victim, before, baseline)
+
+
+def test_each_hostile_fact_alone_is_refused_for_its_own_reason(
+        emu: Emulator, source: dict, tmp_path: Path) -> None:
+    """The poison without the honest records beside it: each fact meets its own check."""
+    cache = tmp_path / "victim"
+    shutil.copytree(source["cache"], cache)
+    src = ContentStore(source["cache"])
+    bundle = tmp_path / "hostile_only"
+    _, rel = _hostile_shard(src, emu, bundle)
+    (bundle / "bundle.json").write_text(json.dumps({
+        "format": sharing.BUNDLE_FORMAT, "version": sharing.FORMAT_VERSION, "dataset": DS,
+        "files": [{"path": rel, "sha256": file_sha256(bundle / rel)}]}))
+    src.close()
+    s = _settings(emu, cache)
+    store = ContentStore(cache)
+    before = _truth(store)
+    why = {w.split(": ", 1)[0]: w.split(": ", 1)[1] for w in import_bundle(store, bundle).ignored}
+    assert "already names" in why[f"ref model-record/{s.api_url}/{MODEL_ID}"]
+    assert "this bundle is for" in why[f"ref {manifest_ref(s, OTHER)}"]
+    assert "already maps it to" in why[f"card {DS}/{DS_IDS[0]}"]
+    assert _truth(store) == before
+    # with no local record for the pair, the swap meets the manifest's md5
+    store.index.query("DELETE FROM cards WHERE dataset=? AND card_id IN (?, ?)",
+                      (DS, DS_IDS[0], DS_IDS[1]))
+    why = {w.split(": ", 1)[0]: w.split(": ", 1)[1] for w in import_bundle(store, bundle).ignored}
+    for cid in DS_IDS[:2]:
+        assert "the manifest of trustA says" in why[f"card {DS}/{cid}"], why
+    assert store.cards(DS, DS_IDS[:2]) == {}
+    store.close()
 
 
 def test_a_poisoned_bundle_into_an_empty_cache_keeps_only_what_verifies(

@@ -101,8 +101,11 @@ def vet(store: ContentStore, shards: Sequence[ForeignShard], read_payload: Paylo
     accepted_refs: dict[str, str] = {}
     for name, targets in ref_targets.items():
         local = local_refs.get(name)
+        tail = name.rsplit("/", 1)[-1]
         if len(targets) > 1:
             why = f"proposes {len(targets)} different targets"
+        elif name.startswith(MANIFEST_PREFIX) and dataset is not None and tail != dataset:
+            why = f"names dataset {tail!r}, but this bundle is for {dataset!r}"
         elif local is not None:
             why = None if local in targets else f"this cache already names {local}; kept"
         else:
