@@ -226,10 +226,21 @@ class CachedDataset:
         rows = self._select(self.manifest().rows, split, card_ids)
         raw = self.raw.raw_keys(self.name, rows["card_id"])
         missing = rows[~rows["card_id"].isin(list(raw))]
-        if len(missing) and self.settings.offline:
-            self.raw.sync(self.name, missing)  # raises one OfflineError listing them all
         cards = rows.to_dict("records")
         contexts = [model_adapter.prediction_context(c) for c in cards]
+        # Cards whose image gc evicted keep their raw key: their cached predictions are
+        # served from keys alone, and only cards without one need the image again.
+        gone = self.raw.evicted_raw_keys(self.name, missing["card_id"]) if use_cache else {}
+        evicted = [gone.get(int(c["card_id"])) for c in cards]
+        if len(missing) and self.settings.offline:
+            pos = [i for i, k in enumerate(evicted) if k]
+            served = self.predictions.cached([evicted[i] for i in pos],  # type: ignore[misc]
+                                             [contexts[i] for i in pos], model_adapter,
+                                             pipeline)
+            ok = {int(cards[pos[j]]["card_id"]) for j in served}
+            needed = missing[~missing["card_id"].isin(list(ok))]
+            if len(needed):
+                self.raw.sync(self.name, needed)  # raises one OfflineError listing them all
 
         def fetch(positions: list[int]) -> dict[int, str | None]:
             """Download these cards now (inside the prediction pipeline), return raw keys."""
@@ -244,7 +255,8 @@ class CachedDataset:
                   disable=not self.progress, leave=False) as bar:
             preds = self.predictions.predict([raw.get(int(c["card_id"])) for c in cards],
                                              contexts, model_adapter, pipeline, batch_size,
-                                             use_cache, on_progress=bar.update, fetch=fetch)
+                                             use_cache, on_progress=bar.update, fetch=fetch,
+                                             evicted=evicted)
         by_id = {int(c["card_id"]): p for c, p in zip(cards, preds, strict=True)
                  if p is not None}
         status = self.store.cards(self.name)

@@ -104,12 +104,16 @@ class PredictionLayer:
     def predict(self, raw_keys: Sequence[str | None], contexts: Sequence[dict[str, Any]],
                 model: ModelAdapter, pipeline: PreprocessingPipeline, batch_size: int = 32,
                 use_cache: bool = True, on_progress: Callable[[int], None] | None = None,
-                fetch: Fetch | None = None) -> list[CardPrediction | None]:
+                fetch: Fetch | None = None, evicted: Sequence[str | None] | None = None
+                ) -> list[CardPrediction | None]:
         """Predictions aligned with ``raw_keys``; ``None`` where no image could be had.
 
         ``raw_keys[i] is None`` means card ``i`` is not cached yet: ``fetch`` downloads such
         cards chunk by chunk inside the preparation stage, so a cold run downloads chunk
         n+1 while the model runs on chunk n instead of downloading everything first.
+        ``evicted[i]``, when given, is the raw key of card ``i``'s image that ``gc``
+        evicted: a prediction cached for it is served from its key alone (keys are hashes
+        of the raw key, no payload is read); only cards without one are fetched.
         """
         if fetch is None and any(k is None for k in raw_keys):
             raise ValueError("predict: some raw keys are None and no fetch was given")
@@ -120,8 +124,14 @@ class PredictionLayer:
                           [None] * len(raw_keys), on_progress)
         known = [i for i, k in enumerate(raw_keys) if k is not None]
         todo = self._lookup(job, known)
+        if evicted is not None and use_cache:
+            gone = [i for i, k in enumerate(raw_keys) if k is None and evicted[i]]
+            for i in gone:
+                job.raw_keys[i] = evicted[i]
+            for i in self._lookup(job, gone):  # no cached prediction: the image is needed
+                job.raw_keys[i] = job.pre_keys[i] = job.ten_keys[i] = job.pred_keys[i] = None
         # cached raw first (ready now), then the cards that must be downloaded
-        todo += [i for i, k in enumerate(raw_keys) if k is None]
+        todo += [i for i, k in enumerate(job.raw_keys) if k is None]
         # a small first chunk gets the model busy early; later chunks amortise shard writes
         bounds = [0, min(len(todo), FIRST_CHUNK)]
         while bounds[-1] < len(todo):
@@ -144,6 +154,18 @@ class PredictionLayer:
                 ahead = stage.submit(prepare, chunks[n + 1]) if n + 1 < len(chunks) else None
                 self._predict_chunk(job, prepared)
         return job.out
+
+    def cached(self, raw_keys: Sequence[str], contexts: Sequence[dict[str, Any]],
+               model: ModelAdapter, pipeline: PreprocessingPipeline) -> set[int]:
+        """Positions whose prediction is cached: hashing plus one index query, no payload
+        read (so it answers for cards whose image and tensors were evicted)."""
+        if not raw_keys:
+            return set()
+        _, ten = self.derived.keys_for(list(raw_keys), pipeline, model.get_tensor_spec())
+        assert ten is not None
+        preds = prediction_keys_for(ten, model.get_cache_signature(), contexts)
+        have = self.store.has(preds)
+        return {i for i, k in enumerate(preds) if k in have}
 
     def _lookup(self, job: _PredictJob, positions: list[int]) -> list[int]:
         """Fill keys for ``positions`` (raw keys known); return those not cached."""

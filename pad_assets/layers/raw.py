@@ -121,6 +121,18 @@ class RawLayer:
         present = self.store.has(list(keys.values()))
         return {c: k for c, k in keys.items() if k in present}
 
+    def evicted_raw_keys(self, dataset: str, card_ids: Iterable[int]) -> dict[int, str]:
+        """card id -> raw key, for cards whose image ``gc`` evicted.
+
+        The key is still the card's content address: every key below it (preprocessed,
+        tensor, prediction) is a hash of it, so results cached for the card stay reachable
+        without the image bytes (``apply_model`` serves them and downloads nothing).
+        """
+        wanted = [int(c) for c in card_ids]
+        cards = self.store.cards(dataset, wanted)
+        return {c: cards[c]["raw_key"] for c in wanted
+                if c in cards and cards[c]["status"] == "evicted" and cards[c]["raw_key"]}
+
     # ---- sync --------------------------------------------------------------------------
     def sync(self, dataset: str, rows: pd.DataFrame, force_refresh: bool = False,
              progress: bool = False) -> DownloadSummary:
