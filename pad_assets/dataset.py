@@ -23,6 +23,7 @@ import pandas as pd
 from .errors import InvalidInputError, OfflineError
 from .hashing import sha256_bytes
 from .layers.derived import DerivedLayers
+from .layers.model_names import record_name
 from .layers.predictions import CardPrediction, PredictionLayer
 from .layers.raw import DownloadSummary, RawLayer
 from .models.base import STATUS_FAILED, ModelAdapter
@@ -224,6 +225,8 @@ class CachedDataset:
         """
         pipeline = preprocessing or model_adapter.get_required_preprocessing()
         rows = self._select(self.manifest().rows, split, card_ids)
+        # the name audit, lineage and stats show for this signature: the latest one used
+        record_name(self.store, model_adapter.get_cache_signature(), model_adapter.name)
         raw = self.raw.raw_keys(self.name, rows["card_id"])
         missing = rows[~rows["card_id"].isin(list(raw))]
         cards = rows.to_dict("records")

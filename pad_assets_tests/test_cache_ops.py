@@ -20,12 +20,12 @@ import h5py
 import numpy as np
 import pytest
 
+from pad_assets.cli import main as cli_main
 from pad_assets.dataset import CachedDataset
 from pad_assets.emulator import DatasetSpec, Emulator, EmulatorConfig
 from pad_assets.errors import CacheCorruptionError, InvalidInputError
 from pad_assets.hashing import sha256_bytes
 from pad_assets.ops import maintenance as mt
-from pad_assets.ops.cli import main as ops_main
 from pad_assets.preprocessing.nn import PADNeuralNetworkPipeline
 from pad_assets.settings import Settings
 from pad_assets.store import CardRecord, ContentStore, NewItem
@@ -475,7 +475,7 @@ def test_cli_end_to_end(emu: Emulator, onnx_model, tmp_path: Path, capsys,
     point_env_at(emu, cache, monkeypatch)
 
     def run(*argv: str) -> tuple[int, str, str]:
-        code = ops_main(list(argv))
+        code = cli_main(list(argv))
         out, err = capsys.readouterr()
         return code, out, err
 

@@ -7,7 +7,6 @@ tensor, inference, and the metadata each layer recorded.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
@@ -22,24 +21,21 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from pad_assets.cli import main as cli_main
 from pad_assets.dataset import CachedDataset, manifest_ref
 from pad_assets.emulator import DRUGS, DatasetSpec, EdgeCases, Emulator, ModelArtifact
 from pad_assets.errors import InvalidInputError
 from pad_assets.models import PADTensorFlowAdapter, PLSModelAdapter
 from pad_assets.ops.audit import (
     CSV_COLUMNS,
-    add_audit_arguments,
     export_audit,
-    main_audit,
 )
 from pad_assets.ops.lineage import (
-    add_lineage_arguments,
     card_id_of,
     card_lineage,
     check_link,
     dagster_run_records,
     format_lineage,
-    main_lineage,
     resolve_model_spec,
 )
 from pad_assets.settings import Settings
@@ -296,21 +292,25 @@ def test_lineage_cli_json_and_text(emu: Emulator, warm: dict[str, Any],
                                    capsys: pytest.CaptureFixture[str],
                                    tiny_tflite_path: Path, ds: CachedDataset) -> None:
     _env(monkeypatch, emu, Path("/nonexistent-not-used"))
-    parser = add_lineage_arguments(argparse.ArgumentParser())
     # labels are not passed: they are found from cached predictions of the same weights
-    args = parser.parse_args([DATASET, "52001", "--model", f"tflite:{tiny_tflite_path}",
-                              "--json", "--cache-dir", str(warm["cache"])])
-    assert main_lineage(args) == 0
+    assert cli_main(["lineage", DATASET, "52001", "--model", f"tflite:{tiny_tflite_path}",
+                     "--json", "--cache-dir", str(warm["cache"])]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(json.dumps(card_lineage(ds, 52001, warm["nn"])))
 
-    args = argparse.Namespace(dataset=DATASET, card_id=52001, model=None, json=False,
-                              cache_dir=str(warm["cache"]))  # the attributes cli.py passes
-    assert main_lineage(args) == 0
+    # the full chain with --verify, a short tree by default
+    assert cli_main(["lineage", DATASET, "52001", "--verify", "--cache-dir",
+                     str(warm["cache"])]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"card 52001 of dataset {DATASET}")
     assert "MANIFEST [present]" in text and "RAW [present]" in text
     assert "CACHED PREDICTIONS [2]" in text
+    assert cli_main(["--cache-dir", str(warm["cache"]), "lineage", DATASET, "52001"]) == 0
+    tree = capsys.readouterr().out
+    assert tree.startswith(f"card 52001 of {DATASET}") and len(tree.splitlines()) <= 12
+    assert "cached predictions [2]" in tree
+    for name in (warm["nn"].name, warm["pls"].name):
+        assert name in tree
 
 
 def test_model_specs_resolve_to_the_right_adapter(emu: Emulator, warm: dict[str, Any],
@@ -449,17 +449,13 @@ def test_audit_cli_defaults_to_every_cached_model(emu: Emulator, warm: dict[str,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     _env(monkeypatch, emu, warm["cache"])
-    args = add_audit_arguments(argparse.ArgumentParser()).parse_args(
-        [DATASET, "--output", str(tmp_path / "cli")])
-    assert args.model is None and args.cache_dir is None
-    assert main_audit(args) == 0
+    assert cli_main(["audit", DATASET, "--output", str(tmp_path / "cli")]) == 0
     out = capsys.readouterr().out
     assert f"{2 * len(CARDS)} prediction(s) exported" in out
     rows = _read_csv(tmp_path / "cli" / f"{DATASET}_audit.csv")
     assert len({r["model_signature"] for r in rows}) == 2
-    args = argparse.Namespace(dataset=DATASET, output=str(tmp_path / "cli2"),
-                              model=[warm["nn"].name], cache_dir=str(warm["cache"]))
-    assert main_audit(args) == 0
+    assert cli_main(["audit", DATASET, "-o", str(tmp_path / "cli2"), "-m", warm["nn"].name,
+                     "--cache-dir", str(warm["cache"])]) == 0
     rows = _read_csv(tmp_path / "cli2" / f"{DATASET}_audit.csv")
     assert {r["model_name"] for r in rows} == {warm["nn"].name}
 

@@ -16,7 +16,6 @@ model's record being cached, untyped card-id errors, ids beyond int64); all are 
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import socket
@@ -31,6 +30,7 @@ import pandas as pd
 import pytest
 
 import pad_assets.sources.registry as registry
+from pad_assets.cli import main as cli_main
 from pad_assets.dataset import CachedDataset
 from pad_assets.emulator import DatasetSpec, Emulator, EmulatorConfig, ModelArtifact
 from pad_assets.errors import (
@@ -42,7 +42,7 @@ from pad_assets.errors import (
 )
 from pad_assets.models import PADTensorFlowAdapter, PLSModelAdapter
 from pad_assets.ops.audit import export_audit
-from pad_assets.ops.lineage import card_lineage, main_lineage
+from pad_assets.ops.lineage import card_lineage
 from pad_assets.preprocessing.nn import PADNeuralNetworkPipeline
 from pad_assets.settings import Settings
 from pad_assets.sources.pad_api import http_client_for
@@ -396,9 +396,7 @@ def test_dataset_names_that_try_traversal_are_refused(bad: str, hostile: Emulato
     assert repr(bad)[:40] in str(err.value)
     with pytest.raises(InvalidInputError):
         RegistryClient(s, http_client_for(s)).load(bad)
-    with pytest.raises(InvalidInputError):
-        main_lineage(argparse.Namespace(dataset=bad, card_id=1, model=None, json=True,
-                                        cache_dir=str(cache)))
+    assert cli_main(["lineage", bad, "1", "--json", "--cache-dir", str(cache)]) == 1
     assert not cache.exists()  # refused before anything was created
 
 

@@ -215,7 +215,8 @@ class CustomModelAdapter(ModelAdapter):
         self.kind = SUPPORTED_EXTENSIONS[ext]
         self.output = output
         self.runtime = runtime_for(self.kind)
-        self.name = name or safe_name(self.path.stem)
+        # the format is part of the default name: tiny.onnx and tiny.tflite are two models
+        self.name = name or safe_name(f"{self.path.stem}_{ext.lstrip('.')}")
         self.sha256 = file_sha256(self.path)
         self.record: dict[str, Any] = dict(record) if record else {}
 

@@ -23,19 +23,16 @@ network, no computation, no payload reads.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidInputError, PadAssetsError
+from ..errors import InvalidInputError
 from ..hashing import canonical_json, sha256_bytes
 from ..models.base import standardize_label
 from .lineage import (
-    MODEL_SPEC_HELP,
     cached_manifest,
     cached_models,
     check_link,
@@ -125,8 +122,9 @@ def collect_chains(dataset: CachedDataset, models: Sequence[ModelAdapter | str] 
         for r in cm.manifest.rows.to_dict("records"):
             rows[int(r["card_id"])] = r
     cards = store.cards(dataset.name, None if card_ids is None else [int(c) for c in card_ids])
+    # evicted images keep their key: their predictions are still cached and auditable
     raw_by_card = {c: v["raw_key"] for c, v in cards.items()
-                   if v["status"] == "ok" and v["raw_key"]}
+                   if v["status"] in ("ok", "evicted") and v["raw_key"]}
     preds = prediction_metas_for_raw(store, raw_by_card.values())
     # models=None keeps every model: no need to list them
     wanted = None if models is None else _model_filter(models, models_of(preds.values()))
@@ -544,83 +542,44 @@ def export_audit(dataset: CachedDataset, out_dir: str | Path,
     return {"csv": csv_path, "prov": prov_path}
 
 
-def add_audit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Register ``pad-assets audit`` arguments: DATASET --output DIR [--model M ...]
-    [--cache-dir DIR]."""
-    parser.add_argument("dataset", help="registry dataset name")
-    parser.add_argument("--output", "-o", required=True, help="folder for the CSV and PROV-JSON")
-    parser.add_argument("--model", "-m", action="append", default=None,
-                        help="restrict to this model (repeatable): a cached model name or "
-                             "signature (prefix), or a " + MODEL_SPEC_HELP +
-                             "; default: every model with cached predictions")
-    parser.add_argument("--cache-dir", dest="cache_dir", default=None,
-                        help="cache directory (default: $PAD_CACHE_DIR or ~/.pad_cache)")
-    return parser
-
-
-def main_audit(args: argparse.Namespace) -> int:
-    """``pad-assets audit``: export the dataset's cached predictions with their chains.
+def audit_dataset(dataset: CachedDataset, output: str | Path,
+                  specs: Sequence[str] | None = None) -> tuple[int, dict[str, Path]]:
+    """``pad-assets audit``: export the dataset's cached predictions with their chains;
+    returns (number of predictions, paths written).
 
     Model arguments that name a cached model (name or signature) are used as they are, so
     an audit works offline; anything else is resolved as a model spec (may load weights).
     """
-    from ..dataset import CachedDataset
-
-    dataset = CachedDataset(args.dataset, cache_dir=getattr(args, "cache_dir", None),
-                            progress=False)
-    try:
-        selected: list[ModelAdapter | str] | None = None
-        specs = getattr(args, "model", None)
-        if specs:
-            store = dataset.store
-            raw = [v["raw_key"] for v in store.cards(dataset.name).values() if v["raw_key"]]
-            available = cached_models(store, raw)
-            selected = []
-            for spec in ([specs] if isinstance(specs, str) else list(specs)):
-                try:
-                    _model_filter([spec], available)
-                    selected.append(spec)
-                    continue
-                except InvalidInputError as exc:
-                    not_cached = str(exc)
-                try:
-                    selected.append(resolve_model_spec(spec, dataset.settings, store))
-                except InvalidInputError as exc:
-                    raise InvalidInputError(f"{not_cached}; nor is it a model spec: {exc}"
-                                            ) from None
-        paths = export_audit(dataset, args.output, selected)
-        with open(paths["csv"], encoding="utf-8") as fh:
-            n = sum(1 for _ in csv.reader(fh)) - 1
-    finally:
-        dataset.close()
-    print(f"{args.dataset}: {n} prediction(s) exported")
-    for kind, path in paths.items():
-        print(f"  {kind}: {path}")
-    return 0
-
-
-def audit_cli(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry (``python -m pad_assets.ops.audit``)."""
-    parser = add_audit_arguments(argparse.ArgumentParser(
-        prog="pad-assets audit",
-        description="Export every cached prediction of a dataset with its chain."))
-    try:
-        return main_audit(parser.parse_args(argv))
-    except PadAssetsError as exc:
-        print(f"pad-assets audit: error: {exc}", file=sys.stderr)
-        return 1
+    selected: list[ModelAdapter | str] | None = None
+    if specs:
+        store = dataset.store
+        raw = [v["raw_key"] for v in store.cards(dataset.name).values() if v["raw_key"]]
+        available = cached_models(store, raw)
+        selected = []
+        for spec in specs:
+            try:
+                _model_filter([spec], available)
+                selected.append(spec)
+                continue
+            except InvalidInputError as exc:
+                not_cached = str(exc)
+            try:
+                selected.append(resolve_model_spec(spec, dataset.settings, store))
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{not_cached}; nor is it a model spec: {exc}"
+                                        ) from None
+    paths = export_audit(dataset, output, selected)
+    with open(paths["csv"], encoding="utf-8") as fh:
+        n = sum(1 for _ in csv.reader(fh)) - 1
+    return n, paths
 
 
 __all__ = [
     "CSV_COLUMNS",
-    "add_audit_arguments",
     "chain_row",
     "collect_chains",
     "export_audit",
-    "main_audit",
+    "audit_dataset",
     "prov_document",
 ]
 
-
-if __name__ == "__main__":
-    raise SystemExit(audit_cli())

@@ -10,16 +10,14 @@ layer, and each link says whether its recorded inputs still hash to its key
 preprocessed" is an answer, not an error.
 
 Used by ``CachedDataset.lineage`` and the ``pad-assets lineage DATASET CARD_ID`` command
-(``add_lineage_arguments`` / ``main_lineage``, called from ``pad_assets.ops.cli``).
+(``pad_assets.cli.records``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,7 +28,6 @@ from ..errors import (
     CacheCorruptionError,
     InvalidInputError,
     ModelError,
-    PadAssetsError,
 )
 from ..hashing import chain_key, preprocessed_key, sha256_bytes, tensor_key
 from ..layers.predictions import prediction_key_for
@@ -250,7 +247,25 @@ def dagster_refs(store: ContentStore, keys: Sequence[str], card_id: int
 # predictions cached for raw keys, and the models behind them
 def prediction_metas_for_raw(store: ContentStore, raw_keys: Iterable[str]
                              ) -> dict[str, dict[str, Any]]:
-    """prediction key -> metadata, for every cached prediction made from these raw keys."""
+    """prediction key -> metadata, for every cached prediction made from these raw keys.
+
+    The model's name is its current one (``pad_assets.layers.model_names``): a rename shows
+    at once; the name the prediction was made under stays in ``model.recorded_name``.
+    """
+    from ..layers.model_names import current_names
+
+    out = _prediction_metas(store, raw_keys)
+    names = current_names(store)
+    for meta in out.values():
+        model = meta.get("model")
+        if isinstance(model, dict) and names.get(str(model.get("signature"))) not in (
+                None, model.get("name")):
+            model["recorded_name"] = model.get("name")
+            model["name"] = names[str(model["signature"])]
+    return out
+
+
+def _prediction_metas(store: ContentStore, raw_keys: Iterable[str]) -> dict[str, dict[str, Any]]:
     wanted = list(dict.fromkeys(k for k in raw_keys if k))
     out: dict[str, dict[str, Any]] = {}
     if len(wanted) > _SQL_CHUNK:
@@ -328,6 +343,11 @@ def _raw_section(store: ContentStore, card: dict[str, Any] | None, row: dict[str
     if card is None:
         return {"status": "missing", "reason": "the card's image was never downloaded "
                 "into this cache", "md5_manifest": md5_manifest,
+                "image_url": (row or {}).get("image_url")}
+    if card.get("status") == "evicted" and card.get("raw_key"):
+        # gc removed the bytes, the key stays: what was derived from it is still cached
+        return {"status": "evicted", "key": card["raw_key"], "reason": card.get("detail"),
+                "recorded_at": iso_time(card.get("updated")), "md5_manifest": md5_manifest,
                 "image_url": (row or {}).get("image_url")}
     if card.get("status") != "ok" or not card.get("raw_key"):
         return {"status": "failed", "reason": card.get("detail") or card.get("status"),
@@ -486,7 +506,7 @@ def card_lineage(dataset: CachedDataset, card_id: int,
         out["status"] = "unknown card"
     raw = _raw_section(store, card, row, verify)
     out["raw"] = raw
-    raw_key = raw.get("key") if raw["status"] == "present" else None
+    raw_key = raw.get("key") if raw["status"] in ("present", "evicted") else None
     if model_adapter is not None:
         out.update(_model_sections(dataset, model_adapter, preprocessing, raw_key, row, verify))
     elif raw_key is not None:
@@ -665,75 +685,8 @@ def resolve_model_spec(spec: str, settings: Settings, store: ContentStore | None
         f"{sorted(models) or 'none'}")
 
 
-# ---------------------------------------------------------------------------------------
-# CLI
-def add_lineage_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Register ``pad-assets lineage`` arguments: DATASET CARD_ID [--model M] [--json]
-    [--cache-dir DIR] [--labels A,B] [--verify]."""
-    parser.add_argument("dataset", help="registry dataset name, e.g. FHI2020_Stratified_Sampling")
-    parser.add_argument("card_id", help="PAD card id, e.g. 19208")
-    parser.add_argument("--model", "-m", default=None, help=MODEL_SPEC_HELP)
-    parser.add_argument("--json", action="store_true", help="print the chain as JSON")
-    parser.add_argument("--cache-dir", dest="cache_dir", default=None,
-                        help="cache directory (default: $PAD_CACHE_DIR or ~/.pad_cache)")
-    parser.add_argument("--labels", default=None,
-                        help="comma-separated class labels for a .tflite/custom model file")
-    parser.add_argument("--verify", action="store_true",
-                        help="also read every present layer and check its checksum")
-    return parser
-
-
-def _labels_arg(args: argparse.Namespace) -> list[str] | None:
-    raw = getattr(args, "labels", None)
-    if not raw:
-        return None
-    if isinstance(raw, (list, tuple)):
-        return [str(x) for x in raw]
-    return [x.strip() for x in str(raw).split(",") if x.strip()]
-
-
-def main_lineage(args: argparse.Namespace) -> int:
-    """``pad-assets lineage``: print one card's chain (text, or JSON with ``--json``).
-
-    Exit 0 when the chain was printed, even with missing layers (they are the answer);
-    bad input raises a ``PadAssetsError`` that ``pad-assets`` turns into exit status 1.
-    """
-    from ..dataset import CachedDataset
-
-    dataset = CachedDataset(args.dataset, cache_dir=getattr(args, "cache_dir", None),
-                            progress=False)
-    try:
-        adapter = None
-        if getattr(args, "model", None):
-            adapter = resolve_model_spec(args.model, dataset.settings, dataset.store,
-                                         labels=_labels_arg(args))
-        lineage = card_lineage(dataset, card_id_of(args.card_id), adapter,
-                               verify=bool(getattr(args, "verify", False)))
-    finally:
-        dataset.close()
-    if getattr(args, "json", False):
-        json.dump(lineage, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
-    else:
-        print(format_lineage(lineage))
-    return 0
-
-
-def lineage_cli(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry (``python -m pad_assets.ops.lineage``): parse, run, map errors."""
-    parser = add_lineage_arguments(argparse.ArgumentParser(
-        prog="pad-assets lineage", description="Print the provenance chain of one card."))
-    args = parser.parse_args(argv)
-    try:
-        return main_lineage(args)
-    except PadAssetsError as exc:
-        print(f"pad-assets lineage: error: {exc}", file=sys.stderr)
-        return 1
-
-
 __all__ = [
     "CachedManifest",
-    "add_lineage_arguments",
     "cached_manifest",
     "cached_models",
     "card_id_of",
@@ -743,13 +696,9 @@ __all__ = [
     "dagster_run_records",
     "format_lineage",
     "iso_time",
-    "main_lineage",
     "model_summary",
     "models_of",
     "prediction_metas_for_raw",
     "resolve_model_spec",
 ]
 
-
-if __name__ == "__main__":
-    raise SystemExit(lineage_cli())

@@ -13,6 +13,7 @@ from typing import Any
 
 from ...errors import IntegrityError, InvalidInputError, PadAssetsError
 from ...store import ContentStore
+from . import footprint
 from .common import (
     DEFAULT_COMPACT_THRESHOLD,
     DEFAULT_GRACE_SECONDS,
@@ -52,6 +53,10 @@ class GcReport:
     new_shards: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     partials_removed: int = 0
+    #: besides the shards: stale artifact files and (with older_than) old report runs
+    outside: dict[str, Any] = field(default_factory=dict)
+    #: shard -> why it is (or would be) rewritten or deleted
+    reasons: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -82,14 +87,33 @@ class GcReport:
         if self.deleted_shards:
             lines.append(f"  {'would delete' if self.dry_run else 'deleted'} "
                          f"{len(self.deleted_shards)} shards with no live data")
+        why: dict[str, int] = {}
+        for r in self.reasons.values():
+            why[r] = why.get(r, 0) + 1
+        for r, n in sorted(why.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"    {n} shard(s): {_REASONS.get(r, r)}")
         if self.cards_marked_evicted:
             lines.append(f"  {self.cards_marked_evicted} cards marked 'evicted' (their next "
                          "download fetches the image again)")
+        out = self.outside
+        if out.get("stale_artifacts") or out.get("report_runs"):
+            lines.append(f"  {'would remove' if self.dry_run else 'removed'} "
+                         f"{len(out.get('stale_artifacts', []))} stale artifact files and "
+                         f"{len(out.get('report_runs', []))} old report runs "
+                         f"({human_bytes(out.get('bytes', 0))})")
         lines += [f"  skipped: {s}" for s in self.skipped]
         if not self.target_met:
             lines.append(f"  warning: still above --max-size {human_bytes(self.max_size or 0)}"
                          ": the rest is protected (refs, kept datasets) or recently used")
         return "\n".join(lines)
+
+
+#: what each compaction reason means, for the report (``gc --dry-run`` says why)
+_REASONS = {
+    "no live data": "nothing in it is used any more (evicted or superseded): deleted",
+    "merge small shards": "small files merged into one (fewer files to open and sync)",
+    "size pressure": "holds dead bytes and the cache is still above --max-size",
+}
 
 
 def _protected(store: ContentStore, snap: _Snapshot, keep_datasets: Sequence[str]
@@ -189,6 +213,7 @@ def gc(store: ContentStore, max_size: int | str | None = None,
             plan = _plan_compaction(snap, set(evict), compact_threshold, limit, marked)
             _fill_plan(rep, snap, set(evict), plan, marked)
             rep.live_bytes_after = rep.live_bytes_before - rep.evicted_bytes
+            rep.outside = footprint.clean(store, age, dry_run=True, now=now)
             rep.seconds = time.time() - t0
             return rep
         if mark:
@@ -217,6 +242,7 @@ def gc(store: ContentStore, max_size: int | str | None = None,
             else:
                 rep.deleted_shards += group
         purge_retired(store, grace_seconds)
+        rep.outside = footprint.clean(store, age, dry_run=False, now=now)
         rep.partials_removed = len(clean_partials(store))
         after = _Snapshot.load(store)
         rep.size_after = sum(n for _, n in after.live_shards().values())
@@ -262,10 +288,10 @@ def _plan_compaction(snap: _Snapshot, evicted: set[str], threshold: float,
             plan.append(([s], "no live data"))
             chosen.add(s)
         elif u["payload"] > 0 and u["live"] < threshold * u["payload"]:
-            plan.append(([s], f"{u['live'] / u['payload']:.0%} of its payload live"))
+            plan.append(([s], f"only {u['live'] / u['payload']:.0%} of its payload is live"))
             chosen.add(s)
         elif u["file"] >= SMALL_SHARD_BYTES and u["dead"] > (1 - threshold) * u["file"]:
-            plan.append(([s], f"{u['dead'] / u['file']:.0%} of the file dead"))
+            plan.append(([s], f"{u['dead'] / u['file']:.0%} of the file is dead bytes"))
             chosen.add(s)
     small = [s for s, u in sorted(usage.items()) if s not in chosen and u["file"] <
              SMALL_SHARD_BYTES]
@@ -306,7 +332,9 @@ def _fill_plan(rep: GcReport, snap: _Snapshot, evicted: set[str],
     usage = snap.shard_usage(evicted, marked)
     chosen = {s for g, _ in plan for s in g}
     rep.size_after = sum(u["file"] if s not in chosen else _after(u) for s, u in usage.items())
-    for group, _ in plan:
+    for group, why in plan:
+        for s in group:
+            rep.reasons[s] = why
         if all(usage[s]["live"] == 0 and usage[s]["records"] == 0 for s in group):
             rep.deleted_shards += group
         else:

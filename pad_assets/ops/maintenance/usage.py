@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...store import ContentStore
@@ -36,6 +36,14 @@ class CacheStats:
     partial_bytes: int
     quarantined_files: int
     quarantined_bytes: int
+    #: payload bytes more than one layer references (counted in each of those layers)
+    shared_bytes: int = 0
+    #: per layer, the part of its bytes another layer also references
+    layer_shared: dict[str, int] = field(default_factory=dict)
+    #: per model signature: current name, predictions, datasets, weights bytes
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: folders beside the shards (artifacts/, reports/, demo_models/): files and bytes
+    folders: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -80,6 +88,11 @@ class CacheStats:
                          f"({human_bytes(self.quarantined_bytes)}) in quarantine/")
         if extra:
             lines.append("also: " + ", ".join(extra))
+        if self.shared_bytes:
+            lines.append(f"shared: {human_bytes(self.shared_bytes)} of payload is referenced "
+                         "by two layers and stored once (counted in each layer above)")
+        for name, v in sorted(self.folders.items()):
+            lines.append(f"{name}/: {v['files']} files {human_bytes(v['bytes'])}")
         return "\n".join(lines)
 
 
@@ -139,6 +152,9 @@ def stats(store: ContentStore) -> CacheStats:
     live = sum(u["live"] for u in usage.values())
     shard_bytes = sum(n for _, n in live_shards.values())
     retired_bytes = sum(n for s, (_, n) in snap.shards.items() if s in snap.retired)
+    from . import footprint
+
+    shared, layer_shared = footprint.shared_payloads(store)
     return CacheStats(
         root=str(store.root), shards=len(live_shards), shard_bytes=shard_bytes,
         live_bytes=live,
@@ -148,7 +164,9 @@ def stats(store: ContentStore) -> CacheStats:
         orphan_blobs=sum(1 for b in snap.blobs if not refcount.get(b)),
         retired_shards=len(snap.retired), partial_files=len(partials),
         partial_bytes=sum(p[1] for p in partials), quarantined_files=len(qfiles),
-        quarantined_bytes=sum(f.stat().st_size for f in qfiles))
+        quarantined_bytes=sum(f.stat().st_size for f in qfiles), shared_bytes=shared,
+        layer_shared=layer_shared, models=footprint.models(store),
+        folders=footprint.folders(store))
 
 
 def dataset_affinity(store: ContentStore) -> dict[str, set[str]]:
