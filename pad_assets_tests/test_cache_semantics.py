@@ -7,6 +7,10 @@ answered) and the adapter's ``predict_batch`` calls (every inference).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,3 +124,35 @@ def test_after_gc_only_cards_without_a_cached_prediction_need_their_image(
     assert res.set_index("card_id").loc[CARDS[:6], "cached"].all()
     assert (res["status"] == "ok").all()
     ds.close()
+
+
+def test_inference_path_never_imports_tensorflow(tiny_tflite_path: Path) -> None:
+    """A cold apply_model of a TF Lite model (download, preprocess, infer) in a fresh
+    process runs on ai-edge-litert: TensorFlow is never imported."""
+    pytest.importorskip("ai_edge_litert", reason="LiteRT is the inference runtime")
+    code = (
+        "import sys, json, tempfile\n"
+        "from pad_assets.emulator import DatasetSpec, Emulator\n"
+        "from pad_assets_tests.conftest import make_config\n"
+        "from pad_assets.dataset import CachedDataset\n"
+        "from pad_assets.models import PADTensorFlowAdapter\n"
+        "from pad_assets.settings import Settings\n"
+        "cfg = make_config([DatasetSpec('no_tf', [53100, 53101, 53102])], models=[])\n"
+        "with Emulator(cfg) as emu, tempfile.TemporaryDirectory() as d:\n"
+        "    s = Settings(cache_dir=d, api_url=emu.base_url, registry_url=emu.registry_url)\n"
+        "    ds = CachedDataset('no_tf', settings=s, progress=False)\n"
+        "    m = PADTensorFlowAdapter(model_path=sys.argv[1], labels=sys.argv[2].split(','))\n"
+        "    res = ds.apply_model(m)\n"
+        "    ds.close()\n"
+        "print(json.dumps({'ok': int((res['status'] == 'ok').sum()),\n"
+        "                  'tf': 'tensorflow' in sys.modules,\n"
+        "                  'litert': 'ai_edge_litert' in sys.modules}))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_tflite_path),
+                          ",".join(TINY_DRUG_LABELS)], capture_output=True, text=True,
+                         cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"ok": 3, "tf": False, "litert": True}

@@ -79,7 +79,7 @@ def tflite_runtime_info() -> RuntimeInfo:
         version = installed_version("tensorflow", "tensorflow-cpu", "tf-nightly")
         return RuntimeInfo("tensorflow-lite", version or "unknown")
     raise ModelError(
-        "no TF Lite runtime installed: install LiteRT (pip install pad_assets[litert]) "
+        "no TF Lite runtime installed: install LiteRT (pip install ai-edge-litert) "
         "or TensorFlow"
     )
 
