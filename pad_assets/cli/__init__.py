@@ -12,9 +12,11 @@ Shell completion is click's own, e.g. for bash (in ~/.bashrc):
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import click
@@ -45,6 +47,14 @@ def cli(cache_dir: str | None) -> None:
     """Cached, reproducible, auditable PAD data assets."""
 
 
+def _export_cache_dir(ctx: click.Context) -> None:
+    """``pad-assets --cache-dir D demo|emulator``: the demo and the emulator read
+    ``PAD_CACHE_DIR`` (cache, demo models), so the option becomes that variable."""
+    cache_dir = (ctx.parent.params if ctx.parent else {}).get("cache_dir")
+    if cache_dir:
+        os.environ["PAD_CACHE_DIR"] = str(Path(cache_dir).expanduser().resolve())
+
+
 _PASS = {"ignore_unknown_options": True, "allow_extra_args": True,
          "help_option_names": []}
 
@@ -58,6 +68,7 @@ def demo(ctx: click.Context) -> None:
     """
     from ..demo import main as demo_main
 
+    _export_cache_dir(ctx)
     ctx.exit(int(demo_main(list(ctx.args)) or 0))
 
 
@@ -67,6 +78,7 @@ def emulator(ctx: click.Context) -> None:
     """Start the local PAD API emulator (options: `pad-assets emulator --help`)."""
     from ..emulator.server import cli_main
 
+    _export_cache_dir(ctx)
     ctx.exit(int(cli_main(list(ctx.args)) or 0))
 
 

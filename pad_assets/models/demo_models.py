@@ -41,6 +41,7 @@ import logging
 import os
 import random
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -355,12 +356,19 @@ def build_demo_models(out_dir: Path, params: DemoParams | None = None) -> dict[s
     workers = available_cores()
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    # ~30 s once per machine: a five-step bar on a terminal's stderr, silent elsewhere
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=5, desc="building demo models: rendering cards", unit="step",
+               disable=not sys.stderr.isatty(), leave=False, file=sys.stderr)
     train = _training_cards(params)
     x_train, f_train = _card_inputs([(c, d, q) for c, d, q in train], workers)
     eval_ids = list(range(EVAL_CARD_BASE, EVAL_CARD_BASE + params.eval_cards))
     x_eval, f_eval = _card_inputs([(c, None, None) for c in eval_ids], workers)
     eval_attrs = [synthetic.card_attributes(c) for c in eval_ids]
     rendered = time.perf_counter()
+    bar.update()
+    bar.set_description("building demo models: drug classifier")
 
     drugs = list(synthetic.DRUGS)
     y_drug = np.array([drugs.index(d) for _, d, _ in train])
@@ -369,15 +377,21 @@ def build_demo_models(out_dir: Path, params: DemoParams | None = None) -> dict[s
         clf_bytes, clf_head = _train_tflite(
             x_train, y_drug, len(drugs), params.classifier_epochs, params
         )
+        bar.update()
+        bar.set_description("building demo models: concentration classifier")
         conc_bytes, conc_head = _train_tflite(
             x_train, y_conc, len(CONCENTRATION_LABELS), params.concentration_epochs, params
         )
+    bar.update()
+    bar.set_description("building demo models: checking the TF Lite conversion")
     check_inputs = _full_nn_inputs(eval_ids[:4])
     conversion_diff = max(
         _check_conversion(clf_bytes, clf_head, check_inputs, CLASSIFIER_NAME),
         _check_conversion(conc_bytes, conc_head, check_inputs, CONCENTRATION_NAME),
     )
     trained = time.perf_counter()
+    bar.update()
+    bar.set_description("building demo models: PLS")
 
     # PLS: one PLS1 fit per drug on its own cards (the real model is per drug too).
     quantities = np.array([q for _, _, q in train], dtype=np.float64)
@@ -389,6 +403,8 @@ def build_demo_models(out_dir: Path, params: DemoParams | None = None) -> dict[s
         intercept, coef = fit_pls1(f_train[sel], quantities[sel], params.pls_components)
         pls_rows.append((drug, intercept, coef))
     pls_bytes = pls_csv_bytes(pls_rows)
+    bar.update()
+    bar.close()
 
     # Build-time metrics on held-out cards (natural attributes, ids disjoint from training).
     true_drug = np.array([drugs.index(a.drug) for a in eval_attrs])
