@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ..errors import PadAssetsError
 from ._base import (
     PadGroup,
     cache_dir_option,
@@ -251,11 +252,24 @@ def status(cache_dir: Path | None, as_json: bool, remote: str | None) -> None:
                                    "`pad-assets remote add NAME URL` first")
     else:
         targets = [_remote(cache_dir, remote or None)]
-    reports = _run(cache_dir, "comparing with the remote", lambda store: [
-        remote_status(store, url, label) for label, url in targets], False,
-        show=lambda _: None)
+    failed: list[str] = []
+
+    def compare(store: Any) -> list[Any]:
+        out = []
+        for label, url in targets:
+            try:
+                out.append(remote_status(store, url, label))
+            except PadAssetsError as exc:
+                if len(targets) == 1:
+                    raise
+                failed.append(f"remote {label}: {exc}")  # the others still get compared
+        return out
+
+    reports = _run(cache_dir, "comparing with the remote", compare, False, show=lambda _: None)
     if as_json:
         emit_json([r.as_dict() for r in reports])
     else:
         for r in reports:
             click.echo(str(r))
+    if failed:
+        problem("pad-assets cache status", "; ".join(failed))

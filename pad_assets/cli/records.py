@@ -3,6 +3,7 @@ provenance out of it."""
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import click
 
 from ..errors import InvalidInputError
-from ._base import cache_dir_option, console, json_option, problem, settings
+from ._base import PadCommand, cache_dir_option, console, json_option, problem, settings
 
 
 def _known_dataset(ds: Any) -> None:
@@ -21,12 +22,14 @@ def _known_dataset(ds: Any) -> None:
     if ds.store.ref(manifest_ref(ds.settings, ds.name)) or ds.store.cards(ds.name):
         return
     known = sorted({d for (d,) in ds.store.index.query("SELECT DISTINCT dataset FROM cards")})
+    close = difflib.get_close_matches(ds.name, known, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
     raise InvalidInputError(f"dataset {ds.name!r} is not in the cache at "
                             f"{ds.settings.cache_dir}; expected one of "
-                            f"{known or '(none cached: run `pad-assets download NAME`)'}")
+                            f"{known or '(none cached: run `pad-assets download NAME`)'}.{hint}")
 
 
-@click.command()
+@click.command(cls=PadCommand)
 @cache_dir_option
 @click.argument("dataset")
 @click.option("--force-refresh", is_flag=True, help="Download every image again, even if cached.")
@@ -48,7 +51,7 @@ def download(cache_dir: Path | None, dataset: str, force_refresh: bool, quiet: b
                 "not be cached (listed above)")
 
 
-@click.command()
+@click.command(cls=PadCommand)
 @cache_dir_option
 @json_option
 @click.argument("dataset")
@@ -88,7 +91,7 @@ def lineage(cache_dir: Path | None, as_json: bool, dataset: str, card_id: str,
         console().print(lineage_tree(lin))
 
 
-@click.command()
+@click.command(cls=PadCommand)
 @cache_dir_option
 @click.argument("dataset")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),

@@ -26,7 +26,7 @@ def remote(cache_dir: Path | None) -> None:
               help="Make it the default remote (the first remote added is the default).")
 @click.option("--force", "-f", is_flag=True, help="Replace the URL of an existing remote.")
 def add(cache_dir: Path | None, name: str, url: str, make_default: bool, force: bool) -> None:
-    """Name a remote: e.g. `pad-assets remote add lab s3://lab-bucket/pad --default`."""
+    """Name a remote URL (`pad-assets remote add lab s3://lab-bucket/pad --default`)."""
     from ..ops.remotes import add_remote
 
     cfg = add_remote(settings(cache_dir).cache_dir, name, url, default=make_default,

@@ -89,6 +89,10 @@ def stats_view(st: Any) -> list[Any]:
     return out
 
 
+def _p(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def _short(key: Any) -> str:
     return str(key)[:12] if key else "-"
 
@@ -115,10 +119,12 @@ def _section_label(name: str, sec: dict[str, Any]) -> str:
         bits.append(f"{s.get('dtype', '')} {s.get('shape', '')}".strip())
     elif name == "prediction" and status == "present":
         r = sec.get("record") or {}
-        bits.append(f"{r.get('prediction')} p={r.get('probability')} ({r.get('status')})")
+        bits.append(f"{r.get('prediction')} p={_p(r.get('probability'))} ({r.get('status')})")
     elif name == "model":
         bits = [f"[bold]model[/] {sec.get('name')} {_short(sec.get('signature'))}"]
-    if sec.get("reason") and status != "present":
+    if status == "evicted":
+        bits.append("[dim]image evicted by gc; what was derived from it is still cached[/]")
+    elif sec.get("reason") and status != "present":
         bits.append(f"[dim]{sec['reason']}[/]")
     check = sec.get("key_check")
     if check and check != "ok":
@@ -147,6 +153,6 @@ def lineage_tree(lin: dict[str, Any]) -> Any:
         for p in preds:
             r = p["record"]
             sub.add(f"{p['model']['name']} {_short(p['model']['signature'])}: "
-                    f"{r.get('prediction')} p={r.get('probability')} ({r.get('status')})"
+                    f"{r.get('prediction')} p={_p(r.get('probability'))} ({r.get('status')})"
                     f"  {_short(p['key'])}")
     return tree

@@ -158,9 +158,10 @@ class RemoteStatus:
             return f"{head} in sync ({self.in_both} shards on both sides)"
         lines = [head,
                  f"  remote lacks {len(self.remote_lacks)} shards "
-                 f"({human_bytes(self.remote_lacks_bytes)}): `pad-assets cache push` sends them",
+                 f"({human_bytes(self.remote_lacks_bytes)}): `pad-assets cache push "
+                 f"{self.remote}` sends them",
                  f"  we lack {len(self.we_lack)} shards ({human_bytes(self.we_lack_bytes)}): "
-                 "`pad-assets cache pull` fetches them",
+                 f"`pad-assets cache pull {self.remote}` fetches them",
                  f"  {self.in_both} shards on both sides"]
         for ds, v in sorted(self.datasets.items()):
             lines.append(f"  {ds}: remote lacks {v['remote_lacks']}, we lack {v['we_lack']}")

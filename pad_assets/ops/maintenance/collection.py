@@ -93,8 +93,9 @@ class GcReport:
         for r, n in sorted(why.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"    {n} shard(s): {_REASONS.get(r, r)}")
         if self.cards_marked_evicted:
-            lines.append(f"  {self.cards_marked_evicted} cards marked 'evicted' (their next "
-                         "download fetches the image again)")
+            lines.append(f"  {self.cards_marked_evicted} cards marked 'evicted': their cached "
+                         "predictions are still served; a new model or a download fetches "
+                         "the image again")
         out = self.outside
         if out.get("stale_artifacts") or out.get("report_runs"):
             lines.append(f"  {'would remove' if self.dry_run else 'removed'} "
