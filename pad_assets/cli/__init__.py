@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.utils import PacifyFlushWrapper
 
 from ._base import EXIT_PIPE, PadGroup, quiet_broken_pipe
 from .cache import cache
@@ -100,9 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         quiet_broken_pipe()
         return EXIT_PIPE
-    except SystemExit as exc:  # click's own EPIPE handling exits 1: keep it quiet
-        code = exc.code if isinstance(exc.code, int) else 1
-        return code
+    except SystemExit as exc:
+        if isinstance(sys.stdout, PacifyFlushWrapper):  # click met a closed pipe (--help)
+            quiet_broken_pipe()
+            return EXIT_PIPE
+        return exc.code if isinstance(exc.code, int) else 1
     return int(rv) if isinstance(rv, int) else 0
 
 

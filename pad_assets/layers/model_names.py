@@ -2,41 +2,73 @@
 
 A cached prediction records the model description it was made with, name included; the
 name is not part of the signature (renaming must not recompute anything). So the name a
-user sees is looked up here: a small content-keyed item ``{"signature", "name"}`` and a
-ref ``model-name/<signature>`` that points at the latest one. ``apply_model`` writes it
-only when the name changed, audit/lineage/stats read it, and a rename is visible at once
+user sees is looked up here: ``<cache>/model_names.json`` maps each signature to the name
+it was last used under. ``apply_model`` rewrites the file only when that name changes;
+audit, lineage, ``cache stats`` and ``cache rm -m`` read it, so a rename shows at once
 (``audit -m new_name`` finds the predictions made under the old name).
+
+A file beside the shards, not an item in them: a name is a local label, not content. A
+warm ``apply_model`` adds nothing to the store, and a colleague's cache (push, pull,
+bundles) keeps its own labels while the signatures, which identify the models, agree.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
+from pathlib import Path
+from typing import Any
 
-from ..hashing import sha256_bytes
-from ..store import ContentStore, NewItem
+from ..store import ContentStore
 
-PREFIX = "model-name/"
+FILE_NAME = "model_names.json"
+_LOCK = threading.Lock()
 
 
-def name_ref(signature: str) -> str:
-    return f"{PREFIX}{signature}"
+def _path(store: ContentStore) -> Path:
+    return Path(store.root) / FILE_NAME
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        return {}  # a damaged label file costs labels only: the recorded names apply
+    return data if isinstance(data, dict) else {}
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)  # readers see the old or the new file, never half of one
 
 
 def record_name(store: ContentStore, signature: str, name: str) -> None:
-    """Make ``name`` the current name of ``signature`` (one tiny shard, only on change)."""
-    data = json.dumps({"signature": signature, "name": name}, sort_keys=True).encode()
-    key = sha256_bytes(data)
-    if store.ref(name_ref(signature)) == key:
-        return
-    store.put([NewItem(key, "model_name", data, {"signature": signature, "name": name,
-                                                 "named_at": time.time()})],
-              refs=[(name_ref(signature), key)])
+    """Make ``name`` the current name of ``signature`` (a small write, only on change)."""
+    path = _path(store)
+    with _LOCK:
+        data = _read(path)
+        if (data.get(signature) or {}).get("name") == name:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data[signature] = {"name": name, "named_at": time.time()}
+        _write(path, data)
+
+
+def forget(store: ContentStore, signatures: set[str]) -> None:
+    """Drop the names of these signatures (``cache rm --model``)."""
+    path = _path(store)
+    with _LOCK:
+        data = _read(path)
+        if signatures & set(data):
+            _write(path, {k: v for k, v in data.items() if k not in signatures})
 
 
 def current_names(store: ContentStore) -> dict[str, str]:
     """signature -> current name, for every model that has one recorded."""
-    rows = store.index.query(
-        "SELECT r.name, json_extract(i.meta, '$.name') FROM refs r JOIN items i "
-        "ON i.key = r.key WHERE r.name LIKE 'model-name/%'")
-    return {ref[len(PREFIX):]: str(n) for ref, n in rows if n}
+    return {sig: str(v["name"]) for sig, v in _read(_path(store)).items()
+            if isinstance(v, dict) and v.get("name")}

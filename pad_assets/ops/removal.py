@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidInputError
-from ..layers.model_names import current_names, name_ref
+from ..layers.model_names import current_names, forget
 from ..store import ContentStore
 from .maintenance import gc
 from .maintenance.common import human_bytes
@@ -82,7 +82,8 @@ def _by_dataset(store: ContentStore, snap: _Snapshot, dataset: str
     return keys, refs, ncards, len(mine & others)
 
 
-def _by_model(store: ContentStore, snap: _Snapshot, model: str) -> tuple[set[str], set[str]]:
+def _by_model(store: ContentStore, model: str) -> tuple[set[str], set[str]]:
+    """The model's prediction keys and its signatures."""
     rows = _meta(store, "prediction", {"sig": "$.model.signature", "name": "$.model.name"})
     names = current_names(store)
     sigs: dict[str, str] = {}
@@ -96,10 +97,7 @@ def _by_model(store: ContentStore, snap: _Snapshot, model: str) -> tuple[set[str
         shown = ", ".join(f"{n} ({s[:12]})" for s, n in sorted(sigs.items(), key=lambda x: x[1]))
         raise InvalidInputError(f"model {model!r} has no cached prediction; expected a model "
                                 f"name or signature among: {shown or '(none cached)'}")
-    keys = {k for k, sig, _ in rows if str(sig) in hit}
-    refs = {name_ref(s) for s in hit if name_ref(s) in snap.refs}
-    keys |= {snap.refs[r][0] for r in refs}
-    return keys, refs
+    return {k for k, sig, _ in rows if str(sig) in hit}, hit
 
 
 def _by_pipeline(store: ContentStore, pipeline: str) -> set[str]:
@@ -141,10 +139,11 @@ def remove(store: ContentStore, *, dataset: str | None = None, model: str | None
         snap = _Snapshot.load(store)
         rep.size_before = sum(n for _, n in snap.live_shards().values())
         refs: set[str] = set()
+        signatures: set[str] = set()
         if kind == "dataset":
             keys, refs, rep.cards, rep.kept_shared = _by_dataset(store, snap, str(value))
         elif kind == "model":
-            keys, refs = _by_model(store, snap, str(value))
+            keys, signatures = _by_model(store, str(value))
         else:
             keys = _by_pipeline(store, str(value))
         keys &= set(snap.items)
@@ -161,6 +160,8 @@ def remove(store: ContentStore, *, dataset: str | None = None, model: str | None
             con.executemany("DELETE FROM refs WHERE name=?", [(r,) for r in sorted(refs)])
             if kind == "dataset":
                 con.execute("DELETE FROM cards WHERE dataset=?", (value,))
+        if signatures:
+            forget(store, signatures)
         # compaction rewrites the shards that held the rows: the bytes come back and a
         # reindex from the shards cannot bring the removed rows back
         kw = {} if grace_seconds is None else {"grace_seconds": grace_seconds}

@@ -50,8 +50,7 @@ CREATE TABLE IF NOT EXISTS ops_retired_shards (
 )"""
 
 #: Layers whose key is the digest of their own payload (sha256 of bytes, or array digest).
-CONTENT_KEYED_LAYERS = frozenset({"raw", "manifest", "model_record", "weights", "asset_value",
-                                  "model_name"})
+CONTENT_KEYED_LAYERS = frozenset({"raw", "manifest", "model_record", "weights", "asset_value"})
 DERIVED_LAYERS = ("preprocessed", "tensor", "prediction")
 KNOWN_LAYERS = CONTENT_KEYED_LAYERS | frozenset(DERIVED_LAYERS)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
