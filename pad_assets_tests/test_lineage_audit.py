@@ -14,7 +14,7 @@ import json
 import shutil
 import socket
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -241,14 +241,19 @@ def test_lineage_names_the_dagster_partition_and_run(emu: Emulator, warm: dict[s
     rkey = warm["results"]["nn"].set_index("card_id").loc[52004, "raw_key"]
     asset = "lineage_ds/prediction_nn_drug"
     items, run_refs = dagster_run_records(asset, ["52004"], "run-1234")
+    before = datetime.now(timezone.utc)
     d.store.put(items, refs=[(f"asset/{asset}/52004", pkey),
                              ("asset/lineage_ds/raw_image/52004", rkey),
                              (f"asset/{asset}/52000", pkey),  # another partition: not this card
                              *run_refs])
+    after = datetime.now(timezone.utc)
     lin = card_lineage(d, 52004, warm["nn"])
-    assert lin["prediction"]["dagster"] == [{"asset_key": asset, "partition": "52004",
-                                             "recorded_at": lin["prediction"]["dagster"][0][
-                                                 "recorded_at"], "run_id": "run-1234"}]
+    [entry] = lin["prediction"]["dagster"]
+    recorded_at = datetime.fromisoformat(entry.pop("recorded_at"))
+    # The time the ref was written, as UTC, not any other timestamp of the chain.
+    assert recorded_at.utcoffset() == timedelta(0)
+    assert before - timedelta(seconds=1) <= recorded_at <= after + timedelta(seconds=1)
+    assert entry == {"asset_key": asset, "partition": "52004", "run_id": "run-1234"}
     assert lin["prediction"]["run_id"] == "run-1234"
     assert lin["raw"]["dagster"][0]["asset_key"] == "lineage_ds/raw_image"
     assert lin["raw"]["dagster"][0]["run_id"] is None
