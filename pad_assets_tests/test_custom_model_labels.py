@@ -202,18 +202,24 @@ def _rezip(path: Path, member: str, edit) -> None:  # noqa: ANN001
     path.write_bytes(buf.getvalue())
 
 
-def test_keras_archive_metadata(tmp_path: Path, tiny_nn_batch: np.ndarray) -> None:
+@pytest.mark.parametrize(("member", "scope", "key"), [
+    ("metadata.json", "", "labels"),
+    ("config.json", "", "class_names"),
+    ("config.json", "config.", "labels"),
+])
+def test_keras_archive_metadata(tmp_path: Path, tiny_nn_batch: np.ndarray, member: str,
+                                scope: str, key: str) -> None:
     path = write_tiny_keras(tmp_path / "net.keras")
 
     def add_labels(data: bytes) -> bytes:
         doc = json.loads(data)
-        doc["labels"] = TINY_DRUG_LABELS
+        (doc["config"] if scope else doc)[key] = TINY_DRUG_LABELS
         return json.dumps(doc).encode()
 
-    _rezip(path, "metadata.json", add_labels)
+    _rezip(path, member, add_labels)
     adapter = CustomModelAdapter(path)
     assert adapter.labels == STANDARD
-    assert adapter.label_source.where == "metadata.json labels"
+    assert adapter.label_source.where == f"{member} {scope}{key}"
     assert [r.prediction for r in adapter.predict_batch(tiny_nn_batch)] == _expected(
         tiny_nn_batch, STANDARD)
 

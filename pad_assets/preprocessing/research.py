@@ -147,7 +147,17 @@ class CustomResearchPipeline(PreprocessingPipeline):
     (``CustomResearchPipeline(size=[224, 224], layout="chw")``), or both (a key given
     twice is an error). Omitted parameters take the PAD NN values, so
     ``CustomResearchPipeline({})`` equals ``PADNeuralNetworkPipeline()`` byte for byte.
-    Unknown parameter names are refused with the closest known name.
+    Unknown parameter names are refused with the closest known name. The PAD NN pipeline,
+    every parameter written out (``PAD_NN_RESEARCH_PARAMS``)::
+
+        CustomResearchPipeline({
+            "crop_box": [71, 359, 707, 849], "size": [454, 454], "resample": "bicubic",
+            "colour_space": "rgb", "white_balance": None, "channel_order": "rgb",
+            "normalisation": "none", "layout": "hwc", "dtype": "uint8",
+        })
+
+    Its cache key differs from ``PADNeuralNetworkPipeline``'s in the name
+    (``custom_research``) and the six parameters that pipeline does not have.
     """
 
     name = "custom_research"
