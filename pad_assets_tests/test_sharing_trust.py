@@ -281,6 +281,33 @@ def test_verify_detects_refs_and_cards_that_contradict_their_content(
     text = str(report)
     assert manifest_ref(s, OTHER) in text, text
     assert f"{DS}/{a}" in text and f"{DS}/{b}" in text, text
+    assert "future_timestamp" not in report.counts
+    # the campaign's pin: a record stamped year 3000 beats every refresh; verify names it
+    name, rel, nbytes = shard_io.write_shard(cache, [], [
+        {"type": "ref", "name": manifest_ref(s, DS), "key": store.ref(manifest_ref(s, DS)),
+         "ts": YEAR_3000}])
+    store.index_shard_file(name, rel)
+    report = mt.verify(store)
+    assert report.counts.get("future_timestamp") == 1, report.counts
+    assert "3000-01-01" in str(report)
+
+    # --repair undoes all of it, and a reindex from the shard files does not bring it back
+    def resolver(name: str) -> CachedDataset:
+        return CachedDataset(name, settings=s, store=store, progress=False)
+
+    fixed = mt.verify(store, repair=True, dataset_resolver=resolver, grace_seconds=0.0)
+    assert fixed.ok, str(fixed)
+    src = ContentStore(source["cache"])
+    want = {c: v["raw_key"] for c, v in src.cards(DS).items()}
+    other_manifest = src.ref(manifest_ref(s, OTHER))
+    src.close()
+    for _ in range(2):
+        assert {c: v["raw_key"] for c, v in store.cards(DS).items()} == want
+        assert store.ref(manifest_ref(s, OTHER)) == other_manifest
+        assert store.index.query("SELECT MAX(updated) FROM refs")[0][0] < YEAR_3000 / 2
+        assert store.index.query("SELECT MAX(updated) FROM cards")[0][0] < YEAR_3000 / 2
+        assert mt.verify(store).ok
+        mt.reindex(store)
     store.close()
 
 

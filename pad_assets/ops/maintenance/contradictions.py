@@ -4,15 +4,21 @@ Items cannot lie (their key is their content's digest or chain), but pointers ca
 manifest ref naming another dataset's manifest, a model-record ref whose record is for
 another model, a card whose raw image does not have the md5 its dataset's manifest lists.
 Imports and pulls now refuse such proposals (``pad_assets.ops.proposals``); this check
-finds the ones that got in before, or by hand. Fixing them means asking the source again:
-``pad-assets download DATASET --force-refresh`` for cards and manifests, resolving the
-model with ``refresh=True`` for a model record.
+finds the ones that got in before, or by hand, and the refs and cards stamped in the future
+that pinned them.
+
+Repair (``verify --repair``) drops the contradicting records from the index and clamps
+future stamps to now, then rewrites the shards that held them (``rewrite_shards`` rebuilds
+records from the index), so a later reindex cannot bring them back; with a dataset
+resolver the dropped cards and manifests are asked of their source again.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from ...errors import PadAssetsError
@@ -21,12 +27,24 @@ from ...store import ContentStore
 
 REF_KIND = "ref_contradicts_content"
 CARD_KIND = "card_contradicts_manifest"
+FUTURE_KIND = "future_timestamp"
+#: Clock skew between machines that is still believable.
+FUTURE_SLACK_SECONDS = 86400.0
 HELP = {
+    FUTURE_KIND: "a ref or card record stamped in the future: it would beat every later "
+                 "refresh (\"newest wins\"); such records came from a machine whose clock "
+                 "was ahead",
     REF_KIND: "a manifest or model-record ref whose target is for another dataset or model",
-    CARD_KIND: "a card whose raw image does not have the md5 its dataset's manifest lists "
-               "(`pad-assets download DATASET --force-refresh` fetches it again)",
+    CARD_KIND: "a card whose raw image does not have the md5 its dataset's manifest lists",
 }
 _CHUNK = 128
+
+
+def _when(ts: float) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+    except (OverflowError, OSError, ValueError):
+        return f"{ts:.0f} s after 1970"
 
 
 def _json(store: ContentStore, key: str) -> Any:
@@ -42,6 +60,13 @@ def find_contradictions(store: ContentStore, skip: set[str]) -> list[tuple[str, 
     (already reported as damaged) are not read."""
     index = store.index
     out: list[tuple[str, str, str]] = []
+    limit = time.time() + FUTURE_SLACK_SECONDS
+    for name, updated in index.query("SELECT name, updated FROM refs WHERE updated > ?",
+                                     (limit,)):
+        out.append((FUTURE_KIND, name, f"ref stamped {_when(updated)}"))
+    for ds, cid, updated in index.query("SELECT dataset, card_id, updated FROM cards WHERE "
+                                        "updated > ?", (limit,)):
+        out.append((FUTURE_KIND, f"{ds}/{cid}", f"card record stamped {_when(updated)}"))
     md5s: dict[str, list[dict[int, str]]] = defaultdict(list)
     refs = index.query("SELECT name, key FROM refs WHERE name LIKE 'manifest/%' "
                        "OR name LIKE 'model-record/%'")
@@ -101,3 +126,76 @@ def find_contradictions(store: ContentStore, skip: set[str]) -> list[tuple[str, 
                 out.append((CARD_KIND, f"{ds}/{cid}", f"raw image {raw} has md5 {md5}, the "
                                                       f"manifest lists {sorted(listed)[0]}"))
     return out
+
+
+def repair_contradictions(store: ContentStore, findings: list[Any],
+                          resolver: Callable[[str], Any] | None
+                          ) -> tuple[list[str], list[str]]:
+    """Undo what ``find_contradictions`` found (``findings``: verify's ``Finding`` list);
+    returns (what was repaired, what could not be)."""
+    from .rewrite import rewrite_shards
+
+    index = store.index
+    now = time.time()
+    refs = sorted({f.subject for f in findings if f.kind == REF_KIND})
+    cards = sorted({tuple(f.subject.rsplit("/", 1)) for f in findings if f.kind == CARD_KIND})
+    repaired: list[str] = []
+    unrepaired: list[str] = []
+    if not refs and not cards and not any(f.kind == FUTURE_KIND for f in findings):
+        return repaired, unrepaired
+    limit = now + FUTURE_SLACK_SECONDS
+    with index.transaction() as con:
+        shards = {r[0] for r in con.execute("SELECT shard FROM refs WHERE updated > ?",
+                                            (limit,))}
+        shards |= {r[0] for r in con.execute("SELECT shard FROM cards WHERE updated > ?",
+                                             (limit,))}
+        future = con.execute("UPDATE refs SET updated=? WHERE updated > ?", (now, limit)
+                             ).rowcount
+        future += con.execute("UPDATE cards SET updated=? WHERE updated > ?", (now, limit)
+                              ).rowcount
+        for name in refs:
+            shards |= {r[0] for r in con.execute("SELECT shard FROM refs WHERE name=?",
+                                                 (name,))}
+            con.execute("DELETE FROM refs WHERE name=?", (name,))
+        for ds, cid in cards:
+            shards |= {r[0] for r in con.execute(
+                "SELECT shard FROM cards WHERE dataset=? AND card_id=?", (ds, int(cid)))}
+            con.execute("DELETE FROM cards WHERE dataset=? AND card_id=?", (ds, int(cid)))
+    for s in sorted(shards & set(index.shard_paths())):
+        try:
+            rewrite_shards(store, [s], disposition="delete",
+                           reason="verify --repair: refs/cards contradicting content or "
+                                  "stamped in the future")
+        except (PadAssetsError, OSError) as exc:
+            unrepaired.append(f"shard {s}: could not rewrite it without the dropped records "
+                              f"({exc}); a reindex would bring them back")
+    if future:
+        repaired.append(f"re-stamped {future} refs/card records dated in the future to now")
+    if refs:
+        repaired.append(f"dropped {len(refs)} refs contradicting their target: {refs[:5]}")
+    if cards:
+        repaired.append(f"dropped {len(cards)} card records contradicting their manifest")
+    by_ds: dict[str, list[int]] = defaultdict(list)
+    for ds, cid in cards:
+        by_ds[ds].append(int(cid))
+    for name in refs:
+        if name.startswith("manifest/"):
+            by_ds.setdefault(name.rsplit("/", 1)[-1], [])
+        else:
+            repaired.append(f"ref {name}: the model's record is fetched again the next time "
+                            "the model is resolved")
+    for ds, ids in sorted(by_ds.items()):
+        if resolver is None:
+            unrepaired.append(f"{ds}: run `pad-assets download {ds}` to fetch its manifest "
+                              f"and {len(ids)} dropped cards again")
+            continue
+        try:
+            dataset = resolver(ds)
+            dataset.manifest(refresh=True)
+            if ids:
+                dataset.download_and_cache(card_ids=ids, refresh_manifest=False)
+            repaired.append(f"{ds}: fetched its manifest" + (f" and {len(ids)} cards" if ids
+                                                              else "") + " from the source")
+        except PadAssetsError as exc:
+            unrepaired.append(f"{ds}: re-fetch failed ({exc}); run `pad-assets download {ds}`")
+    return repaired, unrepaired

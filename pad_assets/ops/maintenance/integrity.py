@@ -32,7 +32,7 @@ from .common import (
     retired_shards,
 )
 from .contradictions import HELP as CONTRADICTION_HELP
-from .contradictions import find_contradictions
+from .contradictions import find_contradictions, repair_contradictions
 from .locking import maintenance_lock
 from .rewrite import _Conflict, _partials, _rows, clean_partials, purge_retired, rewrite_shards
 
@@ -491,6 +491,10 @@ def _repair(store: ContentStore, st: _CheckState, resolver: DatasetResolver | No
             hint = ("re-materialize that partition in Dagster" if name.startswith("asset/")
                     else "run its producer again (download, or resolve the model)")
             rep.unrepaired.append(f"ref {name} points at {key}, which is not cached; {hint}")
+    # 5b. refs and cards that contradict their content, or are stamped in the future
+    fixed, unfixed = repair_contradictions(store, rep.problems, resolver)
+    rep.repaired += fixed
+    rep.unrepaired += unfixed
     # 6. leftovers
     removed = clean_partials(store, partial_max_age)
     if removed:
