@@ -4,7 +4,10 @@ Test and benchmark only. The loops deliberately mirror ``regionRoutine.fullRouti
 ``intensityFind.findMaxIntensitiesFiltered`` / ``cosCorrectFactor`` and
 ``pixelProcessing.avgPixels`` statement by statement (NumPy scalars included), so that
 "identical to the reference" means "identical to what trained the coefficients". Do not
-"improve" this file: its value is its literalness.
+"improve" this file: its value is its literalness. It follows the code *as it runs*: the
+original's running-maximum branches in ``findMaxIntensitiesFiltered`` are commented out (in
+every published version, 0.2.2 included), so they are absent here too; an earlier version
+of this file executed them, and the suite then checked the pipeline against that misreading.
 
 Also holds ``synthetic_card``, a small deterministic card generator shared by the tests and
 the benchmark (so they never depend on real files).
@@ -12,6 +15,7 @@ the benchmark (so they never depend on real files).
 
 from __future__ import annotations
 
+import csv
 import io
 import math
 
@@ -32,9 +36,11 @@ def cosCorrectFactor(dx, dy, centerX, centerY):
 
 
 def findMaxIntensitiesFiltered(img):
+    # Despite the name, no maximum: the original's ``elif cS > maxI`` / ``elif cS == maxI``
+    # branches are commented out, so every pixel the filter does not drop is returned
+    # (``maxI`` is assigned and never read there either).
     imgS = img[:, :, 1]
     imgV = img[:, :, 2]
-    maxI = 0
     maxSet = []
     centerX = imgS.shape[0] / 2
     centerY = imgS.shape[1] / 2
@@ -47,33 +53,9 @@ def findMaxIntensitiesFiltered(img):
             cV = sF * imgV[i, j]
             if cS <= BLACK_THRESH_S and cV <= BLACK_THRESH_V:
                 pass
-            elif cS > maxI:
-                maxI = imgS[i, j]
-                maxSet = [(i, j)]
-            elif cS == maxI:
+            else:
                 maxSet.append((i, j))
     return maxSet
-
-
-def findThresholdPixels(img):
-    """The primer's variant ("threshold_mean"): every pixel the filter does not drop."""
-    imgS = img[:, :, 1]
-    imgV = img[:, :, 2]
-    keptSet = []
-    centerX = imgS.shape[0] / 2
-    centerY = imgS.shape[1] / 2
-    for i in range(imgS.shape[0]):
-        dX = abs(centerX - i)
-        for j in range(imgS.shape[1]):
-            dY = abs(centerY - j)
-            sF = cosCorrectFactor(dX, dY, centerX, centerY)
-            cS = sF * imgS[i, j]
-            cV = sF * imgV[i, j]
-            if cS <= BLACK_THRESH_S and cV <= BLACK_THRESH_V:
-                pass
-            else:
-                keptSet.append((i, j))
-    return keptSet
 
 
 def avgPixels(pixels, img):
@@ -102,12 +84,6 @@ def regionGen(regions, region):
     return regionStart, regionEnd
 
 
-SELECTION_FUNCTIONS = {
-    "pad_max_intensity": findMaxIntensitiesFiltered,
-    "threshold_mean": findThresholdPixels,
-}
-
-
 def fullRoutine(img, roiFunc, df, RGB=True, regions=10):
     letters = ["A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L"]
     imgHSV = cv.cvtColor(img, cv.COLOR_BGR2HSV)
@@ -128,9 +104,9 @@ def fullRoutine(img, roiFunc, df, RGB=True, regions=10):
     return df
 
 
-def reference_features(bgr: np.ndarray, selection: str = "pad_max_intensity") -> np.ndarray:
+def reference_features(bgr: np.ndarray) -> np.ndarray:
     """The 360 features in coefficient order (lane A..L x region 1..10 x R, G, B)."""
-    f = fullRoutine(bgr, SELECTION_FUNCTIONS[selection], {}, True, 10)
+    f = fullRoutine(bgr, findMaxIntensitiesFiltered, {}, True, 10)
     names = [
         letter + str(region + 1) + "-" + colour
         for letter in "ABCDEFGHIJKL"
@@ -140,15 +116,46 @@ def reference_features(bgr: np.ndarray, selection: str = "pad_max_intensity") ->
     return np.array([f[name] for name in names], dtype=np.int64)
 
 
-def reference_region_rgb(hsv_roi: np.ndarray, bgr_roi: np.ndarray, selection: str) -> tuple:
-    """``avgPixels(selection(roi), rgbROI)`` for one region: the region-level reference."""
-    return avgPixels(SELECTION_FUNCTIONS[selection](hsv_roi), bgr_roi)
+def reference_coefficients(path) -> dict[str, list[float]]:
+    """A coefficient file read like the original ``pls.__init__``: ``csv.reader``, every
+    field after the first through ``float``, keyed by the first field as written."""
+    coeff = {}
+    with open(path) as csvcoeffs:
+        for row in csv.reader(csvcoeffs):
+            elmts = []
+            for j in range(1, len(row)):
+                elmts.append(float(row[j]))
+            coeff[row[0]] = elmts
+    return coeff
+
+
+def reference_quantity(f: dict, coeff: dict[str, list[float]], drug: str) -> float:
+    """The original ``pls.quantity`` arithmetic on a ``fullRoutine`` feature dict: the
+    intercept, then ``float(pixval) * coefficient`` added lane by lane, region by region,
+    R, G, B. ``-1`` for a drug without a row, as pad-analytics 0.2.2 returns."""
+    if drug.lower() not in coeff:
+        return -1
+    drug_coeff = coeff[drug.lower()]
+    pls_concentration = drug_coeff[0]
+    coeff_index = 1
+    for letter in ["A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L"]:
+        for region in range(10):
+            for color_letter in ["R", "G", "B"]:
+                pixval = f[letter + str(region + 1) + "-" + color_letter]
+                pls_concentration += float(pixval) * drug_coeff[coeff_index]
+                coeff_index += 1
+    return pls_concentration
+
+
+def reference_region_rgb(hsv_roi: np.ndarray, bgr_roi: np.ndarray) -> tuple:
+    """``avgPixels(findMaxIntensitiesFiltered(roi), rgbROI)`` for one region."""
+    return avgPixels(findMaxIntensitiesFiltered(hsv_roi), bgr_roi)
 
 
 def synthetic_card(seed: int, height: int = 1220, width: int = 730) -> np.ndarray:
     """A deterministic RGB uint8 card: light noisy paper, dark lane bars, colour bands.
 
-    Built to exercise the PLS selection: saturated bands and specks, bright unsaturated
+    Built to exercise the PLS pixel filter: saturated bands and specks, bright unsaturated
     (white) specks, dark bars that the filter drops, and flat patches that create ties.
     """
     rng = np.random.default_rng(seed)

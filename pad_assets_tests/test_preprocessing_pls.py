@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pad_assets.errors import InvalidInputError
+from pad_assets.hashing import chain_key
 from pad_assets.preprocessing import PADPLSPipeline
 from pad_assets.preprocessing.pls import (
     PLS_FEATURE_NAMES,
@@ -27,7 +28,6 @@ from pad_assets_tests.pls_reference import (
     synthetic_card,
 )
 
-SELECTIONS = ("pad_max_intensity", "threshold_mean")
 CARD_SHAPES = ((27, 29), (28, 29))  # the two region shapes of the PAD layout
 
 
@@ -39,19 +39,12 @@ def _bgr(rgb: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("index", range(50))
-def test_card_features_equal_reference_pad_max_intensity(index: int) -> None:
+def test_card_features_equal_reference(index: int) -> None:
     rgb = card_rgb(index)
-    expected = reference_features(_bgr(rgb), "pad_max_intensity")
+    expected = reference_features(_bgr(rgb))
     got = pls_features_from_rgb(rgb)
     assert got.dtype == np.int64 and got.shape == (360,)
     np.testing.assert_array_equal(got, expected)
-
-
-@pytest.mark.parametrize("index", range(100, 106))
-def test_card_features_equal_reference_threshold_mean(index: int) -> None:
-    rgb = card_rgb(index)
-    expected = reference_features(_bgr(rgb), "threshold_mean")
-    np.testing.assert_array_equal(pls_features_from_rgb(rgb, "threshold_mean"), expected)
 
 
 def _uniform_card(rgb_colour: tuple[int, int, int]) -> np.ndarray:
@@ -68,24 +61,16 @@ EDGE_CARDS = {
 }
 
 
-# Each card costs a full per-pixel reference run; the region-level tests below cover the
-# edge cases of both selections much more cheaply, so threshold_mean gets two cards here.
-EDGE_CARD_CASES = [(name, "pad_max_intensity") for name in sorted(EDGE_CARDS)] + [
-    ("all_dark", "threshold_mean"),
-    ("all_white", "threshold_mean"),
-]
-
-
-@pytest.mark.parametrize(("name", "selection"), EDGE_CARD_CASES)
-def test_edge_cards_equal_reference(name: str, selection: str) -> None:
+@pytest.mark.parametrize("name", sorted(EDGE_CARDS))
+def test_edge_cards_equal_reference(name: str) -> None:
     rgb = EDGE_CARDS[name]
-    expected = reference_features(_bgr(rgb), selection)
-    got = pls_features_from_rgb(rgb, selection)
+    expected = reference_features(_bgr(rgb))
+    got = pls_features_from_rgb(rgb)
     np.testing.assert_array_equal(got, expected)
     if name == "all_dark":
         assert not got.any()  # everything dropped -> every feature 0
     if name in ("uniform_colour", "all_white", "all_saturated"):
-        # one colour everywhere: whatever the selection, the mean is that colour
+        # one colour everywhere: the mean of the kept pixels is that colour
         np.testing.assert_array_equal(got.reshape(-1, 3), np.tile(rgb[0, 0], (120, 1)))
 
 
@@ -123,7 +108,7 @@ def test_truncated_card_features_equal_reference() -> None:
 def _regions_from_sv(s: np.ndarray, v: np.ndarray, seed: int = 0) -> tuple[np.ndarray, ...]:
     """HSV and BGR stacks with the given S and V planes and random (unrelated) colours.
 
-    The selection only reads S and V, so decoupling them from B, G, R exercises it harder
+    The pixel filter only reads S and V, so decoupling them from B, G, R exercises it harder
     than real pixels would (any set of pixels can then carry any colour).
     """
     s = np.asarray(s, np.uint8)
@@ -133,26 +118,25 @@ def _regions_from_sv(s: np.ndarray, v: np.ndarray, seed: int = 0) -> tuple[np.nd
     return hsv, bgr
 
 
-def _assert_regions_match(hsv: np.ndarray, bgr: np.ndarray, selection: str) -> np.ndarray:
-    got = region_rgb_means(hsv, bgr, selection)
+def _assert_regions_match(hsv: np.ndarray, bgr: np.ndarray) -> np.ndarray:
+    got = region_rgb_means(hsv, bgr)
     expected = np.array(
-        [reference_region_rgb(h, b, selection) for h, b in zip(hsv, bgr, strict=True)],
+        [reference_region_rgb(h, b) for h, b in zip(hsv, bgr, strict=True)],
         dtype=np.int64,
     ).reshape(len(hsv), 3)
     np.testing.assert_array_equal(got, expected)
     return got
 
 
-@pytest.mark.parametrize("selection", SELECTIONS)
 @pytest.mark.parametrize("shape", CARD_SHAPES + ((28, 28), (1, 1), (1, 7), (5, 4)))
-def test_region_edge_cases(shape: tuple[int, int], selection: str) -> None:
+def test_region_edge_cases(shape: tuple[int, int]) -> None:
     h, w = shape
     zeros = np.zeros((h, w), np.uint8)
     full = np.full((h, w), 255, np.uint8)
     cases = {}
     cases["all_dark"] = (zeros, zeros)
     cases["all_saturated"] = (full, full)
-    cases["white_only"] = (zeros, full)  # no reset ever: maxI stays 0, ties at cS == 0
+    cases["white_only"] = (zeros, full)  # kept by V alone
     single = zeros.copy()
     single[h // 2, w // 2] = 255
     cases["single_bright_pixel"] = (single, single)
@@ -167,35 +151,42 @@ def test_region_edge_cases(shape: tuple[int, int], selection: str) -> None:
     white_first[(2 * h) // 3 :, :] = 180  # saturated rows only after bright white ones
     cases["white_before_saturated"] = (white_first, white_first_v)
     stairs = np.broadcast_to(np.arange(w, dtype=np.uint8) * 8 + 20, (h, w)).copy()
-    cases["increasing_records"] = (stairs, full)  # many resets
+    cases["increasing_saturation"] = (stairs, full)
     threshold = np.full((h, w), 36, np.uint8)
     cases["just_above_threshold"] = (threshold, np.full((h, w), 71, np.uint8))
     for k, (name, (s, v)) in enumerate(cases.items()):
         hsv, bgr = _regions_from_sv(s[None], v[None], seed=k)
-        got = _assert_regions_match(hsv, bgr, selection)
+        got = _assert_regions_match(hsv, bgr)
         if name in ("all_dark", "single_bright_border_pixel"):
             assert not got.any(), name
 
 
-def test_exact_ties_with_max_are_appended() -> None:
-    # Only a weight of exactly 1 (the centre pixel of an even x even region) can give
-    # cS == maxI > 0; build such a tie: a reset with S=100 then the centre with S=100.
+def test_every_kept_pixel_is_averaged_and_the_threshold_is_exact() -> None:
+    # The mean is over *every* kept pixel, not only the most saturated ones: a region with
+    # one strongly saturated pixel and one weakly saturated pixel averages both. Only a
+    # weight of exactly 1 (the centre of an even x even region) can put cS exactly on the
+    # threshold; cS == 35 and cV == 70 is dropped (``<=``), one more is kept.
     h = w = 28
+    centre = (h // 2, w // 2)
+    assert cos_weight_grid(h, w)[centre] == 1.0
     s = np.zeros((h, w), np.uint8)
-    v = np.full((h, w), 255, np.uint8)
-    s[10, 10] = 100  # weight < 1: cS < 100, but > 0 so it is a reset with maxI = 100
-    s[h // 2, w // 2] = 100  # weight 1: cS == 100 == maxI -> appended
-    s[20, 20] = 90  # cS < 100: ignored
-    assert cos_weight_grid(h, w)[h // 2, w // 2] == 1.0
+    v = np.zeros((h, w), np.uint8)
+    s[10, 10], v[10, 10] = 250, 250  # strongly saturated: kept
+    s[12, 16], v[12, 16] = 120, 90  # weakly saturated: kept as well
+    s[centre], v[centre] = 35, 70  # exactly on the threshold: dropped
     hsv, bgr = _regions_from_sv(s[None], v[None], seed=5)
-    got = _assert_regions_match(hsv, bgr, "pad_max_intensity")
-    pair = bgr[0, [10, h // 2], [10, w // 2]].astype(float).mean(axis=0)
+    got = _assert_regions_match(hsv, bgr)
+    pair = bgr[0, [10, 12], [10, 16]].astype(float).mean(axis=0)
     np.testing.assert_array_equal(got[0], np.floor(pair[::-1] + 0.5).astype(np.int64))
+    s[centre] = 36  # one above: kept, now three pixels
+    hsv, bgr = _regions_from_sv(s[None], v[None], seed=5)
+    got = _assert_regions_match(hsv, bgr)
+    three = bgr[0, [10, 12, centre[0]], [10, 16, centre[1]]].astype(float).mean(axis=0)
+    np.testing.assert_array_equal(got[0], np.floor(three[::-1] + 0.5).astype(np.int64))
 
 
-@pytest.mark.parametrize("selection", SELECTIONS)
-def test_region_fuzz_small_value_sets(selection: str) -> None:
-    # Values drawn from threshold-adjacent sets make drops, resets and float ties frequent.
+def test_region_fuzz_small_value_sets() -> None:
+    # Values drawn from threshold-adjacent sets make drops near the thresholds frequent.
     rng = np.random.default_rng(20240611)
     levels_s = np.array([0, 0, 0, 1, 35, 36, 37, 50, 51, 100, 200, 254, 255], np.uint8)
     levels_v = np.array([0, 70, 71, 72, 100, 255, 255], np.uint8)
@@ -205,18 +196,17 @@ def test_region_fuzz_small_value_sets(selection: str) -> None:
         s = rng.choice(levels_s, size=(n, h, w))
         v = rng.choice(levels_v, size=(n, h, w))
         hsv, bgr = _regions_from_sv(s, v, seed=trial)
-        _assert_regions_match(hsv, bgr, selection)
+        _assert_regions_match(hsv, bgr)
 
 
-@pytest.mark.parametrize("selection", SELECTIONS)
-def test_region_fuzz_real_colours(selection: str) -> None:
+def test_region_fuzz_real_colours() -> None:
     rng = np.random.default_rng(7)
     for h, w in CARD_SHAPES:
         bgr = rng.integers(0, 256, size=(40, h, w, 3), dtype=np.uint8)
         bgr[:10] //= 4  # mostly dark regions
         bgr[10:20] = 255 - bgr[10:20] // 8  # bright, nearly unsaturated
         hsv = cv2.cvtColor(bgr.reshape(-1, w, 3), cv2.COLOR_BGR2HSV).reshape(bgr.shape)
-        _assert_regions_match(hsv, bgr, selection)
+        _assert_regions_match(hsv, bgr)
 
 
 # ------------------------------------------------------------------ geometry, API
@@ -246,18 +236,18 @@ def test_layout_matches_original_formulas() -> None:
 
 
 def test_pipeline_parameters_and_keys() -> None:
-    default = PADPLSPipeline()
-    assert default.name == "pad_pls"
-    assert default.get_parameters() == {"selection": "pad_max_intensity"}
-    assert default.get_cache_key() == PADPLSPipeline("pad_max_intensity").get_cache_key()
-    assert default.get_cache_key() != PADPLSPipeline("threshold_mean").get_cache_key()
+    pipeline = PADPLSPipeline()
+    assert pipeline.name == "pad_pls"
+    assert pipeline.get_parameters() == {}
+    # Version 1 computed other features (a running-maximum pixel selection the lab's code
+    # does not run): its cache entries must never be served, so the key must differ.
+    assert pipeline.code_version == "2"
+    old = chain_key("pipeline", "pad_pls", {"selection": "pad_max_intensity"}, "1")
+    assert pipeline.get_cache_key() != old
+    assert pipeline.get_cache_key() == PADPLSPipeline().get_cache_key()
 
 
 def test_bad_inputs_give_clear_errors() -> None:
-    with pytest.raises(InvalidInputError, match="selection.*pad_max_intensity"):
-        PADPLSPipeline("mean")
-    with pytest.raises(InvalidInputError, match="selection"):
-        PADPLSPipeline(3)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="too small.*694x632"):
         pls_features(np.zeros((600, 730, 3), np.uint8))
     with pytest.raises(InvalidInputError, match="uint8"):

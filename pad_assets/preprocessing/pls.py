@@ -2,28 +2,23 @@
 
 The PLS coefficients (model 18, ``24fhiPLS1conc``) were trained on features computed by the
 pad-analytics ``regionRoutine.fullRoutine(img, intFind.findMaxIntensitiesFiltered, ...)``
-loop. A coefficient is only meaningful next to the exact integer it was fitted on, so this
-module reproduces that code bit for bit rather than its intent. In particular the pixel
-selection is *not* "the mean of the kept pixels" (the primer's summary): it is the result of
-a sequential scan that keeps a running maximum, compared against weighted saturations but
-updated with the *unweighted* one. That quirk is reproduced exactly (``"pad_max_intensity"``);
-the primer's variant is available as ``"threshold_mean"`` for experiments.
+loop, and a coefficient is only meaningful next to the exact integer it was fitted on, so
+this module reproduces that code *as it runs*. Despite its name,
+``findMaxIntensitiesFiltered`` keeps no maximum: its running-maximum branches are commented
+out in every published version (the 0.2.2 release included), so it returns every pixel of
+the region that its black-bar filter does not drop, and ``pixelProcessing.avgPixels``
+averages them. For each of the 120 regions (``cS = w * S`` and ``cV = w * V``, ``w`` the
+cosine weight of the pixel):
 
-How the scan is vectorised exactly (for a region flattened in row-major scan order, with
-``cS = w * S`` and ``cV = w * V``, ``w`` the cosine weight):
+* a pixel is *dropped* when ``cS <= 35 and cV <= 70``; every other pixel is *kept*;
+* each feature is the mean R, G or B of the kept pixels, rounded as ``int(x + 0.5)``;
+  a region with no kept pixel gives 0 (the original's sums stay 0 and are not divided).
 
-* a pixel is *dropped* when ``cS <= 35 and cV <= 70``; the others are *kept*;
-* a kept pixel with ``cS > maxI`` is a *reset*: the set becomes that pixel and ``maxI`` its
-  unweighted ``S``. As ``w <= 1``, ``cS <= S``, so successive ``maxI`` strictly increase
-  (at most 255 resets), and the reset after one with saturation ``S_k`` is simply the first
-  kept pixel *of the whole region* with ``cS > S_k`` (an earlier one would itself have been a
-  reset with a larger ``S``, contradicting the increase). With a per-region table
-  ``first[t]`` = first kept index with ``cS > t`` (``t`` integer), the chain is a few gathers;
-* the final set is the last reset plus the later kept pixels with ``cS == maxI`` (exact float
-  equality); with no reset ``maxI`` stays 0 and the set is every kept pixel with ``cS == 0``.
+Checked against the lab's archived features of two real cards (360/360 each) and against
+``pad-analytics`` 0.2.2 itself (``benchmarks/conformance_pad_analytics.py``).
 
 The weight grid is computed with ``math.cos`` exactly as the original (``np.cos`` may differ
-in the last bit, and the thresholds compare floats exactly), once per region shape.
+in the last bit, and the drop test compares floats exactly), once per region shape.
 """
 
 from __future__ import annotations
@@ -45,7 +40,6 @@ __all__ = [
     "PLS_FEATURE_NAMES",
     "PLS_MIN_IMAGE_SIZE",
     "PLS_REGION_BOXES",
-    "SELECTIONS",
     "cos_weight_grid",
     "pls_features",
     "pls_features_from_rgb",
@@ -55,10 +49,6 @@ __all__ = [
 #: Pixels with weighted saturation <= 35 *and* weighted value <= 70 are ignored (black bars).
 BLACK_THRESH_S: Final = 35
 BLACK_THRESH_V: Final = 70
-
-#: ``"pad_max_intensity"``: the PAD tool's selection (what the coefficients were trained on);
-#: ``"threshold_mean"``: the average of every non-dropped pixel (the primer's description).
-SELECTIONS: Final = ("pad_max_intensity", "threshold_mean")
 
 _LANE_LETTERS: Final = "ABCDEFGHIJKL"
 
@@ -147,55 +137,12 @@ def cos_weight_grid(height: int, width: int) -> np.ndarray:
     return grid
 
 
-def _check_selection(selection: str) -> str:
-    if selection not in SELECTIONS:
-        raise InvalidInputError(
-            f"PLS parameter 'selection' must be one of {list(SELECTIONS)}, got {selection!r}"
-        )
-    return selection
-
-
-def _pad_max_intensity_mask(c_s: np.ndarray, s: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """Which pixels ``findMaxIntensitiesFiltered`` returns, for ``(n, p)`` flattened regions."""
-    n, p = c_s.shape
-    # level = the largest integer t with c_s > t (c_s in [0, 255] so level in [-1, 254]):
-    # for every integer t, ``c_s > t`` <=> ``level >= t``. Dropped pixels get -1.
-    level = np.ceil(c_s).astype(np.int64) - 1
-    level[~kept] = -1
-    # The running maximum of level is non-decreasing along each region, so "first pixel
-    # with c_s > t" is a binary search; offsetting region r by 512 * r makes the whole
-    # (n, p) array one sorted sequence, so one searchsorted serves every region at once.
-    running = np.maximum.accumulate(level, axis=1)
-    regions = np.arange(n)
-    running += (512 * regions)[:, None]
-    sorted_flat = running.reshape(-1)
-    region_base = regions * p
-
-    max_i = np.zeros(n, dtype=np.int64)  # maxI: unweighted S of the last reset (0 if none)
-    last = np.full(n, -1, dtype=np.int64)  # index of the last reset (-1 if none)
-    for _ in range(257):  # maxI strictly increases over 0..255: at most 256 resets
-        # first pixel with level >= max_i, i.e. c_s > max_i; p when there is none
-        nxt = np.searchsorted(sorted_flat, max_i + 512 * regions, side="left") - region_base
-        active = nxt < p
-        if not active.any():
-            break
-        last = np.where(active, nxt, last)
-        max_i = np.where(active, s[regions, np.minimum(nxt, p - 1)], max_i)
-
-    later = np.arange(p)[None, :] > last[:, None]
-    mask = kept & later & (c_s == max_i[:, None])
-    has_reset = last >= 0
-    mask[regions[has_reset], last[has_reset]] = True
-    return mask
-
-
 def _region_means(
     s: np.ndarray,
     v: np.ndarray,
     bgr: tuple[np.ndarray, np.ndarray, np.ndarray],
     height: int,
     width: int,
-    selection: str,
 ) -> np.ndarray:
     """``(n, 3)`` rounded R, G, B means from flattened ``(n, p)`` S, V, B, G and R planes."""
     n, p = s.shape
@@ -203,14 +150,14 @@ def _region_means(
     # float64 products, exactly the original's ``sF * imgS[i, j]``.
     c_s = weights * s
     c_v = weights * v
+    # The original's ``if cS <= 35 and cV <= 70: pass else: keep``, negated.
     kept = (c_s > BLACK_THRESH_S) | (c_v > BLACK_THRESH_V)
-    mask = kept if selection == "threshold_mean" else _pad_max_intensity_mask(c_s, s, kept)
 
-    counts = mask.sum(axis=1)
-    weights_sel = mask.astype(np.float64)
+    counts = kept.sum(axis=1)
+    weights_sel = kept.astype(np.float64)
     # Sums of at most p * 255 are exact in float64 whatever the summation order, so these
     # equal the original's float running sums exactly; then its division and int(x + 0.5)
-    # (floor, as x >= 0). An empty selection keeps the sum 0, as the original does.
+    # (floor, as x >= 0). A region with no kept pixel keeps the sum 0, as the original does.
     means = np.empty((n, 3), dtype=np.float64)
     for out_col, plane in zip((2, 1, 0), bgr, strict=True):  # BGR planes -> RGB columns
         means[:, out_col] = np.einsum("np,np->n", weights_sel, plane.astype(np.float64))
@@ -219,16 +166,13 @@ def _region_means(
     return np.floor(means + 0.5).astype(np.int64)
 
 
-def region_rgb_means(
-    hsv: np.ndarray, bgr: np.ndarray, selection: str = "pad_max_intensity"
-) -> np.ndarray:
-    """Rounded mean ``(R, G, B)`` of the selected pixels of each of ``n`` same-shape regions.
+def region_rgb_means(hsv: np.ndarray, bgr: np.ndarray) -> np.ndarray:
+    """Rounded mean ``(R, G, B)`` of the kept pixels of each of ``n`` same-shape regions.
 
     ``hsv`` and ``bgr`` are ``(n, h, w, 3)`` uint8 stacks (OpenCV HSV and BGR order); only S
     and V of ``hsv`` matter. Exposed on its own so region-level edge cases (and other card
     layouts) can be checked against the per-pixel original. Returns ``(n, 3)`` int64.
     """
-    _check_selection(selection)
     hsv = np.asarray(hsv)
     bgr = np.asarray(bgr)
     if hsv.ndim != 4 or hsv.shape[-1] != 3 or hsv.shape != bgr.shape:
@@ -249,7 +193,6 @@ def region_rgb_means(
         (planes[..., 0], planes[..., 1], planes[..., 2]),
         h,
         w,
-        selection,
     )
 
 
@@ -270,7 +213,7 @@ def _regions_block(image: np.ndarray, order: str) -> np.ndarray:
     return np.ascontiguousarray(image[_ROW0:_ROW1, _COL0:_COL1])
 
 
-def _block_features(block_bgr: np.ndarray, selection: str) -> np.ndarray:
+def _block_features(block_bgr: np.ndarray) -> np.ndarray:
     import cv2  # deferred: importing the package should not pay for OpenCV
 
     # OpenCV's BGR->HSV is per pixel, so converting only the block holding the regions
@@ -287,23 +230,21 @@ def _block_features(block_bgr: np.ndarray, selection: str) -> np.ndarray:
             tuple(np.take(c, flat) for c in planes_bgr),
             h,
             w,
-            selection,
         )
     return out.reshape(-1)
 
 
-def pls_features(bgr: np.ndarray, selection: str = "pad_max_intensity") -> np.ndarray:
+def pls_features(bgr: np.ndarray) -> np.ndarray:
     """The 360 PLS features of a BGR uint8 card image (as ``cv.imread`` returns it).
 
     Returns int64 ``(360,)`` ordered lane A..L x region 1..10 x (R, G, B), the order of
     ``PLS_FEATURE_NAMES`` and of the coefficient files. Integers because the original
     features are ``int(x + 0.5)``; the PLS model casts them to float itself.
     """
-    _check_selection(selection)
-    return _block_features(_regions_block(bgr, "BGR"), selection)
+    return _block_features(_regions_block(bgr, "BGR"))
 
 
-def pls_features_from_rgb(rgb: np.ndarray, selection: str = "pad_max_intensity") -> np.ndarray:
+def pls_features_from_rgb(rgb: np.ndarray) -> np.ndarray:
     """``pls_features`` of an RGB array (what Pillow decodes), converted to BGR first.
 
     For 8-bit RGB PNGs, Pillow's RGB converted with ``COLOR_RGB2BGR`` gives the pixels
@@ -312,33 +253,28 @@ def pls_features_from_rgb(rgb: np.ndarray, selection: str = "pad_max_intensity")
     """
     import cv2
 
-    _check_selection(selection)
     block = _regions_block(rgb, "RGB")
-    return _block_features(cv2.cvtColor(block, cv2.COLOR_RGB2BGR), selection)
+    return _block_features(cv2.cvtColor(block, cv2.COLOR_RGB2BGR))
 
 
 class PADPLSPipeline(PreprocessingPipeline):
     """The PAD PLS features of a card, cached like any pipeline.
 
-    Output: int64 ``(360,)`` (see ``pls_features``). ``selection`` picks the pixel selection;
-    only the default reproduces the features the published PLS coefficients expect.
+    Output: int64 ``(360,)`` (see ``pls_features``). No parameters: there is one way the lab
+    computes these features, and only it matches the published PLS coefficients.
+
+    ``code_version`` history (part of the cache key, so an entry computed by an older
+    version is never served): "1" selected pixels by a running maximum that the lab's code
+    has commented out (wrong on real cards); "2" is the lab's code as it runs.
     """
 
     name = "pad_pls"
-    code_version = "1"
-
-    def __init__(self, selection: str = "pad_max_intensity") -> None:
-        if not isinstance(selection, str):
-            raise InvalidInputError(
-                f"PLS parameter 'selection' must be a string, one of {list(SELECTIONS)}, "
-                f"got {type(selection).__name__}"
-            )
-        self.selection = _check_selection(selection)
+    code_version = "2"
 
     def get_parameters(self) -> dict[str, Any]:
-        return {"selection": self.selection}
+        return {}
 
     def process_image(self, raw_image: Image.Image) -> np.ndarray:
         if raw_image.mode != "RGB":
             raw_image = raw_image.convert("RGB")
-        return pls_features_from_rgb(np.asarray(raw_image), self.selection)
+        return pls_features_from_rgb(np.asarray(raw_image))
