@@ -119,8 +119,9 @@ _GROUPS: Final = _shape_groups()
 def cos_weight_grid(height: int, width: int) -> np.ndarray:
     """The original's ``cosCorrectFactor`` for every pixel of a ``height x width`` region.
 
-    Computed with ``math.cos`` in the original's operation order, because the drop and
-    tie tests compare the weighted values as floats, exactly; read-only as it is shared.
+    Computed with ``math.cos`` in the original's operation order, because the drop test
+    compares the weighted values with the thresholds as floats, exactly; read-only as it is
+    shared.
     """
     if height < 1 or width < 1:
         raise InvalidInputError(f"region shape must be at least 1x1 pixels, got {height}x{width}")
@@ -154,13 +155,13 @@ def _region_means(
     kept = (c_s > BLACK_THRESH_S) | (c_v > BLACK_THRESH_V)
 
     counts = kept.sum(axis=1)
-    weights_sel = kept.astype(np.float64)
+    kept_f = kept.astype(np.float64)
     # Sums of at most p * 255 are exact in float64 whatever the summation order, so these
     # equal the original's float running sums exactly; then its division and int(x + 0.5)
     # (floor, as x >= 0). A region with no kept pixel keeps the sum 0, as the original does.
     means = np.empty((n, 3), dtype=np.float64)
     for out_col, plane in zip((2, 1, 0), bgr, strict=True):  # BGR planes -> RGB columns
-        means[:, out_col] = np.einsum("np,np->n", weights_sel, plane.astype(np.float64))
+        means[:, out_col] = np.einsum("np,np->n", kept_f, plane.astype(np.float64))
     nonzero = counts > 0
     means[nonzero] /= counts[nonzero, None]
     return np.floor(means + 0.5).astype(np.int64)
