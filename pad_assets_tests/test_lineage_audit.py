@@ -382,7 +382,12 @@ def test_audit_csv_has_one_row_per_card_and_model_with_its_chain(
         assert r["source_url"].startswith(emu.base_url)
         assert json.loads(r["libraries"])["pad_assets"] and r["host"] == socket.gethostname()
         assert r["created_at"].endswith("Z") and r["fetched_at"].endswith("Z")
-        assert json.loads(r["tensor_spec"])["shape"] and json.loads(r["pipeline_parameters"])
+        assert json.loads(r["tensor_spec"])["shape"]
+        pipeline = (warm["pls"] if r["model_name"] == warm["pls"].name
+                    else warm["nn"]).get_required_preprocessing()
+        assert r["pipeline"] == pipeline.name
+        assert r["pipeline_code_version"] == pipeline.code_version
+        assert json.loads(r["pipeline_parameters"]) == pipeline.get_parameters()  # PLS: {}
     pls_rows = [r for r in rows if r["model_name"] == warm["pls"].name]
     assert {r["status"] for r in pls_rows} == {"ok", "unknown_drug"}
     assert all(json.loads(r["context"])["drug"] for r in pls_rows)
