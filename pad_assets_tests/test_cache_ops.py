@@ -32,7 +32,7 @@ from pad_assets.store import CardRecord, ContentStore, NewItem
 from pad_assets.store import shards as shard_io
 from pad_assets.store.store import INDEX_NAME
 from pad_assets_tests.conftest import point_env_at
-from pad_assets_tests.model_fixtures import TINY_DRUG_LABELS, write_tiny_onnx
+from pad_assets_tests.model_fixtures import TINY_DRUG_LABELS, write_tiny_tflite
 
 A, B = "opsA", "opsB"
 A_IDS = list(range(51000, 51006))
@@ -48,11 +48,13 @@ def emu() -> Emulator:
 
 
 @pytest.fixture(scope="module")
-def onnx_model(tmp_path_factory: pytest.TempPathFactory):
-    pytest.importorskip("onnxruntime")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory):
+    """A researcher's model file (the tiny TF Lite model: LiteRT is a core dependency, so
+    these tests run on every install; the ONNX runtime's own tests are in
+    test_models_custom.py)."""
     from pad_assets.models.custom import CustomModelAdapter
 
-    path = write_tiny_onnx(tmp_path_factory.mktemp("ops_models") / "tiny.onnx")
+    path = write_tiny_tflite(tmp_path_factory.mktemp("ops_models") / "tiny.tflite")
     return CustomModelAdapter(path, labels=TINY_DRUG_LABELS)
 
 
@@ -109,10 +111,10 @@ def _raw_keys(store: ContentStore, dataset: str) -> dict[int, str]:
 # ---------------------------------------------------------------------------------------
 # verify / repair
 def test_flipped_bytes_fail_reads_and_verify_then_repair_refetches_raw_and_recomputes(
-        emu: Emulator, onnx_model, tmp_path: Path) -> None:
+        emu: Emulator, tiny_model, tmp_path: Path) -> None:
     cache = tmp_path / "c"
-    ds = _filled(emu, cache, onnx_model)
-    before = ds.apply_model(onnx_model)
+    ds = _filled(emu, cache, tiny_model)
+    before = ds.apply_model(tiny_model)
     raws = _raw_keys(ds.store, A)
     victim_card, victim_raw = sorted(raws.items())[0]
     pipe = PADNeuralNetworkPipeline()
@@ -151,16 +153,16 @@ def test_flipped_bytes_fail_reads_and_verify_then_repair_refetches_raw_and_recom
     batches = list(ds.get_preprocessed_batch(pipe, batch_size=8))
     assert pre_key in store.has([pre_key])
     assert sum(len(b.card_ids) for b in batches) == len(A_IDS)
-    after = ds.apply_model(onnx_model)
+    after = ds.apply_model(tiny_model)
     assert after["prediction"].tolist() == before["prediction"].tolist()
     assert emu.stats()["image"] == 1
     ds.close()
 
 
 def test_truncated_and_deleted_shards_are_found_and_repaired(
-        emu: Emulator, onnx_model, tmp_path: Path) -> None:
+        emu: Emulator, tiny_model, tmp_path: Path) -> None:
     cache = tmp_path / "c"
-    ds = _filled(emu, cache, onnx_model)
+    ds = _filled(emu, cache, tiny_model)
     raws = _raw_keys(ds.store, A)
     entries = ds.store.entries(list(raws.values()))
     raw_shard = {e["path"] for e in entries.values()}
@@ -196,7 +198,7 @@ def test_truncated_and_deleted_shards_are_found_and_repaired(
     assert mt.verify(store).ok
     assert len(store.cards(A)) == len(A_IDS)
     ds = CachedDataset(A, settings=_settings(emu, cache), store=store, progress=False)
-    res = ds.apply_model(onnx_model)
+    res = ds.apply_model(tiny_model)
     assert (res["status"] == "ok").all()
     assert emu.stats()["image"] == len(A_IDS)
     ds.close()
@@ -250,9 +252,9 @@ def test_orphans_partials_bad_keys_and_dataset_resolver(emu: Emulator, tmp_path:
 
 
 def test_reindex_reproduces_the_index_and_readers_keep_working(
-        emu: Emulator, onnx_model, tmp_path: Path) -> None:
+        emu: Emulator, tiny_model, tmp_path: Path) -> None:
     cache = tmp_path / "c"
-    ds = _filled(emu, cache, onnx_model, b_too=True)
+    ds = _filled(emu, cache, tiny_model, b_too=True)
     original = _tables(ds.store)
     reader = ContentStore(cache)  # another "process" with an open index connection
     keys = [k for (k,) in reader.index.query("SELECT key FROM items WHERE blob IS NOT NULL")]
@@ -278,9 +280,9 @@ def test_reindex_reproduces_the_index_and_readers_keep_working(
 
 # ---------------------------------------------------------------------------------------
 # gc
-def test_gc_dry_run_age_size_and_keep_dataset(emu: Emulator, onnx_model, tmp_path: Path) -> None:
+def test_gc_dry_run_age_size_and_keep_dataset(emu: Emulator, tiny_model, tmp_path: Path) -> None:
     cache = tmp_path / "c"
-    ds = _filled(emu, cache, onnx_model, b_too=True)
+    ds = _filled(emu, cache, tiny_model, b_too=True)
     store = ds.store
     tables, files = _tables(store), _files(cache)
     plan = mt.gc(store, keep_datasets=[A], dry_run=True)
@@ -332,7 +334,7 @@ def test_gc_dry_run_age_size_and_keep_dataset(emu: Emulator, onnx_model, tmp_pat
     assert kept.size_after <= kept.size_before
     assert mt.verify(store).ok
     emu.reset_stats()
-    res = ds.apply_model(onnx_model)
+    res = ds.apply_model(tiny_model)
     assert res["cached"].all() and emu.stats()["total"] == 0
     ds.close()
 
@@ -438,8 +440,8 @@ def test_gc_while_another_process_reads_gives_the_reader_no_errors(tmp_path: Pat
     assert mt.verify(store).ok
 
 
-def test_stats_per_layer_and_dataset(emu: Emulator, onnx_model, tmp_path: Path) -> None:
-    ds = _filled(emu, tmp_path / "c", onnx_model, b_too=True)
+def test_stats_per_layer_and_dataset(emu: Emulator, tiny_model, tmp_path: Path) -> None:
+    ds = _filled(emu, tmp_path / "c", tiny_model, b_too=True)
     st = mt.stats(ds.store)
     assert st.layers["raw"]["items"] == len(A_IDS) + len(B_IDS)
     assert st.layers["prediction"] == {"items": len(A_IDS), "bytes": 0}
@@ -469,7 +471,7 @@ def test_sizes_and_durations_parse_and_bad_ones_name_the_input() -> None:
 
 # ---------------------------------------------------------------------------------------
 # the CLI
-def test_cli_end_to_end(emu: Emulator, onnx_model, tmp_path: Path, capsys,
+def test_cli_end_to_end(emu: Emulator, tiny_model, tmp_path: Path, capsys,
                         monkeypatch: pytest.MonkeyPatch) -> None:
     cache, other = tmp_path / "c", tmp_path / "other"
     point_env_at(emu, cache, monkeypatch)
@@ -482,8 +484,8 @@ def test_cli_end_to_end(emu: Emulator, onnx_model, tmp_path: Path, capsys,
     code, out, _ = run("download", A, "-q")
     assert code == 0 and f"{A}: {len(A_IDS)} cards, {len(A_IDS)} downloaded" in out
     ds = CachedDataset(A, progress=False)
-    ds.apply_model(onnx_model)
-    raw = next(iter(_raw_keys(ds.store, A).values()))
+    ds.apply_model(tiny_model)
+    raw = _raw_keys(ds.store, A)[A_IDS[0]]
     ds.close()
     code, out, _ = run("cache", "stats")
     assert code == 0 and "per layer" in out
@@ -527,7 +529,11 @@ def test_cli_end_to_end(emu: Emulator, onnx_model, tmp_path: Path, capsys,
     # lineage is another module's; the dispatch reaches it with parsed arguments
     code, out, err = run("lineage", A, str(A_IDS[0]))
     assert code == 0, err
-    assert raw[:12] in out or str(A_IDS[0]) in out
+    assert f"card {A_IDS[0]} of {A}" in out and raw[:12] in out  # this card's raw key
+    assert _raw_keys(ContentStore(cache), A)[A_IDS[1]][:12] not in out  # not another's
+    code, out, err = run("lineage", A, str(A_IDS[0]), "--json")
+    assert code == 0, err
+    assert json.loads(out)["raw"]["key"] == raw
 
     # the installed console script, as a user types it
     proc = subprocess.run(["pad-assets", "cache", "stats", "--cache-dir", str(cache)],

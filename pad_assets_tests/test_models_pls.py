@@ -137,14 +137,19 @@ def test_pls_predict_matches_loop_on_real_scale_values() -> None:
         assert got[i] == want
 
 
-def test_unknown_drug_is_explicit(quoted: Path) -> None:
+def test_unknown_drug_is_explicit(quoted: Path, coef) -> None:
     adapter = PLSModelAdapter(coefficients_path=quoted)
     x = _features(3)
     ctx = [{"drug": "ripe"}, adapter.prediction_context({"sample_name": "Unobtainium Salt"}), {}]
     ok, unknown, missing = adapter.predict_batch(x, ctx)
     assert ok.status == STATUS_OK
+    intercept, values = coef["ripe"]
+    assert ok.prediction == reference_prediction(x[0].tolist(), [intercept, *values])
+    # the unknown drug gets no number at all (the old tool's -1 was a number), and the
+    # third card (no drug recorded) is not scored with some other drug's row either
     assert unknown.status == STATUS_UNKNOWN_DRUG and unknown.prediction is None
-    assert unknown.prediction != -1
+    assert unknown.probability is None and unknown.energy is None and unknown.outputs == []
+    assert missing.prediction is None
     assert "drug 'unobtainium-salt' not in coefficients" in unknown.detail
     assert "tried names: ['unobtainium-salt', 'unobtainium salt']" in unknown.detail
     assert "known: ['albendazole'" in unknown.detail

@@ -117,15 +117,23 @@ WRITER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("delay", [0.3, 0.7])
-def test_sigkill_while_writing_loses_nothing_committed(tmp_path: Path, delay: float) -> None:
+@pytest.mark.parametrize("before_kill", [1, 12])
+def test_sigkill_while_writing_loses_nothing_committed(tmp_path: Path, before_kill: int) -> None:
+    """Killed after ``before_kill`` puts returned (read from its stdout, not timed: under
+    load a fixed sleep can kill it before its first commit and assert on nothing)."""
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)],
                             stdout=subprocess.PIPE, text=True)
-    time.sleep(delay)
-    committed = []
-    os.kill(proc.pid, signal.SIGKILL)
+    seen = []
+    try:
+        while len(seen) < before_kill:
+            line = proc.stdout.readline()
+            assert line, "the writer exited before committing"
+            seen.append(int(line))
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
     out, _ = proc.communicate()
-    committed = [int(x) for x in out.split()]
+    committed = seen + [int(x) for x in out.split()]
+    assert committed[:before_kill] == list(range(before_kill))
     store = ContentStore(tmp_path)
     keys = [f"k{i}" for i in committed]
     assert store.has(keys) == set(keys)

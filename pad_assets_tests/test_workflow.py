@@ -16,7 +16,7 @@ from pad_assets import (
     PLSModelAdapter,
 )
 from pad_assets.emulator import DRUGS, DatasetSpec, Emulator, EmulatorConfig
-from pad_assets.models.demo_models import demo_model_artifacts
+from pad_assets.models.demo_models import PLS_EXCLUDED, demo_model_artifacts
 from pad_assets_tests.conftest import point_env_at
 from pad_assets_tests.model_fixtures import write_tiny_onnx
 
@@ -108,8 +108,16 @@ def test_second_model_reuses_tensors_and_pls_is_per_card_drug(researcher: Path,
     pls = dataset.apply_model(PLSModelAdapter(model_id=18))
     unknown = pls[pls["status"] == "unknown_drug"]
     assert (pls.loc[pls["status"] == "ok", "prediction"].notna()).all()
+    # exactly the cards whose drug has no PLS row (the demo file, like the real one, has no
+    # row for the controls): in these 24 cards, three swiped-but-not-run cards
+    drugs = dataset.manifest().rows.set_index("card_id")["drug"]
+    expected = sorted(int(c) for c, d in drugs.items() if d in PLS_EXCLUDED)
+    assert expected == [10014, 10015, 10016]
+    assert sorted(int(c) for c in unknown["card_id"]) == expected
+    assert unknown["prediction"].isna().all()
     for detail in unknown["detail"]:
-        assert "tried" in detail  # explicit status naming the names tried, never -1
+        # explicit status naming the drug and the names tried, never -1
+        assert "'swiped-but-not-run' not in coefficients" in detail and "tried" in detail
     assert not (pls["prediction"] == -1).any()
 
 
