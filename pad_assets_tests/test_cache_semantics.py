@@ -129,7 +129,6 @@ def test_after_gc_only_cards_without_a_cached_prediction_need_their_image(
 def test_inference_path_never_imports_tensorflow(tiny_tflite_path: Path) -> None:
     """A cold apply_model of a TF Lite model (download, preprocess, infer) in a fresh
     process runs on ai-edge-litert: TensorFlow is never imported."""
-    pytest.importorskip("ai_edge_litert", reason="LiteRT is the inference runtime")
     code = (
         "import sys, json, tempfile\n"
         "from pad_assets.emulator import DatasetSpec, Emulator\n"

@@ -36,7 +36,6 @@ MODEL_ID = 931
 
 @pytest.fixture(scope="module")
 def emu(tiny_tflite_path: Path) -> Emulator:
-    pytest.importorskip("ai_edge_litert")
     model = ModelArtifact(
         record={"id": MODEL_ID, "name": "tiny_share", "type": "tf_lite",
                 "labels": TINY_DRUG_LABELS, "version": "1"},
