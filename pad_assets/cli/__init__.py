@@ -1,6 +1,6 @@
 """The ``pad-assets`` command: one click tree.
 
-    pad-assets demo | emulator | download | lineage | audit | cache ... | remote ...
+    pad-assets demo | emulator | datasets | download | lineage | audit | cache ... | remote ...
 
 ``main(argv)`` returns the exit status instead of exiting, so tests call it in-process.
 Shell completion is click's own, e.g. for bash (in ~/.bashrc):
@@ -24,7 +24,7 @@ from click.utils import PacifyFlushWrapper
 
 from ._base import EXIT_PIPE, PadGroup, quiet_broken_pipe
 from .cache import cache
-from .records import audit, download, lineage
+from .records import audit, datasets, download, lineage
 from .remote import remote
 
 COMPLETION_HELP = ("Shell completion: eval \"$(_PAD_ASSETS_COMPLETE=bash_source pad-assets)\" "
@@ -83,7 +83,7 @@ def emulator(ctx: click.Context) -> None:
     ctx.exit(int(cli_main(list(ctx.args)) or 0))
 
 
-for _cmd in (download, lineage, audit, cache, remote):
+for _cmd in (download, datasets, lineage, audit, cache, remote):
     cli.add_command(_cmd)
 
 

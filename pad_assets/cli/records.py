@@ -113,3 +113,25 @@ def audit(cache_dir: Path | None, dataset: str, output: str, models: tuple[str, 
     click.echo(f"{dataset}: {n} prediction(s) exported")
     for kind, path in paths.items():
         click.echo(f"  {kind}: {path}")
+
+
+@click.command(cls=PadCommand)
+@cache_dir_option
+@json_option
+@click.option("--offline", is_flag=True, help="Never open a connection: the last cached listing.")
+def datasets(cache_dir: Path | None, as_json: bool, offline: bool) -> None:
+    """List the registry's datasets (PAD_REGISTRY_URL); offline, the last cached listing."""
+    from ..dataset import CachedDataset
+
+    listing = getattr(CachedDataset, "list_datasets", None)
+    if listing is None:  # CachedDataset.list_datasets comes with the registry-listing work
+        raise InvalidInputError("this pad_assets has no registry listing yet "
+                                "(CachedDataset.list_datasets)")
+    st = settings(cache_dir, offline=True if offline else None)
+    df = listing(settings=st)
+    if as_json:
+        click.echo(df.to_json(orient="records", indent=2))
+        return
+    cols = [c for c in ("name", "version", "records", "license") if c in df]
+    click.echo(df[cols].fillna("").to_string(index=False) if len(df) else "(no datasets)")
+    click.echo(f"{len(df)} dataset(s)")
