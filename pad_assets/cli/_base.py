@@ -154,6 +154,26 @@ def progress(what: str) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def progress_bar(what: str, unit: str = "shards") -> Iterator[Callable[[int, int], None]]:
+    """A ``(done, total)`` callback drawing a bar on stderr; a no-op when stderr is not a
+    terminal."""
+    if not stderr_is_tty():
+        yield lambda done, total: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn(unit), TimeElapsedColumn(), console=console(err=True),
+                  transient=True) as bar:
+        task = bar.add_task(what, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
 def problem(command: str, message: str) -> None:
     """A found problem: the reason on stderr, exit status 1."""
     raise Failure(command, message, prefix="")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from ._base import (
     json_option,
     problem,
     progress,
+    progress_bar,
     settings,
 )
 
@@ -27,12 +29,13 @@ def _open(cache_dir: Path | None, recover: bool = True) -> Any:
     return ContentStore(settings(cache_dir).cache_dir, recover=recover)
 
 
-def _run(cache_dir: Path | None, what: str, op: Callable[[Any], Any], as_json: bool,
+def _run(cache_dir: Path | None, what: str | None, op: Callable[[Any], Any], as_json: bool,
          recover: bool = True, show: Callable[[Any], None] | None = None) -> Any:
-    """Open the cache, run ``op`` under a progress spinner, print its report, close."""
+    """Open the cache, run ``op`` under a progress spinner (``what``; None: ``op`` draws
+    its own bar), print its report, close."""
     store = _open(cache_dir, recover=recover)
     try:
-        with progress(what):
+        with progress(what) if what else nullcontext():
             report = op(store)
     finally:
         store.close()
@@ -209,7 +212,9 @@ def push(cache_dir: Path | None, as_json: bool, remote: str | None) -> None:
     from ..ops.sharing import push as push_op
 
     _, url = _remote(cache_dir, remote)
-    report = _run(cache_dir, f"pushing to {url}", lambda store: push_op(store, url), as_json)
+    with progress_bar(f"pushing to {url}") as bar:
+        report = _run(cache_dir, None, lambda store: push_op(store, url, progress=bar),
+                      as_json)
     if report.skipped:
         problem("pad-assets cache push", "some shards were not pushed (see above)")
 
@@ -224,8 +229,9 @@ def pull(cache_dir: Path | None, as_json: bool, remote: str | None,
     from ..ops.sharing import pull as pull_op
 
     _, url = _remote(cache_dir, remote)
-    report = _run(cache_dir, f"pulling from {url}",
-                  lambda store: pull_op(store, url, dataset=dataset, strict=False), as_json)
+    with progress_bar(f"pulling from {url}") as bar:
+        report = _run(cache_dir, None, lambda store: pull_op(
+            store, url, dataset=dataset, strict=False, progress=bar), as_json)
     if report.failed:
         problem("pad-assets cache pull", f"{len(report.failed)} shards failed verification "
                 "and were not kept (see above)")

@@ -1091,9 +1091,11 @@ class PushReport:
         return "\n".join(lines)
 
 
-def push(store: ContentStore, remote_url: str) -> PushReport:
+def push(store: ContentStore, remote_url: str, *,
+         progress: Callable[[int, int], None] | None = None) -> PushReport:
     """Copy every indexed shard the remote lacks, each verified first, then update the
-    remote ``index.json`` (re-read just before writing, entries merged)."""
+    remote ``index.json`` (re-read just before writing, entries merged). ``progress(done,
+    total)`` is called after each shard (the CLI draws a bar with it)."""
     t0 = time.time()
     fs, root = _remote(remote_url)
     rep = PushReport(remote_url)
@@ -1106,7 +1108,9 @@ def push(store: ContentStore, remote_url: str) -> PushReport:
         affinity = dataset_affinity(store)
         there = _remote_files(fs, root)
         entries: dict[str, dict[str, Any]] = {}
-        for name, rel in sorted(local.items()):
+        for done, (name, rel) in enumerate(sorted(local.items())):
+            if progress is not None:
+                progress(done, len(local))
             path = store.root / rel
             if not is_shard_name(name) or rel != shard_io.shard_relpath(name):
                 rep.skipped.append(f"{name}: unexpected shard path {rel}")
@@ -1217,7 +1221,8 @@ def _index_rewritten(store: ContentStore, insp: _Inspected) -> int:
 
 
 def pull(store: ContentStore, remote_url: str, dataset: str | None = None, *,
-         strict: bool = True) -> PullReport:
+         strict: bool = True, progress: Callable[[int, int], None] | None = None
+         ) -> PullReport:
     """Copy the remote shards this cache lacks (those of ``dataset`` only, when given),
     verify each on arrival (file sha256, payload digests, records, keys) and index it.
 
@@ -1249,7 +1254,9 @@ def pull(store: ContentStore, remote_url: str, dataset: str | None = None, *,
         arrived: list[_Inspected] = []
         try:
             # 1. copy and verify every missing shard (kept under tmp/ until vetted)
-            for name in sorted(names):
+            for done, name in enumerate(sorted(names)):
+                if progress is not None:  # ``progress(done, total)``: the CLI's bar
+                    progress(done, len(names))
                 if name in local:
                     rep.already_here += 1
                     continue
