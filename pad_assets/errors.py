@@ -60,6 +60,22 @@ class CacheCorruptionError(IntegrityError):
     """A cache item failed its checksum on read; the item is reported, never returned."""
 
 
+class CacheFullError(PadAssetsError, OSError):
+    """The cache's disk is full (or would be): nothing was half-written, nothing indexed.
+
+    Also an ``OSError`` (errno ENOSPC) so code that handles disk errors generically keeps
+    working; the message names the cache, its size and what ``pad-assets cache gc`` frees.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = 28  # ENOSPC
+        self.strerror = message
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 class ModelError(PadAssetsError):
     """A model cannot be loaded, verified or run."""
 

@@ -281,6 +281,13 @@ class EmulatorConfig:
     md5_cache_dir: Path | str | None = None
     #: Threads that render cards when a manifest is built.
     workers: int = field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
+    #: Request path -> ``Location`` answered with a 302 (a hostile or moved file host).
+    redirects: dict[str, str] = field(default_factory=dict)
+    #: Image and weights bodies sent at this many bytes per second (0: at once): a server
+    #: that trickles keeps every socket read under the timeout but never finishes.
+    trickle_bytes_per_s: float = 0.0
+    #: Seconds sent in ``Retry-After`` with every emulated 500/503 (None: no header).
+    retry_after: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("error_rate", "truncate_rate"):

@@ -231,7 +231,15 @@ class _Handler(BaseHTTPRequestHandler):
         if head:
             return 0
         payload = body[: len(body) // 2] if cut else body
+        rate = self.server.emulator.config.trickle_bytes_per_s if reply.truncatable else 0.0
         try:
+            if rate > 0:  # a slow server: small pieces, each well within a read timeout
+                step = max(1, int(rate / 10))
+                for i in range(0, len(payload), step):
+                    self.wfile.write(payload[i:i + step])
+                    self.wfile.flush()
+                    time.sleep(step / rate)
+                return len(payload)
             self.wfile.write(payload)
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
@@ -398,6 +406,11 @@ class Emulator:
                 time.sleep(self.config.latency)
             if self._draw(self.config.error_rate):
                 reply = _json({"detail": "Internal Server Error (emulated: error_rate)"}, 500)
+                if self.config.retry_after is not None:
+                    reply.headers["Retry-After"] = f"{self.config.retry_after:g}"
+            elif path in self.config.redirects:
+                reply = _json({"detail": "Found"}, 302)
+                reply.headers["Location"] = self.config.redirects[path]
             else:
                 try:
                     reply = self._route(path, query, kind)
@@ -553,6 +566,16 @@ def _build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="fraction of image/weights bodies cut short",
     )
+    p.add_argument(
+        "--trickle",
+        type=float,
+        default=0.0,
+        metavar="BYTES_PER_S",
+        help="send image/weights bodies at this rate (a slow server; default: at once)",
+    )
+    p.add_argument(
+        "--retry-after", type=float, default=None, help="Retry-After seconds on emulated 500s"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the fault RNG")
     p.add_argument(
         "--real-images",
@@ -586,6 +609,8 @@ def cli_main(argv: list[str] | None = None) -> int:
         "latency": args.latency,
         "error_rate": args.error_rate,
         "truncate_rate": args.truncate_rate,
+        "trickle_bytes_per_s": args.trickle,
+        "retry_after": args.retry_after,
         "seed": args.seed,
         "real_images_dir": args.real_images,
         "md5_cache_dir": args.md5_cache_dir,

@@ -176,8 +176,8 @@ class RawLayer:
     def _fetch_one(self, row: dict[str, Any]) -> tuple[bytes, str, bool, str, str]:
         """Download, check md5, check the PNG structure, hash: all in the worker thread
         (the single consumer thread only writes), each digest computed once."""
-        url = self.api.normalize(str(row["image_url"]))
-        data = self.api.image_bytes(url)
+        fetched = self.api.image(str(row["image_url"]))
+        data, url = fetched.body, fetched.url  # the source is where the bytes came from
         got_md5 = md5_bytes(data)
         want = row.get("md5")
         if want and got_md5 != want:

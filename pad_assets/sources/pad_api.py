@@ -7,16 +7,27 @@ from typing import Any
 
 from ..errors import FetchError
 from ..settings import Settings
-from .http import HttpClient
+from .http import Fetched, HttpClient
 from .urls import normalize_url
 
 IMAGE_MAX_BYTES = 64 * 1024 * 1024
 WEIGHTS_MAX_BYTES = 1024 * 1024 * 1024
 
 
+def allowed_origins(settings: Settings) -> set[str]:
+    """The hosts pad_assets fetches from: the PAD server and an http(s) registry."""
+    origins = {settings.api_url}
+    if settings.registry_url.startswith(("http://", "https://")):
+        origins.add(settings.registry_url)
+    return origins
+
+
 def http_client_for(settings: Settings) -> HttpClient:
+    """A client whose redirects must pass the same URL policy as the URLs it is given."""
+    origins = allowed_origins(settings)
     return HttpClient(timeout=settings.http_timeout, retries=settings.http_retries,
-                      offline=settings.offline, workers=settings.download_workers)
+                      offline=settings.offline, workers=settings.download_workers,
+                      url_policy=lambda url: normalize_url(url, settings.api_url, origins))
 
 
 class PadApiClient:
@@ -25,9 +36,7 @@ class PadApiClient:
     def __init__(self, settings: Settings, http: HttpClient | None = None) -> None:
         self.settings = settings
         self.http = http or http_client_for(settings)
-        self.allowed_origins = {settings.api_url}
-        if settings.registry_url.startswith(("http://", "https://")):
-            self.allowed_origins.add(settings.registry_url)
+        self.allowed_origins = allowed_origins(settings)
 
     def _get(self, path: str, params: dict[str, Any] | None = None, what: str = "") -> Any:
         return self.http.get_json(f"{self.settings.api_base}{path}", params,
@@ -73,8 +82,14 @@ class PadApiClient:
     def normalize(self, url: str) -> str:
         return normalize_url(url, self.settings.api_url, self.allowed_origins)
 
+    def image(self, url: str) -> Fetched:
+        """A card image and the URL it came from (a redirect's target, if it passed)."""
+        return self.http.fetch(self.normalize(url), IMAGE_MAX_BYTES, what="card image")
+
     def image_bytes(self, url: str) -> bytes:
-        return self.http.get_bytes(self.normalize(url), IMAGE_MAX_BYTES, what="card image")
+        return self.image(url).body
 
     def weights_bytes(self, url: str) -> bytes:
-        return self.http.get_bytes(self.normalize(url), WEIGHTS_MAX_BYTES, what="model weights")
+        # weights may be hundreds of MB: a longer total deadline than an image's
+        return self.http.get_bytes(self.normalize(url), WEIGHTS_MAX_BYTES, what="model weights",
+                                   deadline=max(self.http.deadline, 900.0))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -16,6 +17,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from ..errors import CacheFullError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS shards (
@@ -78,8 +81,39 @@ def _switch_to_wal(con: sqlite3.Connection) -> None:
         raise sqlite3.OperationalError(f"database is locked: journal mode stayed {mode!r}")
 
 
+def _disk_full(path: Path, exc: Exception) -> CacheFullError | None:
+    """A ``CacheFullError`` when ``exc`` is SQLite failing because the disk is full.
+
+    SQLite says "database or disk is full", or only "disk I/O error" when it cannot create
+    the WAL's shared-memory file; the free space tells which.
+    """
+    text = str(exc)
+    if "full" not in text and "disk I/O" not in text:
+        return None
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return None
+    if "full" not in text and free > (1 << 20):
+        return None
+    return CacheFullError(
+        f"cache {path.parent}: its disk is full ({free} bytes free), so the index {path.name} "
+        f"cannot be opened or written ({text}). Free a little space on that disk, then run "
+        "`pad-assets cache gc --max-size SIZE`")
+
+
 def _open_wal(path: Path) -> sqlite3.Connection:
     """A connection in WAL mode with a busy timeout, safe when many processes open at once."""
+    try:
+        return _open_wal_unchecked(path)
+    except sqlite3.OperationalError as exc:
+        full = _disk_full(path, exc)
+        if full is not None:
+            raise full from exc
+        raise
+
+
+def _open_wal_unchecked(path: Path) -> sqlite3.Connection:
     con = sqlite3.connect(path, timeout=_LOCK_WAIT_S, isolation_level=None)
     try:
         con.execute(f"PRAGMA busy_timeout={int(_LOCK_WAIT_S * 1000)}")

@@ -12,8 +12,11 @@ index needs to be rebuilt from the shards alone.
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -25,6 +28,8 @@ from typing import Any
 
 import h5py
 import numpy as np
+
+from ..errors import CacheFullError
 
 SHARD_SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".partial"
@@ -64,39 +69,88 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: Free bytes a shard write leaves on the disk for the index (SQLite WAL pages, journal).
+FREE_SPACE_RESERVE = 1 << 20
+
+
+def _write_bytes(fd: int, data: memoryview) -> int:
+    """One ``os.write`` (a seam: tests inject ``OSError(ENOSPC)`` here)."""
+    return os.write(fd, data)
+
+
+def _shard_image(name: str, blobs: Iterable[BlobPayload], records: list[dict[str, Any]]
+                 ) -> bytes:
+    """The complete HDF5 file as bytes, built in memory (h5py on a ``BytesIO``, no file).
+
+    Why in memory: HDF5 writes its metadata lazily, and on a full disk ``File.flush()``
+    crashed the process (SIGSEGV) instead of raising. Built in memory, the only disk write
+    is ours (``_write_bytes``), where a full disk is a plain ``OSError`` in Python.
+    """
+    buf = io.BytesIO()
+    with h5py.File(buf, "w", libver="latest", locking=False) as f:
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["shard"] = name
+        group = f.create_group(BLOBS_GROUP)
+        for blob in blobs:
+            arr = np.ascontiguousarray(blob.array)
+            ds = group.create_dataset(
+                blob.blob_id, data=arr, chunks=arr.shape if arr.size else None
+            )
+            ds.attrs["kind"] = blob.kind
+        payload = json.dumps(records, sort_keys=True, separators=(",", ":"))
+        f.create_dataset(RECORDS_DATASET, data=np.frombuffer(payload.encode(), dtype=np.uint8))
+    return buf.getvalue()
+
+
+def _full(root: Path, needed: int, free: int | None, cause: str = "") -> CacheFullError:
+    have = f"{free / 1e6:.1f} MB free" if free is not None else "the disk is full"
+    return CacheFullError(
+        f"cache {root}: no space for a {needed / 1e6:.1f} MB shard ({have}{cause}); nothing "
+        "was written. Free space, or run `pad-assets cache gc --max-size SIZE`")
+
+
 def write_shard(
     root: Path, blobs: Iterable[BlobPayload], records: list[dict[str, Any]]
 ) -> tuple[str, str, int]:
-    """Write one shard atomically; returns (shard name, relative path, size in bytes)."""
+    """Write one shard atomically; returns (shard name, relative path, size in bytes).
+
+    Raises ``CacheFullError`` (nothing left behind: the ``.partial`` file is removed at
+    once) when the disk cannot take the shard plus ``FREE_SPACE_RESERVE``.
+    """
     name = new_shard_name()
     rel = shard_relpath(name)
     final = root / rel
     tmp_dir = root / "tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise _full(root, 0, 0) from exc
+        raise
+    image = _shard_image(name, blobs, records)
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(tmp_dir).free
+        if free < len(image) + FREE_SPACE_RESERVE:
+            raise _full(root, len(image), free)
     tmp = tmp_dir / f"{name}{SHARD_SUFFIX}{PARTIAL_SUFFIX}"
     try:
-        with h5py.File(tmp, "w", libver="latest", locking=False) as f:
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["shard"] = name
-            group = f.create_group(BLOBS_GROUP)
-            for blob in blobs:
-                arr = np.ascontiguousarray(blob.array)
-                ds = group.create_dataset(
-                    blob.blob_id, data=arr, chunks=arr.shape if arr.size else None
-                )
-                ds.attrs["kind"] = blob.kind
-            payload = json.dumps(records, sort_keys=True, separators=(",", ":"))
-            f.create_dataset(RECORDS_DATASET, data=np.frombuffer(payload.encode(), dtype=np.uint8))
-            f.flush()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(image)
+            while view:
+                view = view[_write_bytes(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _full(root, len(image), None, f": {exc.strerror}") from exc
         raise
-    return name, rel, final.stat().st_size
+    return name, rel, len(image)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

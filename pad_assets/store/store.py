@@ -8,8 +8,11 @@ re-computes the payload digest and refuses an item that does not match.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
+import sqlite3
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CacheCorruptionError, InvalidInputError
+from ..errors import CacheCorruptionError, CacheFullError, InvalidInputError
 from ..hashing import array_digest, sha256_bytes
 from . import shards as shard_io
 from .index import Index
@@ -106,10 +109,18 @@ class ContentStore:
         existing = self.index.present_blobs(list(blobs))
         for _attempt in range(3):
             new_blobs = [b for bid, b in blobs.items() if bid not in existing]
-            name, rel, nbytes = shard_io.write_shard(self.root, new_blobs, records)
-            vanished = self.index.apply_shard(name, rel, nbytes, records,
-                                              [_blob_row(b) for b in new_blobs],
-                                              reused=[b for b in blobs if b in existing])
+            try:
+                name, rel, nbytes = shard_io.write_shard(self.root, new_blobs, records)
+                vanished = self.index.apply_shard(name, rel, nbytes, records,
+                                                  [_blob_row(b) for b in new_blobs],
+                                                  reused=[b for b in blobs if b in existing])
+            except CacheFullError as exc:
+                raise self.full_error(str(exc)) from exc
+            except sqlite3.OperationalError as exc:
+                if "full" not in str(exc):
+                    raise
+                # The shard file is complete: a later open's recover() indexes it.
+                raise self.full_error(f"the index could not grow ({exc})") from exc
             if not vanished:
                 return name
             # A gc dropped a payload we meant to reuse: this shard stays unindexed (a
@@ -118,6 +129,24 @@ class ContentStore:
             existing -= vanished
         raise RuntimeError("cache payloads kept vanishing during a write (a gc running in a "
                            "loop?); nothing was indexed, retry later")
+
+    def full_error(self, what: str) -> CacheFullError:
+        """A ``CacheFullError`` naming this cache, its size and what ``gc`` could free."""
+        size = dead = 0
+        with contextlib.suppress(Exception):  # best effort: the disk is full
+            size = int(self.index.query("SELECT COALESCE(SUM(nbytes), 0) FROM shards")[0][0])
+            dead = int(self.index.query(
+                "SELECT COALESCE(SUM(nbytes), 0) FROM blobs WHERE blob NOT IN "
+                "(SELECT blob FROM items WHERE blob IS NOT NULL)")[0][0])
+        free = None
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(self.root).free
+        where = f"{free / 1e6:.1f} MB free on its disk" if free is not None else "disk full"
+        return CacheFullError(
+            f"cache {self.root} is full ({size / 1e6:.1f} MB of shards, {where}): {what}. "
+            f"`pad-assets cache gc` frees {dead / 1e6:.1f} MB of payloads no item uses "
+            "right away, and `pad-assets cache gc --max-size SIZE` evicts least-recently-"
+            "used items down to SIZE (it works on a full disk). Nothing was half-written.")
 
     # ---- reading -----------------------------------------------------------------------
     def has(self, keys: Sequence[str]) -> set[str]:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...errors import IntegrityError, InvalidInputError, PadAssetsError
+from ...errors import CacheFullError, IntegrityError, InvalidInputError, PadAssetsError
 from ...store import ContentStore
 from . import footprint
 from .common import (
@@ -181,6 +181,9 @@ def gc(store: ContentStore, max_size: int | str | None = None,
     keep = [str(d) for d in keep_datasets]
     rep = GcReport(str(store.root), dry_run, max_size=limit)
     with maintenance_lock(store, exclusive=not dry_run, what="cache gc"):
+        if not dry_run:  # leftovers first: on a full disk they are the first free bytes
+            rep.partials_removed = len(clean_partials(store))
+            purge_retired(store, grace_seconds, wait=False)
         snap = _Snapshot.load(store)
         known = {d for d, *_ in snap.cards}
         unknown = sorted(set(keep) - known)
@@ -231,9 +234,15 @@ def gc(store: ContentStore, max_size: int | str | None = None,
         plan = _plan_compaction(snap, set(), compact_threshold, limit)
         _fill_plan(rep, snap, set(), plan)
         rep.compacted, rep.deleted_shards = [], []
+        # Shards with nothing live go first: deleting them writes nothing, so on a full
+        # disk they make the room the rewrites need.
+        usage = snap.shard_usage()
+        plan.sort(key=lambda p: not all(usage[s]["live"] == 0 and usage[s]["records"] == 0
+                                        for s in p[0] if s in usage))
         for group, why in plan:
             try:
-                out = rewrite_shards(store, group, reason=f"gc: {why}")
+                out = _rewrite_on_tight_disk(store, group, f"gc: {why}", prot, limit,
+                                             grace_seconds, rep, now)
             except (IntegrityError, _Conflict, OSError) as exc:
                 rep.skipped.append(f"shards {group}: {exc}")
                 continue
@@ -244,12 +253,68 @@ def gc(store: ContentStore, max_size: int | str | None = None,
                 rep.deleted_shards += group
         purge_retired(store, grace_seconds)
         rep.outside = footprint.clean(store, age, dry_run=False, now=now)
-        rep.partials_removed = len(clean_partials(store))
+        rep.partials_removed += len(clean_partials(store))
         after = _Snapshot.load(store)
         rep.size_after = sum(n for _, n in after.live_shards().values())
         rep.live_bytes_after = sum(u["live"] for u in after.shard_usage().values())
     rep.seconds = time.time() - t0
     return rep
+
+
+def _rewrite_on_tight_disk(store: ContentStore, group: list[str], reason: str,
+                           prot: dict[str, str], limit: int | None, grace: float,
+                           rep: GcReport, now: float) -> Any:
+    """``rewrite_shards``, made to work on a full disk.
+
+    A rewrite needs room for the live part of its shards. When the disk cannot take it:
+    first delete the files gc already retired (waiting out their grace period), then,
+    under ``max_size`` pressure only, evict the rest of the group's unprotected items so
+    the rewrite carries only records and protected payloads (the shard goes whole, as an
+    LRU cache on a full disk must). Raises ``CacheFullError`` if even that does not fit.
+    """
+    try:
+        return rewrite_shards(store, group, reason=reason)
+    except CacheFullError:
+        if purge_retired(store, grace):
+            try:
+                return rewrite_shards(store, group, reason=reason)
+            except CacheFullError:
+                pass
+        if limit is None:
+            raise
+    marks = list(dict.fromkeys(_unprotected_in(store, group, prot)))
+    if not marks:
+        raise CacheFullError(f"cache {store.root}: the disk is full and shards {group} hold "
+                             "only protected data (refs, kept datasets)")
+    entries = store.index.items(marks)
+    evicted_raw = {k for k, e in entries.items() if e["layer"] == "raw"}
+    cards = [(d, int(c), r) for d, c, r, st in store.index.query(
+        "SELECT dataset, card_id, raw_key, status FROM cards WHERE status='ok'")
+        if r in evicted_raw]
+    if cards:
+        from ...store import CardRecord
+
+        stamp_ = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
+        store.put(cards=[CardRecord(d, c, r, "evicted", f"raw image evicted by `pad-assets "
+                                    f"cache gc` at {stamp_} UTC (disk full); the next "
+                                    "download fetches it again") for d, c, r in cards])
+        rep.cards_marked_evicted += len(cards)
+    with store.index.transaction() as con:
+        con.executemany("DELETE FROM items WHERE key=?", [(k,) for k in entries])
+    for e in entries.values():
+        rep.evicted[e["layer"]] = rep.evicted.get(e["layer"], 0) + 1
+    rep.skipped.append(f"shards {group}: the disk could not take their rewrite, so their "
+                       f"{len(entries)} unprotected items were evicted with them")
+    return rewrite_shards(store, group, reason=reason + " (disk full)")
+
+
+def _unprotected_in(store: ContentStore, group: list[str], prot: dict[str, str]
+                    ) -> list[str]:
+    marks = ",".join("?" * len(group))
+    rows = store.index.query(
+        f"SELECT i.key FROM items i JOIN blobs b ON b.blob = i.blob WHERE b.shard IN ({marks})",
+        group)
+    return [k for (k,) in rows if k not in prot]
 
 
 def _plan_evictions(snap: _Snapshot, prot: dict[str, str], limit: int | None,

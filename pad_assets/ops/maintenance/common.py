@@ -35,7 +35,7 @@ RECENT_ORPHAN_SECONDS = 60.0
 SMALL_SHARD_BYTES = 1 << 20
 MERGE_MIN_SHARDS = 8
 #: Payload bytes per rewritten shard (bounds the size of one compaction output file).
-MAX_REWRITE_BYTES = 512 << 20
+MAX_REWRITE_BYTES = 256 << 20  # built in memory (store.shards): bounds RAM too
 #: Estimates for what a shard file holds besides payloads (JSON per record, HDF5 metadata).
 RECORD_OVERHEAD = 200
 SHARD_OVERHEAD = 64 << 10
@@ -73,7 +73,11 @@ def ensure_ops_schema(index: Index) -> None:
 
 
 def retired_shards(index: Index) -> dict[str, dict[str, Any]]:
-    ensure_ops_schema(index)
+    """Retired shards (read-only: a cache that never retired one has no table, and a
+    check must not create one: on a full disk that write is what failed)."""
+    if not index.query("SELECT 1 FROM sqlite_master WHERE type='table' AND "
+                       "name='ops_retired_shards'"):
+        return {}
     rows = index.query("SELECT shard, path, disposition, retired_at, reason "
                        "FROM ops_retired_shards")
     return {s: {"path": p, "disposition": d, "retired_at": t, "reason": r}

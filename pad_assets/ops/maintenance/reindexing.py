@@ -92,6 +92,7 @@ def reindex(store: ContentStore) -> ReindexReport:
             indexed = _index_files(store, fresh, retired, rep)
             if old_ok:
                 try:
+                    ensure_ops_schema(store.index)  # the swap copies this table too
                     _carry_usage(store, fresh)
                 except sqlite3.DatabaseError:
                     old_ok = False
