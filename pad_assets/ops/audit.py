@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..csv_safety import escape_cell
 from ..errors import InvalidInputError
 from ..hashing import canonical_json, sha256_bytes
 from ..models.base import standardize_label
@@ -203,7 +204,7 @@ def _cell(value: Any) -> Any:
         return "true" if value else "false"
     if isinstance(value, (dict, list, tuple)):
         return canonical_json(value)
-    return value
+    return escape_cell(value)  # registry text must not run as a spreadsheet formula
 
 
 def chain_row(dataset_name: str, chain: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import threading
+import zlib
 from dataclasses import dataclass
 
 from PIL import Image, ImageFile
@@ -72,13 +73,18 @@ class DecodedImage:
     truncated: bool
 
 
+#: The only formats a PAD card comes in. Pillow would otherwise try every plugin it has,
+#: including EPS (which runs Ghostscript where it is installed) on bytes from a server.
+FORMATS = ("PNG", "JPEG")
+
+
 def _open_checked(data: bytes, source: str) -> Image.Image:
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
     except Exception as exc:  # Pillow raises several types for non-images
         raise ImageDecodeError(
-            f"{source}: not a decodable image ({type(exc).__name__}: {exc}); "
-            "expected PNG/JPEG bytes of a processed PAD card"
+            f"{source}: not a PNG or JPEG image ({type(exc).__name__}: {exc}); "
+            "expected the PNG (or JPEG) bytes of a processed PAD card"
         ) from exc
     width, height = img.size
     if width * height > MAX_PIXELS:
@@ -144,5 +150,38 @@ def check_image(data: bytes, source: str = "image") -> bool:
     try:
         img.verify()
     except Exception:
+        damage = png_crc_damage(data) if img.format == "PNG" else None
+        if damage:
+            raise ImageDecodeError(
+                f"{source}: corrupt PNG ({damage}): the bytes were damaged, which a truncated "
+                "file is not; a failed download, not cached") from None
         return decode_image(data, source).truncated
     return False
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_crc_damage(data: bytes) -> str | None:
+    """Why a PNG's complete chunks fail their CRC, or None (intact, or merely cut short).
+
+    A truncated file (card 19208) ends inside a chunk: every chunk it has in full is
+    intact. A chunk that is all there but fails its CRC means changed bytes.
+    """
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            return None  # cut inside this chunk: truncation
+        crc = int.from_bytes(data[end - 4:end], "big")
+        if zlib.crc32(data[pos + 4:end - 4]) != crc:
+            name = kind.decode("latin-1", "replace")
+            return f"chunk {name!r} at byte {pos} fails its CRC"
+        if kind == b"IEND":
+            return None
+        pos = end
+    return None

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import CacheFullError
+from ..errors import CacheCorruptionError, CacheFullError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS shards (
@@ -81,6 +81,11 @@ def _switch_to_wal(con: sqlite3.Connection) -> None:
         raise sqlite3.OperationalError(f"database is locked: journal mode stayed {mode!r}")
 
 
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    text = str(exc).lower()
+    return any(w in text for w in ("not a database", "malformed", "encrypted", "corrupt"))
+
+
 def _disk_full(path: Path, exc: Exception) -> CacheFullError | None:
     """A ``CacheFullError`` when ``exc`` is SQLite failing because the disk is full.
 
@@ -134,11 +139,25 @@ class Index:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
+        #: Why the index file cannot be read at all (a zeroed header, garbage), or None.
+        #: Such an index is still constructed, so ``reindex`` can move it aside and rebuild
+        #: it; every other use raises ``CacheCorruptionError`` saying so.
+        self.unreadable: str | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
-        # executescript manages its own transaction; the statements are idempotent.
-        _retry_locked(lambda: self._connect().executescript(SCHEMA))
+        try:
+            # executescript manages its own transaction; the statements are idempotent.
+            _retry_locked(lambda: self._connect().executescript(SCHEMA))
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) or not _is_damage(exc):
+                raise
+            self.unreadable = f"{type(exc).__name__}: {exc}"
 
     def _connect(self) -> sqlite3.Connection:
+        if self.unreadable is not None:
+            raise CacheCorruptionError(
+                f"the cache index {self.path} cannot be read ({self.unreadable}); run "
+                "`pad-assets cache reindex` to move it aside and rebuild it from the shard "
+                "files (nothing cached is lost: the shards hold every record)")
         con = getattr(self._local, "con", None)
         pid = getattr(self._local, "pid", None)
         if con is None or pid != os.getpid():

@@ -74,7 +74,7 @@ class ContentStore:
         (self.root / "shards").mkdir(parents=True, exist_ok=True)
         self.index = Index(self.root / INDEX_NAME)
         self._reader = shard_io.ShardReader(self.root)
-        if recover:
+        if recover and self.index.unreadable is None:  # else reindex's business
             self.recover()
 
     # ---- writing -----------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import IntegrityError, PadAssetsError
+from ...errors import CacheCorruptionError, IntegrityError, PadAssetsError
 from ...hashing import sha256_bytes
 from ...store import ContentStore, NewItem
 from ...store import shards as shard_io
@@ -333,7 +334,7 @@ def verify(store: ContentStore, repair: bool = False,
     """
     t0 = time.time()
     with maintenance_lock(store, exclusive=repair, what="cache verify"
-                          + (" --repair" if repair else "")):
+                          + (" --repair" if repair else "")), _index_damage_is_clear(store):
         state = _check(store)
         report = state.report
         report.repair = repair
@@ -343,6 +344,20 @@ def verify(store: ContentStore, repair: bool = False,
             report.remaining = after.report.problems
     report.seconds = time.time() - t0
     return report
+
+
+@contextlib.contextmanager
+def _index_damage_is_clear(store: ContentStore) -> Any:
+    """SQLite's "database disk image is malformed" becomes an error that names the fix."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError) and "malformed" not in str(exc):
+            raise
+        raise CacheCorruptionError(
+            f"the cache index {store.index.path} is damaged ({type(exc).__name__}: {exc}); "
+            "run `pad-assets cache reindex` to rebuild it from the shard files, then "
+            "`pad-assets cache verify` again") from exc
 
 
 def _salvage_orphan(store: ContentStore, name: str, rel: str) -> str:

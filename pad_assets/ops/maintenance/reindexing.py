@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...errors import CacheCorruptionError
 from ...store import ContentStore
 from ...store import shards as shard_io
 from ...store.index import Index
@@ -83,7 +84,7 @@ def reindex(store: ContentStore) -> ReindexReport:
         try:
             retired = retired_shards(store.index)
             old_ok = True
-        except sqlite3.DatabaseError:
+        except (sqlite3.DatabaseError, CacheCorruptionError):  # unreadable: moved aside
             retired, old_ok = {}, False
         tmp_path = store.root / f"{INDEX_NAME}.rebuild-{uuid.uuid4().hex[:12]}"
         fresh = Index(tmp_path)
