@@ -163,7 +163,7 @@ def test_tampered_weights_copy_is_detected_restored_and_never_predicts(
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(tiny_tflite_other_weights_path.read_bytes())
     with pytest.raises(ModelError, match="sha256"):
-        runtime_mod.TFLiteRunner(bad, reference["model_signature"].iloc[0][:64])
+        runtime_mod.TFLiteRunner(bad, artifacts[0].name.split(".")[0])
     store = ContentStore(cache)
     try:
         assert verify(store).ok

@@ -17,6 +17,7 @@ Nothing heavy is imported at module import time: ``import pad_assets`` stays lig
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -119,8 +120,24 @@ class TFLiteRunner:
         self.runtime = tflite_runtime_info()
         self.num_threads = num_threads or available_cores()
         cls = interpreter_class(self.runtime)
+        # The interpreter is built from the very bytes that were hashed: weights that do
+        # not hash to the sha256 in the model's signature never run, so no prediction is
+        # stored under a signature its weights do not have (a copy changed on disk).
         try:
-            self.interpreter = cls(model_path=str(self.model_path), num_threads=self.num_threads)
+            content = self.model_path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"model file not found or unreadable: {self.model_path} "
+                             f"({exc})") from exc
+        got = hashlib.sha256(content).hexdigest()
+        if got != sha256:
+            raise ModelError(
+                f"{self.model_path}: the weights file has sha256 {got}, but the model was "
+                f"verified as {sha256} (its cache signature); the file changed after it was "
+                "checked, so it is not run. Load the model again (a PAD model's copy is "
+                "restored from the cache) or run `pad-assets cache verify --repair`")
+        self._content = content  # the interpreter reads from this buffer: keep it alive
+        try:
+            self.interpreter = cls(model_content=content, num_threads=self.num_threads)
             self.interpreter.allocate_tensors()
         except Exception as exc:
             raise ModelError(

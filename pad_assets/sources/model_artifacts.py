@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -21,6 +22,7 @@ from ..errors import IntegrityError, ModelError, OfflineError
 from ..hashing import sha256_bytes
 from ..settings import Settings
 from ..store import ContentStore, NewItem
+from ..store.store import file_sha256
 from .pad_api import PadApiClient
 
 
@@ -40,6 +42,50 @@ def _artifact_path(settings: Settings, sha: str, url: str) -> Path:
     return settings.cache_dir / "artifacts" / f"{sha}{suffix}"
 
 
+_VERIFIED: dict[tuple[str, int, int, int], str] = {}
+_VERIFIED_LOCK = threading.Lock()
+
+
+def artifact_sha256(path: Path) -> str:
+    """sha256 of a weights file, hashed once per process per version of the file.
+
+    Keyed by (path, size, mtime, inode): a file rewritten or replaced since is hashed
+    again; an unchanged one costs a ``stat``. Weights are hundreds of MB at most, so one
+    hash per process is cheap next to loading them.
+    """
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    with _VERIFIED_LOCK:
+        known = _VERIFIED.get(key)
+    if known is None:
+        known = file_sha256(path)
+        with _VERIFIED_LOCK:
+            _VERIFIED[key] = known
+    return known
+
+
+def artifact_problem(path: Path) -> str | None:
+    """Why a file under ``<cache>/artifacts/`` is not the weights its name promises."""
+    stem = path.name.split(".", 1)[0]
+    if len(stem) != 64 or any(c not in "0123456789abcdef" for c in stem):
+        return None  # not a content-named mirror (left alone)
+    try:
+        got = artifact_sha256(path)
+    except OSError as exc:
+        return f"cannot be read ({exc})"
+    return None if got == stem else f"has sha256 {got}, not the {stem} its name promises"
+
+
+def _mirror(settings: Settings, store: ContentStore, sha: str, url: str) -> Path:
+    """The verified file copy of stored weights, (re)written from the store when absent or
+    when its bytes are not the weights (a tampered or damaged copy is never used)."""
+    path = _artifact_path(settings, sha, url)
+    if path.is_file() and path.stat().st_size > 0 and artifact_problem(path) is None:
+        return path
+    _write_atomic(path, store.get(sha))  # verified on read
+    return path
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
@@ -50,10 +96,27 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _from_mirror(settings: Settings, sha: str, url: str, model_id: int) -> NewItem | None:
+    path = _artifact_path(settings, sha, url)
+    if not path.is_file() or artifact_problem(path) is not None:
+        return None
+    data = path.read_bytes()
+    if sha256_bytes(data) != sha:  # changed between the check and the read
+        return None
+    return NewItem(sha, "weights", data, {"model_id": int(model_id), "url": url,
+                                          "fetched_at": time.time(),
+                                          "restored_from": str(path)})
+
+
 def _cached_record(model_id: int, settings: Settings, store: ContentStore
                    ) -> dict[str, Any] | None:
+    """The cached record, or None when there is none or its ref dangles (a lost shard:
+    the record is asked for again, or offline the error names what is missing)."""
     key = store.ref(_record_ref(settings, model_id))
-    return json.loads(store.get(key)) if key else None
+    if not key:
+        return None
+    got = store.get_many([key])
+    return json.loads(got[key]) if key in got else None
 
 
 def _fetch_record(model_id: int, settings: Settings, api: PadApiClient) -> dict[str, Any]:
@@ -109,10 +172,12 @@ def resolve_model(model_id: int, settings: Settings | None = None, refresh: bool
     if want and want in store.has([want]):
         if new_items:
             store.put(new_items, refs=refs)
-        path = _artifact_path(settings, want, url)
-        if not path.is_file() or path.stat().st_size == 0:
-            _write_atomic(path, store.get(want))  # verified on read
-        return ResolvedModel(record, path, want)
+        return ResolvedModel(record, _mirror(settings, store, want, url), want)
+    if want:
+        restored = _from_mirror(settings, want, url, model_id)
+        if restored is not None:  # the store lost them (a lost shard), the copy is intact
+            store.put([*new_items, restored], refs=refs)
+            return ResolvedModel(record, _mirror(settings, store, want, url), want)
     if settings.offline:
         raise OfflineError(f"weights of model {model_id}", [url])
     data = api.weights_bytes(url)

@@ -70,6 +70,7 @@ PROBLEM_HELP = {
     "dangling_ref": "a ref whose target item is not in the cache",
     "card_missing_raw": "a card marked ok whose raw image is not in the cache",
     **CONTRADICTION_HELP,
+    "artifact_mismatch": "a model weights copy in artifacts/ whose bytes are not its sha256",
 }
 
 
@@ -154,6 +155,7 @@ class _CheckState:
     unreadable_shards: set[str] = field(default_factory=set)
     record_missing_shards: set[str] = field(default_factory=set)
     orphans: dict[str, str] = field(default_factory=dict)  # name -> rel (complete, old)
+    bad_artifacts: list[Path] = field(default_factory=list)
 
 
 def _inspect_orphan(path: Path) -> str | None:
@@ -308,8 +310,27 @@ def _check(store: ContentStore) -> _CheckState:
         rep.notes.append(Finding("partial_file", f"tmp/{name}",
                                  f"{size} bytes, {time.time() - mtime:.0f} s old"))
     rep.problems += [Finding(*f) for f in find_contradictions(store, set(st.bad_items))]
+    _check_artifacts(store, st)
     rep.seconds = time.time() - t0
     return st
+
+
+def _check_artifacts(store: ContentStore, st: _CheckState) -> None:
+    """Weights copies in ``<cache>/artifacts/`` (what model runtimes load) must hash to the
+    sha256 their name carries: a changed copy would predict under the right signature."""
+    from ...sources.model_artifacts import artifact_problem
+
+    folder = store.root / "artifacts"
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        why = artifact_problem(path)
+        if why:
+            st.bad_artifacts.append(path)
+            st.report.problems.append(Finding("artifact_mismatch", f"artifacts/{path.name}",
+                                              why))
 
 
 DatasetResolver = Callable[[str], Any]
@@ -491,10 +512,13 @@ def _repair(store: ContentStore, st: _CheckState, resolver: DatasetResolver | No
             rep.unrepaired.append(f"raw item {key}: {why}")
         else:
             rep.repaired.append(f"removed raw item {key} ({why}; no card uses it any more)")
+    _repair_models(store, st, settings, rep)
     items_now = store.has([k for (k,) in index.query("SELECT key FROM refs")])
     for name, key in index.query("SELECT name, key FROM refs"):
         if key in items_now:
             continue
+        if name.startswith("model-record/"):
+            continue  # reported by _repair_models
         if name.startswith("manifest/") and resolver is not None:
             ds = name.rsplit("/", 1)[-1]
             try:
@@ -517,6 +541,76 @@ def _repair(store: ContentStore, st: _CheckState, resolver: DatasetResolver | No
     purged = purge_retired(store, grace)
     if purged:
         rep.repaired.append(f"deleted or quarantined {len(purged)} retired shard files")
+
+
+def _repair_models(store: ContentStore, st: _CheckState, settings: Any,
+                   rep: VerifyReport) -> None:
+    """Weights copies that fail their hash, and model records or weights a lost shard took.
+
+    A bad copy is rewritten from the stored weights (or removed, to be fetched again). A
+    ``model-record/<server>/<id>`` ref whose record or weights are gone is re-resolved
+    from that server (record and weights sha256-checked as on first use); offline, the
+    exact missing items are listed.
+    """
+    import dataclasses
+
+    from ...settings import Settings
+    from ...sources.model_artifacts import _write_atomic, artifact_problem, resolve_model
+
+    for path in st.bad_artifacts:
+        sha = path.name.split(".", 1)[0]
+        try:
+            if sha in store.has([sha]):
+                _write_atomic(path, store.get(sha))  # verified on read
+                rep.repaired.append(f"rewrote artifacts/{path.name} from the stored weights")
+            else:
+                path.unlink(missing_ok=True)
+                rep.repaired.append(f"removed artifacts/{path.name} (not the weights its "
+                                    "name promises; the next model load fetches them)")
+        except (OSError, PadAssetsError) as exc:
+            rep.unrepaired.append(f"artifacts/{path.name}: {type(exc).__name__}: {exc}")
+        if artifact_problem(path):
+            rep.unrepaired.append(f"artifacts/{path.name} still fails its hash")
+    base = settings or Settings.from_env(cache_dir=store.root)
+    for name, key in store.index.query(
+            "SELECT name, key FROM refs WHERE name LIKE 'model-record/%'"):
+        server, _, mid = name[len("model-record/"):].rpartition("/")
+        missing = _model_missing(store, key)
+        if not missing:
+            continue
+        if not mid.isdigit() or not server:
+            rep.unrepaired.append(f"ref {name}: {', '.join(missing)}; not a model ref "
+                                  "this version can resolve")
+            continue
+        here = dataclasses.replace(base, api_url=server, cache_dir=store.root)
+        try:
+            resolve_model(int(mid), settings=here, refresh=not here.offline, store=store)
+        except PadAssetsError as exc:
+            how = ("offline mode is on: run once online (or import a bundle holding them)"
+                   if here.offline else f"re-resolving it from {server} failed: {exc}")
+            rep.unrepaired.append(f"model {mid} of {server}: {', '.join(missing)}; {how}")
+            continue
+        left = _model_missing(store, store.index.ref(name) or key)
+        if left:
+            rep.unrepaired.append(f"model {mid} of {server}: still {', '.join(left)}")
+        else:
+            rep.repaired.append(f"re-resolved model {mid} from {server} ({', '.join(missing)}"
+                                "; record and weights sha256-checked)")
+
+
+def _model_missing(store: ContentStore, record_key: str) -> list[str]:
+    """What of a model record and its weights the cache lacks (empty: both present)."""
+    got = store.get_many([record_key], touch=False) if record_key in store.has(
+        [record_key]) else {}
+    if record_key not in got:
+        return [f"its record {record_key} is not cached"]
+    try:
+        sha = str(json.loads(got[record_key]).get("SHA256") or "").lower()
+    except (ValueError, AttributeError):
+        return [f"its record {record_key} is not valid JSON"]
+    if sha and sha not in store.has([sha]):
+        return [f"its weights {sha} are not cached"]
+    return []
 
 
 def _restore_raw(store: ContentStore, metas: dict[str, dict[str, Any]], settings: Any,
