@@ -195,15 +195,70 @@ class CachedDataset:
         window = max(batch_size, 64)
         for start in range(0, len(ids), window):
             part = ids[start:start + window]
-            chain = self.derived.ensure([raw[c] for c in part], preprocessing_pipeline)
+            chain = self._ensure_window(rows, part, raw, preprocessing_pipeline)
             keep = [j for j in range(len(part)) if j not in chain.failed]
             for b in range(0, len(keep), batch_size):
                 sel = keep[b:b + batch_size]
+                got = self._read_or_recompute(rows, part, sel, raw, chain,
+                                              preprocessing_pipeline)
+                sel = [j for j in sel if chain.preprocessed[j] in got]
+                if not sel:
+                    continue
                 keys = [chain.preprocessed[j] for j in sel]
-                got = self.store.get_many(keys)  # type: ignore[arg-type]
                 yield PreprocessedBatch(np.stack([np.asarray(got[k]) for k in keys]),
                                         [part[j] for j in sel], keys,  # type: ignore[misc]
                                         [chain.truncated[j] for j in sel])
+
+    #: How often a window is recomputed when a concurrent ``gc`` evicts what it just
+    #: resolved (each round re-fetches or recomputes only what vanished).
+    _GC_RACE_ROUNDS = 3
+
+    def _restore_raw(self, rows: pd.DataFrame, card_ids: list[int],
+                     raw: dict[int, str]) -> None:
+        """Download again the cards whose raw image vanished (a concurrent gc evicted it)."""
+        gone = [c for c in card_ids if raw.get(c) not in self.store.has([raw[c]])]
+        if gone:
+            self.raw.sync(self.name, rows[rows["card_id"].isin(gone)], progress=False)
+            raw.update(self.raw.raw_keys(self.name, gone))
+
+    def _ensure_window(self, rows: pd.DataFrame, part: list[int], raw: dict[int, str],
+                       pipeline: PreprocessingPipeline) -> Any:
+        """``derived.ensure`` for a window; a raw image evicted since it was looked up is
+        fetched again instead of the card being dropped silently."""
+        chain = self.derived.ensure([raw[c] for c in part], pipeline)
+        for _round in range(self._GC_RACE_ROUNDS):
+            lost = [part[j] for j in chain.failed
+                    if raw[part[j]] not in self.store.has([raw[part[j]]])]
+            if not lost:
+                break
+            self._restore_raw(rows, lost, raw)
+            chain = self.derived.ensure([raw[c] for c in part], pipeline)
+        return chain
+
+    def _read_or_recompute(self, rows: pd.DataFrame, part: list[int], sel: list[int],
+                           raw: dict[int, str], chain: Any,
+                           pipeline: PreprocessingPipeline) -> dict[str, Any]:
+        """The payloads of ``sel``; what a concurrent gc evicted between resolving and
+        reading is recomputed (re-fetching its raw image first if that went too), so a
+        reader never sees an item vanish mid-iteration."""
+        keys = [chain.preprocessed[j] for j in sel]
+        got = self.store.get_many(keys)
+        for _round in range(self._GC_RACE_ROUNDS):
+            missing = [j for j in sel if chain.preprocessed[j] not in got]
+            if not missing:
+                break
+            cards = [part[j] for j in missing]
+            self._restore_raw(rows, cards, raw)
+            redo = self.derived.ensure([raw[c] for c in cards], pipeline)
+            for n, j in enumerate(missing):
+                if n in redo.failed:
+                    chain.failed[j] = redo.failed[n]
+                    continue
+                chain.preprocessed[j] = redo.preprocessed[n]
+                chain.truncated[j] = redo.truncated[n]
+            got.update(self.store.get_many([chain.preprocessed[j] for j in missing
+                                            if j not in chain.failed]))
+        return got
 
     # ---- predictions -------------------------------------------------------------------
     def apply_model(self, model_adapter: ModelAdapter,

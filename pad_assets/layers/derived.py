@@ -141,8 +141,13 @@ class DerivedLayers:
         new_items: list[NewItem] = []
         have_pre = [i for i in chunk if pre_keys[i] in entries and not recompute]
         need_pre = [i for i in chunk if i not in set(have_pre)]
+        gone: list[int] = []
         if have_pre:
             loaded = self.store.get_many([pre_keys[i] for i in have_pre])
+            # evicted by a concurrent gc since ``entries`` was read: recompute them
+            gone = [i for i in have_pre if pre_keys[i] not in loaded]
+            have_pre = [i for i in have_pre if pre_keys[i] in loaded]
+            need_pre += gone
             for i in have_pre:
                 arrays[i] = np.asarray(loaded[pre_keys[i]])
                 result.truncated[i] = bool(entries[pre_keys[i]]["meta"].get("truncated", False))
@@ -184,7 +189,7 @@ class DerivedLayers:
                 arrays[i] = arr
                 result.truncated[i] = truncated
                 result.computed_preprocessed += 1
-                if pre_keys[i] not in entries:
+                if pre_keys[i] not in entries or i in gone:
                     new_items.append(NewItem(pre_keys[i], "preprocessed", arr, stamp(
                         raw_key=raw_keys[i], pipeline=desc, truncated=truncated,
                         shape=list(arr.shape), dtype=arr.dtype.str)))
