@@ -51,8 +51,10 @@ OVERLAP_B = list(range(61006, 61018))  # shares 61006..61011 with A
 COMPARE = ["card_id", "split", "actual", "prediction", "probability", "energy", "status",
            "detail", "truncated", "raw_key", "preprocessed_key", "tensor_key",
            "prediction_key", "model_signature"]
-TRIALS = {"download": 7, "preprocess": 7, "predict": 6}
+TRIALS = {"download": 7, "preprocess": 7, "predict": 6, "gc": 6}
 SEED = 20240611
+#: gc trials evict down to this size (the full cache of the 12 cards is ~20 MB).
+GC_MAX_SIZE = 9_000_000
 
 # One worker for every phase. Small write batches give several shards per phase, i.e.
 # more places for a kill to land; the interpreter is built before READY so the kill
@@ -70,6 +72,22 @@ WORKER = textwrap.dedent("""
     from pad_assets.settings import Settings
     from pad_assets.preprocessing.nn import PADNeuralNetworkPipeline
     from pad_assets.models.tflite import PADTensorFlowAdapter
+    import os
+    after = os.environ.get("PAD_TEST_ENOSPC_AFTER")
+    if after is not None:  # a full disk where the test cannot mount one: ENOSPC at the
+        import errno       # shard write layer after this many shard writes
+        import pad_assets.store.shards as shard_io
+        real, writes = shard_io._write_bytes, [0]
+        def _write(fd, data):
+            if writes[0] >= int(after):
+                raise OSError(errno.ENOSPC, "No space left on device (injected)")
+            return real(fd, data)
+        real_ws = shard_io.write_shard
+        def _write_shard(*a, **k):
+            out = real_ws(*a, **k)
+            writes[0] += 1
+            return out
+        shard_io._write_bytes, shard_io.write_shard = _write, _write_shard
     start_at = float(sys.argv[8]) if len(sys.argv) > 8 else 0.0
     s = Settings(cache_dir=cache, api_url=api, registry_url=registry, download_workers=2,
                  http_retries=3)
@@ -91,6 +109,10 @@ WORKER = textwrap.dedent("""
     if phase in ("predict", "all"):
         df = ds.apply_model(model, batch_size=4)
         assert (df["status"] == "ok").all(), df[["card_id", "status", "detail"]]
+    if phase == "gc":
+        from pad_assets.ops.maintenance import gc
+        print(gc(ds.store, max_size=int(os.environ["PAD_TEST_GC_MAX"]), grace_seconds=0.2),
+              file=sys.stderr)
     ds.close()
     print("DONE", time.perf_counter() - t0, flush=True)
 """)
@@ -103,12 +125,13 @@ def _settings(emu: Emulator, cache: Path, **kw: Any) -> Settings:
 
 
 def _spawn(phase: str, cache: Path, emu: Emulator, dataset: str, model: Path,
-           start_at: float | None = None) -> subprocess.Popen[str]:
+           start_at: float | None = None, **env_extra: str) -> subprocess.Popen[str]:
     argv = [sys.executable, "-c", WORKER, phase, str(cache), emu.base_url, emu.registry_url,
             dataset, str(model), json.dumps(TINY_DRUG_LABELS)]
     if start_at is not None:
         argv.append(repr(start_at))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PAD_OFFLINE": ""}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PAD_OFFLINE": "",
+           "PAD_TEST_GC_MAX": str(GC_MAX_SIZE), **env_extra}
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
 
@@ -132,9 +155,12 @@ def _shard_count(cache: Path) -> int:
     return len(list(base.glob("*/*.h5"))) if base.exists() else 0
 
 
-def assert_store_consistent(cache: Path, datasets: tuple[str, ...] = (DATASET,)
-                            ) -> dict[str, int]:
+def assert_store_consistent(cache: Path, datasets: tuple[str, ...] = (DATASET,),
+                            parents: bool = True) -> dict[str, int]:
     """Every indexed item verifies and matches its key; no orphans; counts per layer.
+
+    ``parents=False`` after a gc: LRU eviction may drop a raw image and keep what was
+    derived from it (that is a cache, not damage; the card is marked ``evicted``).
 
     Checked twice: as the kill left it (no recovery) and after the recovery every
     ``ContentStore`` runs on open (indexing renamed-but-unindexed shards).
@@ -161,7 +187,8 @@ def assert_store_consistent(cache: Path, datasets: tuple[str, ...] = (DATASET,)
                     assert check_link(layer, key, meta) == "ok", (layer, key)
                     parent = {"preprocessed": "raw_key", "tensor": "preprocessed_key",
                               "prediction": "tensor_key"}[layer]
-                    assert meta[parent] in keys, f"{layer} {key} has no parent {meta[parent]}"
+                    assert meta[parent] in keys or not parents, (
+                        f"{layer} {key} has no parent {meta[parent]}")
             for ds in datasets:
                 for cid, card in store.cards(ds).items():
                     if card["status"] == "ok":
@@ -213,7 +240,19 @@ def reference(emu: Emulator, model: PADTensorFlowAdapter,
     assert not ds.download_and_cache().failed
     ds.close()
     out["template_raw"] = template
+    full = base / "template_full"  # every layer, in the small shards of the worker
+    shutil.copytree(template, full)
+    proc = _spawn("all", full, emu, DATASET, model.weights_path)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    out["template_full"] = full
     return out
+
+
+def _template(phase: str, reference: dict[str, Any]) -> Path | None:
+    """The cache a phase starts from (None: empty)."""
+    return {"download": None, "gc": reference["template_full"]}.get(
+        phase, reference["template_raw"])
 
 
 # ---------------------------------------------------------------------------- SIGKILL
@@ -221,8 +260,8 @@ def _calibrate(phase: str, emu: Emulator, tiny: Path, reference: dict[str, Any],
                tmp: Path) -> tuple[float, int]:
     """Duration of an uninterrupted phase and the shards it writes (for kill points)."""
     cache = tmp / f"calibrate_{phase}"
-    if phase != "download":
-        shutil.copytree(reference["template_raw"], cache)
+    if _template(phase, reference) is not None:
+        shutil.copytree(_template(phase, reference), cache)
     before = _shard_count(cache)
     proc = _spawn(phase, cache, emu, DATASET, tiny)
     out, err = proc.communicate(timeout=120)
@@ -237,20 +276,23 @@ def test_sigkill_at_random_points_leaves_a_consistent_store_and_rerun_is_identic
         reference: dict[str, Any], tmp_path: Path) -> None:
     rng = random.Random(f"{SEED}-{phase}")
     duration, shards = _calibrate(phase, emu, tiny_tflite_path, reference, tmp_path)
-    assert shards >= 3, f"{phase} wrote {shards} shards: too few places to kill"
+    if phase == "gc":  # gc removes shards as it writes new ones: kill at random instants
+        assert duration > 0.2, f"gc took {duration:.2f} s: too short to kill inside"
+    else:
+        assert shards >= 3, f"{phase} wrote {shards} shards: too few places to kill"
     killed, partial_states = 0, set()
     attempts = 0
     while killed < TRIALS[phase]:
         attempts += 1
         assert attempts <= 3 * TRIALS[phase], "the worker kept finishing before the kill"
         cache = tmp_path / f"trial{attempts}"
-        if phase != "download":
-            shutil.copytree(reference["template_raw"], cache)
+        if _template(phase, reference) is not None:
+            shutil.copytree(_template(phase, reference), cache)
         base_shards = _shard_count(cache)
         proc = _spawn(phase, cache, emu, DATASET, tiny_tflite_path)
         try:
             _wait_ready(proc)
-            if attempts % 2:  # a random instant of the phase
+            if attempts % 2 or phase == "gc":  # a random instant of the phase
                 time.sleep(rng.uniform(0.0, 0.85 * duration))
             else:  # just after the n-th shard of the phase appears (+ a few ms: mid-write)
                 n = rng.randint(1, max(1, shards - 1))
@@ -268,7 +310,7 @@ def test_sigkill_at_random_points_leaves_a_consistent_store_and_rerun_is_identic
         if proc.returncode != -signal.SIGKILL:
             continue  # finished before the kill: not a trial
         killed += 1
-        counts = assert_store_consistent(cache)
+        counts = assert_store_consistent(cache, parents=phase != "gc")
         partial_states.add(tuple(sorted(counts.items())))
         ds = CachedDataset(DATASET, settings=_settings(emu, cache), progress=False)
         try:
@@ -279,6 +321,83 @@ def test_sigkill_at_random_points_leaves_a_consistent_store_and_rerun_is_identic
         assert_store_consistent(cache)
     # The kills landed at different stages, not all before (or after) the work.
     assert len(partial_states) >= 2, partial_states
+
+
+# ---------------------------------------------------------------------------- ENOSPC
+def _mount_tmpfs(path: Path, size_mb: int) -> bool:
+    """A size-limited tmpfs at ``path`` (root with ``mount`` only; False otherwise)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs",
+                           str(path)], capture_output=True).returncode == 0
+
+
+def _fill(folder: Path, leave: int) -> Path:
+    """Take the folder's disk down to about ``leave`` free bytes."""
+    filler = folder / "filler"
+    with open(filler, "wb") as fh:
+        while shutil.disk_usage(folder).free > leave + 65536:
+            try:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+            except OSError:
+                break
+    return filler
+
+
+#: Free bytes each phase finds: room for some of its shards, not all.
+ENOSPC_LEAVE = {"download": 6_000_000, "preprocess": 3_500_000, "predict": 900_000,
+                "gc": 300_000}
+
+
+@pytest.mark.parametrize("phase,inject", [*((p, False) for p in ENOSPC_LEAVE),
+                                          ("preprocess", True)],
+                         ids=[*ENOSPC_LEAVE, "preprocess_injected"])
+def test_a_full_disk_gives_a_clear_error_a_consistent_store_and_identical_reruns(
+        phase: str, inject: bool, emu: Emulator, model: PADTensorFlowAdapter,
+        tiny_tflite_path: Path, reference: dict[str, Any], tmp_path: Path) -> None:
+    """ENOSPC on a real 64 MB tmpfs filled to leave a few MB (where this machine lets the
+    test mount), else (and in the ``_injected`` case) an ``OSError(ENOSPC)`` injected at
+    the shard write layer after the first shard."""
+    mnt = tmp_path / "disk"
+    mounted = not inject and _mount_tmpfs(mnt, 64)
+    try:
+        cache = mnt / "cache"
+        template = _template(phase, reference)
+        if template is not None:
+            shutil.copytree(template, cache)
+        extra: dict[str, str] = {}
+        filler = None
+        if mounted:
+            filler = _fill(mnt, ENOSPC_LEAVE[phase])
+        else:  # no mount here: ENOSPC injected at the shard write layer
+            extra["PAD_TEST_ENOSPC_AFTER"] = "1"
+        proc = _spawn(phase, cache, emu, DATASET, tiny_tflite_path, **extra)
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode in (0, 1), f"{phase}: killed by signal {-proc.returncode}"
+        assert "Segmentation" not in err
+        if phase == "gc":  # gc is what frees a full disk: it must succeed there
+            assert proc.returncode == 0, err[-3000:]
+            assert "skipped" not in err or "evicted with them" in err, err[-3000:]
+        else:
+            assert proc.returncode == 1 and "CacheFullError" in err, err[-3000:]
+            last = err.strip().splitlines()[-1]
+            assert str(cache) in last and "gc" in last, last
+        assert not list((cache / "tmp").glob("*.partial")), "a failed write left a .partial"
+        if filler is not None:
+            filler.unlink()
+        assert_store_consistent(cache, parents=phase != "gc")  # includes `cache verify`
+        ds = CachedDataset(DATASET, settings=_settings(emu, cache), progress=False)
+        try:
+            rerun = _frame(ds.apply_model(model))
+        finally:
+            ds.close()
+        pd.testing.assert_frame_equal(rerun, reference[DATASET], check_exact=True)
+        assert_store_consistent(cache)
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 # ---------------------------------------------------------------------------- concurrency

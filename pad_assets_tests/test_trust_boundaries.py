@@ -13,7 +13,6 @@ import csv
 import errno
 import hashlib
 import io
-import json
 import os
 import shutil
 import socket
@@ -24,7 +23,6 @@ import sys
 import textwrap
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,9 +32,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pad_assets import errors as E
 from pad_assets.dataset import CachedDataset
 from pad_assets.emulator import DatasetSpec, Emulator, ModelArtifact
-from pad_assets import errors as E
 from pad_assets.errors import (
     CacheCorruptionError,
     FetchError,
@@ -476,7 +474,7 @@ def test_registry_text_is_escaped_in_audit_and_comparison_csvs(tmp_path: Path,
         ds.close()
     seen = []
     for f in files:
-        for row in csv.reader(open(f, encoding="utf-8")):
+        for row in csv.reader(io.StringIO(f.read_text(encoding="utf-8"))):
             for cell in row:
                 assert not cell.startswith(("=", "+", "@")), (f.name, cell)
                 seen += [cell] if "HYPERLINK" in cell or "cmd" in cell else []
