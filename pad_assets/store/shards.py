@@ -104,9 +104,10 @@ def _shard_image(name: str, blobs: Iterable[BlobPayload], records: list[dict[str
 
 def _full(root: Path, needed: int, free: int | None, cause: str = "") -> CacheFullError:
     have = f"{free / 1e6:.1f} MB free" if free is not None else "the disk is full"
+    detail = f"no space for a {needed / 1e6:.1f} MB shard ({have}{cause})"
     return CacheFullError(
-        f"cache {root}: no space for a {needed / 1e6:.1f} MB shard ({have}{cause}); nothing "
-        "was written. Free space, or run `pad-assets cache gc --max-size SIZE`")
+        f"cache {root}: {detail}; nothing was written. Free space, or run "
+        "`pad-assets cache gc --max-size SIZE`", detail)
 
 
 def write_shard(

@@ -115,7 +115,7 @@ class ContentStore:
                                                   [_blob_row(b) for b in new_blobs],
                                                   reused=[b for b in blobs if b in existing])
             except CacheFullError as exc:
-                raise self.full_error(str(exc)) from exc
+                raise self.full_error(exc.detail) from exc
             except sqlite3.OperationalError as exc:
                 if "full" not in str(exc):
                     raise
@@ -142,11 +142,12 @@ class ContentStore:
         with contextlib.suppress(OSError):
             free = shutil.disk_usage(self.root).free
         where = f"{free / 1e6:.1f} MB free on its disk" if free is not None else "disk full"
+        freeable = f"frees {dead / 1e6:.1f} MB of payloads no item uses right away"
         return CacheFullError(
             f"cache {self.root} is full ({size / 1e6:.1f} MB of shards, {where}): {what}. "
-            f"`pad-assets cache gc` frees {dead / 1e6:.1f} MB of payloads no item uses "
-            "right away, and `pad-assets cache gc --max-size SIZE` evicts least-recently-"
-            "used items down to SIZE (it works on a full disk). Nothing was half-written.")
+            f"`pad-assets cache gc` {freeable}, and `pad-assets cache gc --max-size SIZE` "
+            "evicts least-recently-used items down to SIZE (it works on a full disk). "
+            "Nothing was half-written.")
 
     # ---- reading -----------------------------------------------------------------------
     def has(self, keys: Sequence[str]) -> set[str]:
