@@ -152,7 +152,8 @@ def test_falls_back_to_tf_lite_without_litert(
     assert info.name == "tensorflow-lite" and info.version
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter announces its deprecation
-        runner = runtime_mod.TFLiteRunner(tiny_tflite_path, "fallback-test")
+        # the runner loads only weights that hash to the sha256 it is given
+        runner = runtime_mod.TFLiteRunner(tiny_tflite_path, tflite_mod.file_sha256(tiny_tflite_path))
         out = runner.run(tiny_nn_batch.astype(np.float32))
     assert runner.runtime == info
     np.testing.assert_allclose(out, tiny_reference_logits(tiny_nn_batch), rtol=1e-5, atol=1e-4)
