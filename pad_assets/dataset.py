@@ -30,8 +30,10 @@ from .models.base import STATUS_FAILED, ModelAdapter
 from .preprocessing.base import PreprocessingPipeline
 from .settings import Settings
 from .sources.http import HttpClient
+from .sources.listing import list_datasets as _list_datasets
+from .sources.listing import registry_identity
 from .sources.pad_api import PadApiClient, http_client_for
-from .sources.registry import Manifest, RegistryClient
+from .sources.registry import Manifest, RegistryClient, leakage_of
 from .sources.urls import card_id_of, validate_name
 from .store import ContentStore, NewItem
 
@@ -40,7 +42,11 @@ if TYPE_CHECKING:
 
 
 def manifest_ref(settings: Settings, dataset: str) -> str:
-    return f"manifest/{settings.registry_url}/{dataset}"
+    """The cache ref of a dataset's manifest: registry identity (no port) + dataset name."""
+    return f"manifest/{registry_identity(settings)}/{dataset}"
+
+
+Split = str | Sequence[str] | None
 
 
 @dataclass
@@ -99,29 +105,67 @@ class CachedDataset:
 
     # ---- manifest and raw layer --------------------------------------------------------
     def manifest(self, refresh: bool = False) -> Manifest:
-        """The dataset's manifest: cached copy, or fetched from the registry when absent."""
+        """The dataset's manifest: cached copy, or fetched from the registry when absent.
+
+        Cached under the registry's identity (no port), so an emulator on a new port or a
+        mirror finds it. Offline, when this registry has none cached, the newest cached
+        manifest of a dataset of this name is served (with a warning naming its registry).
+        """
         if self._manifest is not None and not refresh:
             return self._manifest
         ref = manifest_ref(self.settings, self.name)
         key = self.store.ref(ref)
-        if key and not refresh:
+        if key and (not refresh or self.settings.offline):
             self._manifest = Manifest.from_json_bytes(self.store.get(key))
             return self._manifest
         if self.settings.offline:
-            if key:
-                self._manifest = Manifest.from_json_bytes(self.store.get(key))
-                return self._manifest
-            raise OfflineError(f"dataset {self.name}",
-                               [f"manifest {self.settings.registry_url}/{self.name}"])
+            other = self._newest_cached_manifest_ref()
+            if other is None:
+                raise OfflineError(f"dataset {self.name}",
+                                   [f"manifest {self.settings.registry_url}/{self.name}"])
+            self._manifest = Manifest.from_json_bytes(self.store.get(other[1]))
+            self._manifest.warnings.append(
+                f"offline: served the cached manifest of {other[0]!r}; the configured "
+                f"registry {self.settings.registry_url} has none cached")
+            return self._manifest
         manifest = RegistryClient(self.settings, self._http).load(self.name)
         data = manifest.to_json_bytes()
         mkey = sha256_bytes(data)
         self.store.put([NewItem(mkey, "manifest", data, {
             "dataset": self.name, "fetched_at": time.time(), "source": manifest.source,
-            "rows": len(manifest.rows), "warnings": manifest.warnings, "files": manifest.files,
+            "rows": len(manifest.rows), "cards": len(manifest.card_ids),
+            "splits": manifest.split_counts, "leakage": manifest.leakage["count"],
+            "warnings": manifest.warnings, "files": manifest.files,
         })], refs=[(ref, mkey)])
         self._manifest = manifest
         return manifest
+
+    def _newest_cached_manifest_ref(self) -> tuple[str, str] | None:
+        rows = self.store.index.query(
+            "SELECT name, key FROM refs WHERE name LIKE 'manifest/%' AND name LIKE ? "
+            "ORDER BY updated DESC", ("%/" + self.name,))
+        for name, key in rows:
+            if name.rsplit("/", 1)[-1] == self.name and self.store.has([key]):
+                return name, key
+        return None
+
+    @classmethod
+    def list_datasets(cls, cache_dir: str | Path | None = None, *, offline: bool | None = None,
+                      registry_url: str | None = None, refresh: bool = True,
+                      settings: Settings | None = None) -> pd.DataFrame:
+        """Datasets of the registry (its folders, or its catalog for a URL registry).
+
+        Columns: name, version, license, records, description, source. Offline, the last
+        cached listing is served; a local folder registry is always read directly.
+        """
+        if settings is None:
+            settings = Settings.from_env(cache_dir=cache_dir, offline=offline,
+                                         registry_url=registry_url)
+        store = ContentStore(settings.cache_dir)
+        try:
+            return _list_datasets(settings, http_client_for(settings), store, refresh=refresh)
+        finally:
+            store.close()
 
     def download_and_cache(self, force_refresh: bool = False,
                            card_ids: Sequence[int] | None = None,
@@ -130,19 +174,18 @@ class CachedDataset:
 
         Incremental: cached cards are skipped (``force_refresh`` re-downloads them).
         Offline: no network call; anything missing is listed in one ``OfflineError``.
-        ``card_ids`` limits the work to those cards (Dagster partitions use this).
+        ``card_ids`` limits the work to those cards (Dagster partitions use this). A card
+        published in several rows or splits is downloaded once.
         """
         manifest = self.manifest(refresh=refresh_manifest and not self.settings.offline)
-        rows = self._select(manifest.rows, None, card_ids)
+        rows = _unique_cards(self._select(manifest.rows, None, card_ids))
         summary = self.raw.sync(self.name, rows, force_refresh, self.progress)
         summary.warnings = list(manifest.warnings) + summary.warnings
         return summary
 
-    def cards(self, split: str | None = None) -> pd.DataFrame:
-        """Manifest rows with each card's raw key and cache status."""
-        rows = self.manifest().rows
-        if split is not None:
-            rows = rows[rows["split"] == split]
+    def cards(self, split: Split = None) -> pd.DataFrame:
+        """Published manifest rows with each card's raw key and cache status."""
+        rows = self._select(self.manifest().rows, split, None)
         status = self.store.cards(self.name)
         rows = rows.copy()
         rows["raw_key"] = [status.get(int(c), {}).get("raw_key") for c in rows["card_id"]]
@@ -152,12 +195,24 @@ class CachedDataset:
                                 for c in rows["card_id"]]
         return rows.reset_index(drop=True)
 
-    def _select(self, rows: pd.DataFrame, split: str | None,
+    def leakage(self, split: Split = None) -> dict[str, Any]:
+        """Cards published in more than one of the selected splits (count, ids, pairs)."""
+        return leakage_of(self._select(self.manifest().rows, split, None))
+
+    def _select(self, rows: pd.DataFrame, split: Split,
                 card_ids: Sequence[int] | None) -> pd.DataFrame:
+        """Published rows of ``split`` (a name or a list of names), in published order;
+        with ``card_ids``, every row of those cards in the order of ``card_ids``."""
         if split is not None:
-            rows = rows[rows["split"] == split]
+            names = [split] if isinstance(split, str) else list(split)
+            known = list(dict.fromkeys(str(s) for s in rows["split"]))
+            bad = [s for s in names if s not in known]
+            if bad or not names:
+                raise InvalidInputError(
+                    f"split {split!r} of {self.name!r}: expected one or more of {known}")
+            rows = rows[rows["split"].isin(names)]
         if card_ids is not None:
-            wanted = [card_id_of(c) for c in card_ids]
+            wanted = list(dict.fromkeys(card_id_of(c) for c in card_ids))
             unknown = sorted(set(wanted) - set(int(c) for c in rows["card_id"]))
             if unknown:
                 raise InvalidInputError(
@@ -168,12 +223,12 @@ class CachedDataset:
             rows = rows.iloc[np.argsort([order[int(c)] for c in rows["card_id"]], kind="stable")]
         return rows.reset_index(drop=True)
 
-    def _rows_with_raw(self, split: str | None = None, card_ids: Sequence[int] | None = None
+    def _rows_with_raw(self, split: Split = None, card_ids: Sequence[int] | None = None
                        ) -> tuple[pd.DataFrame, dict[int, str]]:
         """Manifest rows and their raw keys, downloading what is missing first."""
         rows = self._select(self.manifest().rows, split, card_ids)
         raw = self.raw.raw_keys(self.name, rows["card_id"])
-        missing = rows[~rows["card_id"].isin(list(raw))]
+        missing = _unique_cards(rows[~rows["card_id"].isin(list(raw))])
         if len(missing):
             self.raw.sync(self.name, missing, progress=self.progress)
             raw = self.raw.raw_keys(self.name, rows["card_id"])
@@ -181,17 +236,18 @@ class CachedDataset:
 
     # ---- preprocessed layer ------------------------------------------------------------
     def get_preprocessed_batch(self, preprocessing_pipeline: PreprocessingPipeline,
-                               batch_size: int = 32, split: str | None = None,
+                               batch_size: int = 32, split: Split = None,
                                ) -> Iterator[PreprocessedBatch]:
         """Stream preprocessed arrays in manifest order, ``batch_size`` cards at a time.
 
+        Each card once (its first published row), whatever the number of rows listing it.
         Computes only what is missing; peak memory is a few batches whatever the dataset
         size. Cards whose image could not be fetched are skipped (``cards()`` says why).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size {batch_size}: expected a positive integer")
         rows, raw = self._rows_with_raw(split)
-        ids = [int(c) for c in rows["card_id"] if int(c) in raw]
+        ids = [int(c) for c in _unique_cards(rows)["card_id"] if int(c) in raw]
         window = max(batch_size, 64)
         for start in range(0, len(ids), window):
             part = ids[start:start + window]
@@ -263,15 +319,17 @@ class CachedDataset:
     # ---- predictions -------------------------------------------------------------------
     def apply_model(self, model_adapter: ModelAdapter,
                     preprocessing: PreprocessingPipeline | None = None, use_cache: bool = True,
-                    batch_size: int = 32, split: str | None = None,
+                    batch_size: int = 32, split: Split = None,
                     card_ids: Sequence[int] | None = None) -> pd.DataFrame:
-        """Predictions for every card, from the deepest cached layer down.
+        """Predictions for every published row of the selected split(s).
 
-        Returns one row per manifest card: ids, split, actual label, prediction,
-        probability, energy, status (``ok``, ``unknown_drug``, ``failed``: never a magic
-        number), truncated flag, and the key of every layer (the lineage chain).
-        ``use_cache=False`` recomputes preprocessing, tensors and predictions from the raw
-        images; it adds missing items but replaces nothing already cached.
+        Returns one row per published manifest row (a card listed twice is two rows, a
+        card in ``dev`` and ``test`` is in both): ids, split, position, actual label,
+        prediction, probability, energy, status (``ok``, ``unknown_drug``, ``failed``:
+        never a magic number), truncated flag, and the key of every layer (the lineage
+        chain). The work is done once per card and per-card context. ``split`` is a
+        split name or a list of them. ``use_cache=False`` recomputes preprocessing, tensors
+        and predictions from the raw images; it adds missing items but replaces nothing.
 
         Images not cached yet are downloaded chunk by chunk inside the prediction pipeline,
         while the model runs on the previous chunk, so a cold call needs no
@@ -282,10 +340,23 @@ class CachedDataset:
         rows = self._select(self.manifest().rows, split, card_ids)
         # the name audit, lineage and stats show for this signature: the latest one used
         record_name(self.store, model_adapter.get_cache_signature(), model_adapter.name)
-        raw = self.raw.raw_keys(self.name, rows["card_id"])
-        missing = rows[~rows["card_id"].isin(list(raw))]
-        cards = rows.to_dict("records")
-        contexts = [model_adapter.prediction_context(c) for c in cards]
+        all_rows = rows.to_dict("records")
+        # One unit of work per (card, context): a card listed twice is predicted once.
+        contexts_all = [model_adapter.prediction_context(c) for c in all_rows]
+        unit_of: list[int] = []
+        units: dict[tuple[int, str], int] = {}
+        cards: list[dict[str, Any]] = []
+        contexts: list[dict[str, Any]] = []
+        for r, ctx in zip(all_rows, contexts_all, strict=True):
+            k = (int(r["card_id"]), json.dumps(ctx, sort_keys=True, default=str))
+            if k not in units:
+                units[k] = len(cards)
+                cards.append(r)
+                contexts.append(ctx)
+            unit_of.append(units[k])
+        unique = _unique_cards(rows)
+        raw = self.raw.raw_keys(self.name, unique["card_id"])
+        missing = unique[~unique["card_id"].isin(list(raw))]
         # Cards whose image gc evicted keep their raw key: their cached predictions are
         # served from keys alone, and only cards without one need the image again.
         gone = self.raw.evicted_raw_keys(self.name, missing["card_id"]) if use_cache else {}
@@ -303,7 +374,7 @@ class CachedDataset:
         def fetch(positions: list[int]) -> dict[int, str | None]:
             """Download these cards now (inside the prediction pipeline), return raw keys."""
             ids = [int(cards[i]["card_id"]) for i in positions]
-            self.raw.sync(self.name, rows.iloc[positions])
+            self.raw.sync(self.name, _unique_cards(pd.DataFrame([cards[i] for i in positions])))
             got = self.raw.raw_keys(self.name, ids)
             return {i: got.get(c) for i, c in zip(positions, ids, strict=True)}
 
@@ -315,21 +386,21 @@ class CachedDataset:
                                              contexts, model_adapter, pipeline, batch_size,
                                              use_cache, on_progress=bar.update, fetch=fetch,
                                              evicted=evicted)
-        by_id = {int(c["card_id"]): p for c, p in zip(cards, preds, strict=True)
-                 if p is not None}
         status = self.store.cards(self.name)
-        return self._results_frame(cards, by_id, status, model_adapter, pipeline)
+        return self._results_frame(all_rows, [preds[u] for u in unit_of], status,
+                                   model_adapter, pipeline)
 
-    def _results_frame(self, cards: Sequence[dict[str, Any]], by_id: dict[int, CardPrediction],
+    def _results_frame(self, cards: Sequence[dict[str, Any]],
+                       preds: Sequence[CardPrediction | None],
                        status: dict[int, dict[str, Any]], model: ModelAdapter,
                        pipeline: PreprocessingPipeline) -> pd.DataFrame:
         signature = model.get_cache_signature()
         out = []
-        for c in cards:
+        for c, p in zip(cards, preds, strict=True):
             cid = int(c["card_id"])
-            p = by_id.get(cid)
             row = {
-                "card_id": cid, "split": c.get("split"), "drug": c.get("drug"),
+                "card_id": cid, "split": c.get("split"), "position": c.get("position"),
+                "drug": c.get("drug"),
                 "quantity": c.get("quantity"), "actual": model.actual_label(c),
                 "model": model.name, "pipeline": pipeline.name,
             }
@@ -352,9 +423,13 @@ class CachedDataset:
         return pd.DataFrame(out)
 
     def compare_models(self, model_adapters_list: Sequence[ModelAdapter],
-                       output_dir: str | Path | None = None, split: str | None = None,
+                       output_dir: str | Path | None = None, split: Split = None,
                        n_bootstrap: int = 2000, seed: int = 0) -> ComparisonReport:
-        """Score every model on the identical set of cards and write a report."""
+        """Score every model on the identical set of published rows and write a report.
+
+        One scored item per published row of the selected split(s); cards published in
+        more than one of them are reported as leakage (count and ids).
+        """
         from .comparison import compare_results
 
         names = [m.name for m in model_adapters_list]
@@ -363,7 +438,8 @@ class CachedDataset:
             raise InvalidInputError(f"two models are named {dupes}: give each adapter a unique "
                                     "name (name=...) so its results are not overwritten")
         results = {m.name: self.apply_model(m, split=split) for m in model_adapters_list}
-        report = compare_results(results, dataset=self.name, n_bootstrap=n_bootstrap, seed=seed)
+        report = compare_results(results, dataset=self.name, n_bootstrap=n_bootstrap, seed=seed,
+                                 leakage=self.leakage(split))
         if output_dir is not None:
             report.write(Path(output_dir))
         return report
@@ -379,3 +455,8 @@ class CachedDataset:
     @staticmethod
     def to_json(obj: Any) -> str:
         return json.dumps(obj, indent=2, sort_keys=True, default=str)
+
+
+def _unique_cards(rows: pd.DataFrame) -> pd.DataFrame:
+    """The first published row of each card: the unit of download and preprocessing."""
+    return rows.drop_duplicates("card_id", keep="first").reset_index(drop=True)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InvalidInputError
+from .published import number_published_rows, restore_card_ids
 from .report import ComparisonReport, _file_stems
 from .scoring import (
     _ROUNDING_NOTE,
@@ -48,7 +49,8 @@ from .statistics import (
 
 def compare_results(results: dict[str, pd.DataFrame], dataset: str, n_bootstrap: int = 2000,
                     seed: int = 0,
-                    quantity_classes: Sequence[float] = QUANTITY_CLASSES) -> ComparisonReport:
+                    quantity_classes: Sequence[float] = QUANTITY_CLASSES,
+                    leakage: dict[str, Any] | None = None) -> ComparisonReport:
     """Score every model on the identical item set and compare them pairwise.
 
     ``results`` maps a model name to its ``CachedDataset.apply_model`` frame. An item is a
@@ -66,6 +68,8 @@ def compare_results(results: dict[str, pd.DataFrame], dataset: str, n_bootstrap:
     missing columns or repeating a card id, a model mixing label types, and when no card
     is scorable by every model.
     """
+    # One item per published row (``published.py``); ``leakage`` goes into the report.
+    results, published = number_published_rows(results)
     frames = _validated(results)
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) \
             or n_bootstrap < 0:
@@ -123,9 +127,11 @@ def compare_results(results: dict[str, pd.DataFrame], dataset: str, n_bootstrap:
         item_set_hash=item_set_hash(common), items=items, exclusions=exclusions,
         summary=summary, per_class=per_class, confusion=confusion, pairwise=pairwise,
         n_bootstrap=int(n_bootstrap), seed=seed, quantity_classes=classes,
-        warnings=warn, files=files,
+        warnings=warn, files=files, leakage=dict(leakage or {}),
         scores={m: (scored[m].y_true, scored[m].y_pred) for m in names},
     )
+    if published is not None:
+        restore_card_ids(report, published)
     return report
 
 

@@ -65,6 +65,8 @@ class ComparisonReport:
     #: for concentration models, labels for drug models): what the scatter plot draws.
     scores: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict,
                                                              repr=False)
+    #: Cards published in more than one compared split: ``{"count", "card_ids", ...}``.
+    leakage: dict[str, Any] = field(default_factory=dict)
     _figures: Figures | None = field(default=None, repr=False)
 
     @property
@@ -119,6 +121,8 @@ class ComparisonReport:
             })
             lines += [pw.to_string(index=False)]
         lines += ["", _ci_line(self.n_bootstrap, self.seed)]
+        if self.leakage:
+            lines.append(leakage_line(self.leakage))
         for w in self.warnings:
             lines.append(f"warning: {w}")
         return "\n".join(lines)
@@ -132,6 +136,7 @@ class ComparisonReport:
             f"- Item set hash: `{self.item_set_hash}` (sha256 of the canonical JSON of the "
             "sorted `[card_id, raw_key]` pairs; list in [items.csv](items.csv))",
             f"- Card ids: {_id_preview(self.card_ids)}",
+            *([f"- {leakage_line(self.leakage)}"] if self.leakage else []),
             f"- {_ci_line(self.n_bootstrap, self.seed)}",
             "",
         ]
@@ -193,6 +198,7 @@ class ComparisonReport:
             f"<li>Item set hash: <code>{e(self.item_set_hash)}</code> (sha256 of the "
             "canonical JSON of the sorted [card_id, raw_key] pairs)</li>",
             f"<li>Card ids: {e(_id_preview(self.card_ids))}</li>",
+            *([f"<li>{e(leakage_line(self.leakage))}</li>"] if self.leakage else []),
             f"<li>{e(_ci_line(self.n_bootstrap, self.seed))}</li></ul>",
         ]
         if self.warnings:
@@ -355,3 +361,10 @@ def _md_table(df: pd.DataFrame) -> str:
         lines.append("| " + " | ".join(_md_escape(_fmt_cell(v)) for v in row) + " |")
     return "\n".join(lines)
 
+
+def leakage_line(leak: dict[str, Any]) -> str:
+    """One line naming the cards published in more than one of the compared splits."""
+    ids = list(leak.get("card_ids") or [])
+    shown = ", ".join(map(str, ids[:20])) + (" ..." if len(ids) > 20 else "")
+    return (f"Leakage: {int(leak.get('count', 0))} card(s) published in more than one "
+            "compared split" + (f": {shown}" if ids else ""))

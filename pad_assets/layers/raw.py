@@ -1,6 +1,8 @@
 """Layer 1: original image bytes, downloaded once, verified, stored once per content.
 
-A card's raw key is the sha256 of its bytes. Before downloading, a card is matched by the
+A card's raw key is the sha256 of its bytes. A card the registry publishes without an md5
+(an API dump) is "unverified": its first download's sha256, kept in its card record, is the
+reference every later download of it is checked against. Before downloading, a card is matched by the
 manifest's md5 (or its normalised URL) against raw items any dataset already holds, so a
 card shared by two datasets is fetched and stored once. Each write batch is one shard plus
 the card memberships it proves, indexed in one transaction: a SIGKILL loses at most the
@@ -42,6 +44,8 @@ class DownloadSummary:
     reused: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     truncated: list[int] = field(default_factory=list)
+    #: Downloaded cards the registry gives no md5 for (checked against their first sha256).
+    unverified: list[int] = field(default_factory=list)
     bytes_downloaded: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
@@ -59,6 +63,9 @@ class DownloadSummary:
         if self.truncated:
             lines.append(f"  truncated PNGs (decoded with tolerance, flagged): "
                          f"{sorted(self.truncated)}")
+        if self.unverified:
+            lines.append(f"  unverified (no md5 published; first download's sha256 is the "
+                         f"reference): {len(self.unverified)} card(s)")
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -138,6 +145,8 @@ class RawLayer:
              progress: bool = False) -> DownloadSummary:
         """Make every row's image present in the cache; download only what is missing."""
         t0 = time.time()
+        # A card listed in several published rows is one image: work once per card.
+        rows = rows.drop_duplicates("card_id", keep="first")
         summary = DownloadSummary(dataset, total=len(rows))
         # Only these rows' records: apply_model syncs a large dataset chunk by chunk.
         existing = self.store.cards(dataset, [int(c) for c in rows["card_id"]])
@@ -158,6 +167,10 @@ class RawLayer:
                     reuse.append(CardRecord(dataset, cid, by_md5[md5], "ok", "shared content"))
                     summary.reused.append(cid)
                     continue
+            if not md5 and cur and cur.get("raw_key"):
+                # No md5 published: the first download's sha256 is the reference.
+                row = {**row, "sha256_reference": cur["raw_key"],
+                       "reference_ok": cur["status"] == "ok"}
             todo.append(row)
         if reuse:
             self.store.put(cards=reuse)
@@ -183,8 +196,14 @@ class RawLayer:
         if want and got_md5 != want:
             raise ValueError(f"md5 mismatch for {url}: manifest says {want}, downloaded bytes "
                              f"have {got_md5}; not cached")
+        sha = sha256_bytes(data)
+        ref = row.get("sha256_reference")
+        if not want and ref and sha != ref:
+            raise ValueError(f"sha256 mismatch for {url}: the registry publishes no md5 for card "
+                             f"{row['card_id']}, and its first download had sha256 {ref}; these "
+                             f"bytes have {sha}; not cached")
         truncated = check_image(data, source=f"card {row['card_id']} ({url})")
-        return data, url, truncated, got_md5, sha256_bytes(data)
+        return data, url, truncated, got_md5, sha
 
     def _download(self, dataset: str, todo: list[dict[str, Any]], summary: DownloadSummary,
                   progress: bool) -> None:
@@ -212,10 +231,18 @@ class RawLayer:
                         raise result
                     reason = str(result)
                     summary.failed[cid] = reason
-                    pending_cards.append(CardRecord(dataset, cid, None, "failed", reason))
+                    if row.get("sha256_reference") and row.get("reference_ok"):
+                        continue  # the verified first download stays; the reference too
+                    pending_cards.append(CardRecord(dataset, cid, row.get("sha256_reference"),
+                                                    "failed", reason))
                     continue
                 data, url, truncated, md5, key = result
-                meta = stamp(md5=md5, sha256=key, source_url=url,
+                verified = ("md5" if row.get("md5") else
+                            "sha256 reference" if row.get("sha256_reference") else
+                            "unverified: first download, its sha256 is the reference")
+                if not row.get("md5"):
+                    summary.unverified.append(cid)
+                meta = stamp(md5=md5, sha256=key, source_url=url, verified_by=verified,
                              nbytes=len(data), truncated=truncated, first_card_id=cid,
                              first_dataset=dataset, fetched_at=time.time())
                 pending_items.append(NewItem(key, "raw", data, meta, blob_id=key))

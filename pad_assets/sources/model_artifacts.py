@@ -34,7 +34,11 @@ class ResolvedModel:
 
 
 def _record_ref(settings: Settings, model_id: int) -> str:
-    return f"model-record/{settings.api_url}/{int(model_id)}"
+    """Ref of a model record: the server's identity (no port) and the model id, so a record
+    cached from an emulator on one port is found when it runs on another."""
+    from .listing import identity
+
+    return f"model-record/{identity(settings.api_url)}/{int(model_id)}"
 
 
 def _artifact_path(settings: Settings, sha: str, url: str) -> Path:
@@ -113,6 +117,14 @@ def _cached_record(model_id: int, settings: Settings, store: ContentStore
     """The cached record, or None when there is none or its ref dangles (a lost shard:
     the record is asked for again, or offline the error names what is missing)."""
     key = store.ref(_record_ref(settings, model_id))
+    if key is None and settings.offline:
+        # Offline with another server configured: the newest record of this model id.
+        for name, k in store.index.query(
+                "SELECT name, key FROM refs WHERE name LIKE 'model-record/%' AND name LIKE ? "
+                "ORDER BY updated DESC", ("%/" + str(int(model_id)),)):
+            if name.rsplit("/", 1)[-1] == str(int(model_id)) and store.has([k]):
+                key = k
+                break
     if not key:
         return None
     got = store.get_many([key])
