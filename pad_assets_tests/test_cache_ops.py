@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from pad_assets.cli import main as cli_main
-from pad_assets.dataset import CachedDataset
+from pad_assets.dataset import CachedDataset, manifest_ref
 from pad_assets.emulator import DatasetSpec, Emulator, EmulatorConfig
 from pad_assets.errors import CacheCorruptionError, InvalidInputError
 from pad_assets.hashing import sha256_bytes
@@ -322,7 +322,7 @@ def test_gc_dry_run_age_size_and_keep_dataset(emu: Emulator, tiny_model, tmp_pat
     assert sized.target_met and sized.size_after <= target
     assert set(sized.evicted) == {"raw"}
     assert store.has(list(a_raw)) == a_raw
-    assert store.ref(f"manifest/{ds.settings.registry_url}/{A}")
+    assert store.ref(manifest_ref(ds.settings, A))
     assert len(store.has([k for (k,) in store.index.query(
         "SELECT key FROM items WHERE layer='prediction'")])) == len(A_IDS)
 

@@ -265,7 +265,8 @@ def test_full_fhi2020_shape_and_default_dataset_shape() -> None:
     assert spec.name == DEFAULT_DATASET
     assert (len(splits["dev"]), len(splits["test"])) == (5923, 2078)
     default = EmulatorConfig().datasets
-    assert [d.name for d in default] == [DEFAULT_DATASET, EdgeCases.DATASET]
+    assert [d.name for d in default][:2] == [DEFAULT_DATASET, EdgeCases.DATASET]
+    assert all(d.name.endswith("_extract") and d.published for d in default[2:])
     assert list(default[0].card_ids)[0] == 10000 and len(default[0].card_ids) == 48
 
 

@@ -123,12 +123,8 @@ def datasets(cache_dir: Path | None, as_json: bool, offline: bool) -> None:
     """List the registry's datasets (PAD_REGISTRY_URL); offline, the last cached listing."""
     from ..dataset import CachedDataset
 
-    listing = getattr(CachedDataset, "list_datasets", None)
-    if listing is None:  # CachedDataset.list_datasets comes with the registry-listing work
-        raise InvalidInputError("this pad_assets has no registry listing yet "
-                                "(CachedDataset.list_datasets)")
     st = settings(cache_dir, offline=True if offline else None)
-    df = listing(settings=st)
+    df = CachedDataset.list_datasets(settings=st)
     if as_json:
         click.echo(df.to_json(orient="records", indent=2))
         return

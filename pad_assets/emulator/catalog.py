@@ -182,6 +182,16 @@ class DatasetSpec:
     val_fraction: float = 0.0
     splits: Mapping[int, str] | None = None
     description: str = ""
+    #: Published files served as given (a real registry extract): file name -> (header,
+    #: rows). Rows keep their order, repeats and cross-split cards; the emulator rewrites
+    #: only the image URL and md5 columns to what it serves.
+    published: Mapping[str, tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]] | None = None
+    #: Other files served verbatim (``labels.csv``, ``projects.csv``).
+    extra_files: Mapping[str, bytes] | None = None
+    #: The real croissant whose facts (version, licence, dates, citation) are served.
+    croissant_facts: Mapping[str, Any] | None = None
+    #: Labels of the cards of ``published`` (drug, quantity, camera as published).
+    attributes: Mapping[int, CardAttributes] | None = None
 
     def __post_init__(self) -> None:
         if not _DATASET_NAME.match(self.name):
@@ -206,7 +216,18 @@ class DatasetSpec:
         return "dev"
 
     def split_ids(self) -> dict[str, list[int]]:
-        """Card ids per split, in card order; 'val' only when the dataset has one."""
+        """Card ids per split, in card order; 'val' only when the dataset has one.
+
+        For ``published`` datasets: the ids of each split file's rows, as published."""
+        if self.published:
+            from ..sources.registry import split_of_file
+
+            pub: dict[str, list[int]] = {}
+            for fname, (header, rows) in self.published.items():
+                split = split_of_file(fname) or "test"
+                i = list(header).index("id")
+                pub.setdefault(split, []).extend(int(r[i]) for r in rows)
+            return pub
         out: dict[str, list[int]] = {"dev": [], "test": []}
         if self.val_fraction > 0 or (self.splits and "val" in self.splits.values()):
             out["val"] = []
@@ -245,6 +266,7 @@ def default_datasets(n_cards: int = DEFAULT_CARDS) -> list[DatasetSpec]:
             description=f"SYNTHETIC stand-in for FHI2020_Stratified_Sampling ({n_cards} cards)",
         ),
         edge_case_dataset(),
+        *registry_extracts(),
     ]
 
 
@@ -255,6 +277,59 @@ def edge_case_dataset() -> DatasetSpec:
         splits={**{c: "dev" for c in EdgeCases.ALL}, **{c: "test" for c in EdgeCases.NORMAL}},
         description="SYNTHETIC cards that misbehave on purpose (see EdgeCases)",
     )
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "registry"
+EXTRACT_SUFFIX = "_extract"
+
+
+def registry_extracts() -> list[DatasetSpec]:
+    """Small datasets made of real registry rows (``fixtures/registry``, Apache-2.0; see its
+    SOURCE.md), one per published shape: v1.x with a val split, cards repeated within a
+    split and cards in two splits; an API dump; extra columns; no camera column. Each is
+    served under its real name + ``_extract``, with SYNTHETIC images."""
+    return [registry_extract(p.name) for p in sorted(FIXTURES.iterdir()) if p.is_dir()]
+
+
+def registry_extract(name: str, folder: Path | None = None) -> DatasetSpec:
+    """One real registry folder (an extract) as a ``DatasetSpec`` served as published."""
+    from ..sources.registry import SUMMARY_FILES, split_of_file
+
+    folder = folder or FIXTURES / name
+    published: dict[str, tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]] = {}
+    attrs: dict[int, CardAttributes] = {}
+    for path in sorted(folder.glob("*.csv")):
+        if path.name in SUMMARY_FILES or split_of_file(path.name) is None:
+            continue
+        table = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
+        header = tuple(table[0])
+        rows = tuple(tuple(r) for r in table[1:] if r)
+        # An API dump is named after its folder (FHI2021/FHI2021_dataset.csv): keep that rule.
+        served = (f"{name}{EXTRACT_SUFFIX}_dataset.csv" if path.name.endswith("_dataset.csv")
+                  else path.name)
+        published[served] = (header, rows)
+        col = {h: i for i, h in enumerate(header)}
+        for r in rows:
+            cid = int(r[col["id"]])
+            if cid in attrs:
+                continue
+            try:
+                qty = int(round(float(r[col["quantity"]])))
+            except (KeyError, ValueError):
+                qty = 100
+            camera = r[col["camera_type_1"]] if "camera_type_1" in col else "iPad"
+            sample = r[col["sample_id"]] if "sample_id" in col else ""
+            attrs[cid] = CardAttributes(drug=r[col["sample_name"]].strip().lower(),
+                                        quantity=qty, camera=camera or "iPad",
+                                        sample_id=int(sample) if sample.isdigit() else cid)
+    extra = {f: (folder / f).read_bytes() for f in ("labels.csv", "projects.csv")
+             if (folder / f).is_file()}
+    crois = folder / "croissant.jsonld"
+    facts = json.loads(crois.read_bytes()) if crois.is_file() else None
+    return DatasetSpec(f"{name}{EXTRACT_SUFFIX}", list(attrs), published=published,
+                       extra_files=extra, croissant_facts=facts, attributes=attrs,
+                       description=f"Real rows of registry dataset {name} (extract; "
+                                   "SYNTHETIC images)")
 
 
 @dataclass
@@ -413,6 +488,9 @@ class Catalog:
         cid = int(card_id)
         if cid in self.config.card_overrides:
             return self.config.card_overrides[cid]
+        for spec in self._datasets.values():
+            if spec.attributes and cid in spec.attributes:
+                return spec.attributes[cid]
         attrs = synthetic.card_attributes(cid)
         if cid == EdgeCases.UNKNOWN_DRUG:
             return replace(attrs, drug=EdgeCases.UNKNOWN_DRUG_NAME, quantity=50)
@@ -661,6 +739,8 @@ class Catalog:
         with self._lock:
             spec = replace(self._datasets[name], card_ids=list(self._datasets[name].card_ids))
         self.precompute_md5s(spec.card_ids)
+        if spec.published:
+            return self._build_published(spec, base_url)
         files: dict[str, bytes] = {}
         splits = spec.split_ids()
         for split, ids in splits.items():
@@ -670,6 +750,91 @@ class Catalog:
         files["README.md"] = self._readme(spec, splits).encode("utf-8")
         files["croissant.jsonld"] = self._croissant(spec, splits, files, base_url)
         return files
+
+    def _build_published(self, spec: DatasetSpec, base_url: str) -> dict[str, bytes]:
+        files: dict[str, bytes] = {}
+        for fname, (header, rows) in (spec.published or {}).items():
+            files[fname] = self._published_csv(header, rows, base_url)
+        files.update(spec.extra_files or {})
+        splits = spec.split_ids()
+        counts = ", ".join(f"{k}: {len(v)} rows" for k, v in splits.items())
+        files["README.md"] = (
+            f"# `{spec.name}` (real rows, SYNTHETIC images)\n\n{spec.description}.\n\n"
+            f"Rows: {counts}. Source and licence: pad_assets/emulator/fixtures/registry/"
+            "SOURCE.md.\n").encode()
+        files["croissant.jsonld"] = self._published_croissant(spec, files, base_url)
+        return files
+
+    def _published_csv(self, header: tuple[str, ...], rows: Iterable[tuple[str, ...]],
+                       base_url: str) -> bytes:
+        """A real CSV with its image URL and md5 columns rewritten to what is served."""
+        col = {h: i for i, h in enumerate(header)}
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(header)
+        for r in rows:
+            out = list(r)
+            cid = int(r[col["id"]])
+            if "url" in col:  # current: registry's double-slash form
+                out[col["url"]] = image_url(base_url, cid)
+            elif "md5_hash" in col:  # v1.x: host + path
+                out[col["processed_file_location"]] = (
+                    f"{base_url.rstrip('/')}{processed_file_location(cid)}")
+            else:  # API dump: server paths
+                out[col["processed_file_location"]] = processed_file_location(cid)
+                if "raw_file_location" in col:
+                    out[col["raw_file_location"]] = (
+                        f"{RAW_ROOT}/{folder_of(cid)}/{cid}_raw.png")
+            for md5_col in ("hashlib_md5", "md5_hash"):
+                if md5_col in col:
+                    out[col[md5_col]] = self.manifest_md5(cid)
+            writer.writerow(out)
+        return buf.getvalue().encode("utf-8")
+
+    def _published_croissant(self, spec: DatasetSpec, files: dict[str, bytes],
+                             base_url: str) -> bytes:
+        """The real croissant with this folder's URLs and the served files' sha256."""
+        doc = json.loads(json.dumps(spec.croissant_facts or {}))
+        folder_url = f"{base_url}/registry/datasets/{spec.name}"
+        doc.update({"@id": folder_url, "name": spec.name, "url": folder_url})
+        doc.pop("sameAs", None)
+        real = doc.get("distribution") or []
+        listed = {str(e.get("name")) for e in real if isinstance(e, dict)}
+        dist = []
+        for entry in real:
+            if not isinstance(entry, dict):
+                continue
+            fname = str(entry.get("name"))
+            if fname not in files:
+                continue
+            dist.append({**entry, "@id": f"datasets/{spec.name}/{fname}",
+                         "contentUrl": f"{folder_url}/{fname}",
+                         "sha256": hashlib.sha256(files[fname]).hexdigest(),
+                         "contentSize": f"{len(files[fname])} bytes"})
+        if real:  # a croissant that lists files lists them all (an empty one stays empty)
+            for fname in spec.published or {}:
+                if fname not in listed:
+                    dist.append({"@type": ["cr:FileObject", "schema:DataDownload"],
+                                 "name": fname, "contentUrl": f"{folder_url}/{fname}",
+                                 "encodingFormat": "text/csv",
+                                 "sha256": hashlib.sha256(files[fname]).hexdigest()})
+        doc["distribution"] = dist
+        return json.dumps(doc, indent=2).encode("utf-8")
+
+    def catalog_json(self) -> bytes:
+        """The registry's catalog (``docs/api/catalog.json``): one entry per dataset."""
+        out = []
+        with self._lock:
+            specs = list(self._datasets.values())
+        for spec in specs:
+            facts = spec.croissant_facts or {}
+            rows = sum(len(v) for v in spec.split_ids().values())
+            out.append({"name": spec.name, "version": facts.get("version", "1.0"),
+                        "license": facts.get("license",
+                                             "https://www.apache.org/licenses/LICENSE-2.0"),
+                        "description": spec.description, "recordCount": rows,
+                        "url": f"/datasets/{spec.name}"})
+        return json.dumps(out, indent=2).encode("utf-8")
 
     def _manifest_csv(self, spec: DatasetSpec, ids: list[int], base_url: str) -> bytes:
         buf = io.StringIO()

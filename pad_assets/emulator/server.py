@@ -42,6 +42,7 @@ _IMAGE_RE = re.compile(
 )
 _WEIGHTS_RE = re.compile(r"^/+neuralnetworks/([^/]+)/([^/]+)/([^/]+)/([^/]+)$")
 _REGISTRY_RE = re.compile(r"^/+registry/datasets/([^/]+)/([^/]+)$")
+_CATALOG_RE = re.compile(r"^/+registry/docs/api/catalog\.json$")
 
 
 class _Reply:
@@ -455,6 +456,8 @@ class Emulator:
             if data is None:
                 return _not_found()
             return _Reply(200, data, "application/octet-stream", truncatable=True)
+        if kind == "registry" and _CATALOG_RE.match(path):
+            return _Reply(200, self.catalog.catalog_json(), "application/json")
         if kind == "registry":
             m = _REGISTRY_RE.match(path)
             if not m:

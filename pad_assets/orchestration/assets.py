@@ -125,6 +125,9 @@ def build_dataset_assets(ds: DatasetConfig, project: ProjectConfig) -> list[Any]
             "failed_images": _table(failed),
             "registry": m.source, "warnings": dg.MetadataValue.json(m.warnings),
             "files": dg.MetadataValue.json(m.files),
+            "published_rows": len(rows), "unique_cards": len(m.card_ids),
+            "leakage": m.leakage["count"],
+            "leakage_card_ids": dg.MetadataValue.json(m.leakage["card_ids"]),
             "dagster/row_count": len(rows),
         }, data_version=dg.DataVersion(_manifest_version(m)))
 
@@ -284,7 +287,8 @@ def materialize_images(context: dg.AssetExecutionContext, pad: PadResource, ds: 
             if pk_ in selected:
                 desc = adapter.describe()
                 refs[pk_] = {}
-                for r in results[m.name].to_dict("records"):
+                # One partition per card: a card published in several rows is one image.
+                for r in results[m.name].drop_duplicates("card_id").to_dict("records"):
                     c = int(r["card_id"])
                     if not r["prediction_key"]:
                         context.log.warning(f"card {c}: {m.name} failed ({r['detail']})")
@@ -339,7 +343,8 @@ def compare_from_partitions(context: dg.AssetExecutionContext, pad: PadResource,
             meta = parts.get(str(int(r["card_id"])))
             rec = (meta or {}).get("record") or {}
             rows.append({
-                "card_id": int(r["card_id"]), "split": r["split"], "drug": r["drug"],
+                "card_id": int(r["card_id"]), "split": r["split"],
+                "position": r.get("position"), "drug": r["drug"],
                 "quantity": r["quantity"], "model": m.name,
                 "actual": _actual(rec.get("label_type"), r, m),
                 "prediction": rec.get("prediction"), "probability": rec.get("probability"),
@@ -356,7 +361,9 @@ def compare_from_partitions(context: dg.AssetExecutionContext, pad: PadResource,
                 "model_signature": ((meta or {}).get("model") or {}).get("signature"),
             })
         frames[m.name] = pd.DataFrame(rows)
-    report = compare_results(frames, dataset=ds.name)
+    from ..sources.registry import leakage_of
+
+    report = compare_results(frames, dataset=ds.name, leakage=leakage_of(manifest_rows))
     settings = pad.settings()
     out_dir = settings.cache_dir / "reports" / ds.name / context.run.run_id
     path = report.write(out_dir)
@@ -367,6 +374,7 @@ def compare_from_partitions(context: dg.AssetExecutionContext, pad: PadResource,
         "report_html": dg.MetadataValue.path(str(out_dir / "report.html")),
         "item_set_hash": report.item_set_hash,
         "items_compared": int(report.n_items),
+        "leakage": int(report.leakage.get("count", 0)),
         "summary": _table(summary),
         "exclusions": _table(report.exclusions),
     }

@@ -78,8 +78,9 @@ def _folder_listing(folder: Path) -> list[dict[str, Any]]:
                 doc = {}
             if isinstance(doc, dict):
                 entry.update(version=doc.get("version"), license=doc.get("license"),
-                             description=doc.get("description"))
-        entry["records"] = None
+                             description=doc.get("description"),
+                             records=doc.get("recordCount"))
+        entry.setdefault("records", None)
         out.append(entry)
     return out
 
