@@ -129,10 +129,36 @@ def run(dataset: str, cards: int, external: bool, port: int, dagster_home: Path,
                                 "mcnemar_p") if c in value["pairwise"][0]]
             print(pd.DataFrame(value["pairwise"])[cols].to_string(index=False), file=out)
         print(f"\nReport: {value['report_path']}", file=out)
+        shapes = _registry_shapes(settings, out)
         print(f"Done in {time.time() - t0:.1f} s. Explore: DAGSTER_HOME={dagster_home.resolve()} "
               "dagster dev  (then open http://127.0.0.1:3000)", file=out)
         return {"images_run": images.run_id, "downloaded": downloaded, "partitions": len(keys),
-                "checks": checks, "comparison": value}
+                "checks": checks, "comparison": value, "registry_shapes": shapes}
+
+
+def _registry_shapes(settings: Any, out: Any) -> dict[str, dict[str, Any]]:
+    """The registry listing, and the published shape of each real-extract dataset."""
+    from .dataset import CachedDataset
+
+    listing = CachedDataset.list_datasets(settings=settings)
+    print(f"\nRegistry: {len(listing)} dataset(s) (`pad-assets datasets`)", file=out)
+    shapes = {}
+    for name in listing["name"]:
+        if not str(name).endswith("_extract"):
+            continue
+        ds = CachedDataset(str(name), settings=settings, progress=False)
+        try:
+            m = ds.manifest()
+        finally:
+            ds.close()
+        shapes[str(name)] = {"rows": len(m.rows), "splits": m.split_counts,
+                             "cards": len(m.card_ids), "leakage": m.leakage["count"]}
+        kinds = "/".join(sorted({f["shape"] for f in m.files.values() if "shape" in f}))
+        print(f"  {name}: {len(m.rows)} published rows {m.split_counts}, "
+              f"{len(m.card_ids)} cards, leakage {m.leakage['count']}, shape {kinds}"
+              + (f", extra columns {len(m.extra_columns)}" if m.extra_columns else ""),
+              file=out)
+    return shapes
 
 
 def main(argv: list[str] | None = None) -> int:

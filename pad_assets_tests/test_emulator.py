@@ -40,6 +40,7 @@ from pad_assets.emulator import (
     render_card,
     synthetic,
 )
+from pad_assets.emulator.catalog import registry_extracts
 
 from .conftest import SHARED_A, SHARED_B, make_config, shared_cards_config
 
@@ -535,7 +536,9 @@ def test_cli_prints_exports_and_serves_until_terminated() -> None:
         assert lines[2] == f"export PAD_REGISTRY_URL={base}/registry/datasets"
         status, issues = get_json(f"{base}/api/v2/cards/issues")
         assert status == 200 and len(issues) == 3
-        assert len(get_json(f"{base}/api/v2/cards")[1]) == 5 + len(EdgeCases.ALL) + len(EdgeCases.NORMAL)
+        extracts = {c for d in registry_extracts() for c in d.card_ids}  # real registry rows
+        assert len(get_json(f"{base}/api/v2/cards")[1]) == (5 + len(EdgeCases.ALL) + len(EdgeCases.NORMAL)
+                                                            + len(extracts))
     finally:
         proc.terminate()
         proc.wait(timeout=10)
