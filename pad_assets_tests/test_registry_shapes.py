@@ -335,3 +335,63 @@ def test_offline_after_a_port_change_serves_every_cached_prediction_with_zero_ne
     finally:
         store.close()
     assert all(f":{port_a}" not in n for n in names), names
+
+
+def test_dagster_partitions_stay_unique_cards_and_report_published_rows_and_leakage(
+        demo_cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The v1.x extract through the Dagster graph: 13 card partitions for 19 published rows,
+    leakage in the manifest and comparison metadata, every published row compared."""
+    import dagster as dg
+
+    from pad_assets.models.demo_models import demo_model_artifacts
+    from pad_assets.orchestration.assets import DatasetAssetKeys, partitions_for
+    from pad_assets.orchestration.config import DatasetConfig, load_config
+    from pad_assets.orchestration.definitions import build_definitions
+    from pad_assets.orchestration.io_manager import PadStoreIOManager
+    from pad_assets.orchestration.resources import PadResource
+    from pad_assets.orchestration.sync import range_tags
+    from pad_assets_tests.conftest import point_env_at
+
+    spec = next(d for d in registry_extracts() if d.name == BALANCED + EXTRACT)
+    # Built before the emulator starts: a slow build must not time out a model request.
+    artifacts = demo_model_artifacts(demo_cache_dir)
+    config = EmulatorConfig(datasets=[spec], models_provider=lambda: list(artifacts))
+    with Emulator(config) as emu, dg.instance_for_test() as instance:
+        point_env_at(emu, tmp_path / "cache", monkeypatch)
+        base = load_config()
+        ds = DatasetConfig(spec.name)
+        project = type(base)((ds,), base.models)
+        defs = build_definitions(project)
+        keys = DatasetAssetKeys(ds, project.models)
+        assets = list(defs.assets or []) + list(defs.asset_checks or [])
+        pad = PadResource()
+        resources = {"pad": pad, "pad_io_manager": PadStoreIOManager(pad=pad)}
+        dg.materialize(assets, instance=instance, resources=resources,
+                       selection=[keys.manifest])
+        meta = instance.get_latest_materialization_event(keys.manifest) \
+            .asset_materialization.metadata
+        assert meta["published_rows"].value == 19 and meta["unique_cards"].value == 13
+        assert meta["leakage"].value == 4
+        assert meta["leakage_card_ids"].value == [16822, 20781, 22166, 25254]
+        ids = CachedDataset(spec.name, settings=Settings.from_env(),
+                            progress=False).manifest().card_ids
+        parts = [str(c) for c in ids]
+        assert len(parts) == len(set(parts)) == 13
+        instance.add_dynamic_partitions(partitions_for(ds).name, parts)
+        res = dg.materialize(assets, instance=instance, resources=resources,
+                             selection=keys.image_keys, tags=range_tags(parts))
+        assert res.success
+        comp = dg.materialize(assets, instance=instance, resources=resources,
+                              selection=[keys.comparison])
+        assert comp.success
+        cmeta = instance.get_latest_materialization_event(keys.comparison) \
+            .asset_materialization.metadata
+        assert cmeta["leakage"].value == 4
+        # Every compared card counts once per published row (16844 and 16606: twice).
+        items = pd.read_csv(Path(comp.asset_value(keys.comparison)["report_path"]).parent
+                            / "items.csv")
+        assert cmeta["items_compared"].value == len(items) > 13
+        rows = CachedDataset(spec.name, settings=Settings.from_env(),
+                             progress=False).manifest().rows
+        per_card = rows["card_id"].value_counts()
+        assert all(n == per_card[c] for c, n in items["card_id"].value_counts().items())
