@@ -45,6 +45,8 @@ FACT_FILES = ("labels.csv", "projects.csv")
 SUMMARY_FILES = frozenset({"class_distribution.csv"})
 DUMP_SPLIT = "test"
 MANIFEST_MAX_BYTES = 64 * 1024 * 1024
+#: A croissant or a labels/projects file is metadata: real ones are a few kB.
+METADATA_MAX_BYTES = 4 * 1024 * 1024
 MAX_ROWS = 1_000_000
 FORMAT = 2
 COLUMNS = ["card_id", "sample_id", "drug", "quantity", "camera", "image_url", "md5", "split",
@@ -332,19 +334,20 @@ class RegistryClient:
     def is_local(self) -> bool:
         return not self.base.startswith(("http://", "https://"))
 
-    def _read(self, dataset: str, filename: str) -> bytes | None:
+    def _read(self, dataset: str, filename: str, limit: int | None = None) -> bytes | None:
         """File bytes, or None if the registry has no such file."""
+        limit = MANIFEST_MAX_BYTES if limit is None else limit
         if self.is_local:
             path = Path(self.base).expanduser() / dataset / filename
             if not path.is_file():
                 return None
-            if path.stat().st_size > MANIFEST_MAX_BYTES:
+            if path.stat().st_size > limit:
                 raise ManifestError(f"{path}: {path.stat().st_size} bytes, over the manifest "
-                                    f"limit of {MANIFEST_MAX_BYTES}")
+                                    f"limit of {limit}")
             return path.read_bytes()
         url = f"{self.base}/{dataset}/{filename}"
         try:
-            return self.http.get_bytes(url, MANIFEST_MAX_BYTES, what=f"registry file {filename}")
+            return self.http.get_bytes(url, limit, what=f"registry file {filename}")
         except NotFoundError:
             return None
         except FetchError as exc:
@@ -370,7 +373,7 @@ class RegistryClient:
         warnings: list[str] = []
         files: dict[str, dict[str, Any]] = {}
         croissant: dict[str, Any] | None = None
-        cdata = self._read(dataset, "croissant.jsonld")
+        cdata = self._read(dataset, "croissant.jsonld", METADATA_MAX_BYTES)
         if cdata is not None:
             try:
                 croissant = json.loads(cdata)
@@ -416,7 +419,7 @@ class RegistryClient:
         rows = rows[[*ROW_COLUMNS, *dict.fromkeys(extra_cols)]]
         meta: dict[str, Any] = {"format": FORMAT}
         for fname in FACT_FILES:
-            data = self._read(dataset, fname)
+            data = self._read(dataset, fname, METADATA_MAX_BYTES)
             if data is not None:
                 files[fname] = {"sha256": sha256_bytes(data), "size": len(data)}
                 meta[fname.removesuffix(".csv")] = parse_facts(data, f"{dataset}/{fname}")
