@@ -133,11 +133,24 @@ def test_extra_columns_are_kept_and_survive_the_cache_round_trip(tmp_path: Path)
     assert tfda.rows["camera"].isna().all() and tfda.extra_columns == ["project.id"]
 
 
-def test_local_folder_listing(tmp_path: Path) -> None:
+def test_local_folder_listing_and_the_datasets_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from pad_assets.cli import main as cli_main
+
     s = Settings(cache_dir=tmp_path / "c", registry_url=str(FIXTURES), offline=True)
     df = CachedDataset.list_datasets(settings=s)
-    assert list(df["name"]) == sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
+    folders = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
+    assert list(df["name"]) == folders
     assert dict(zip(df["name"], df["version"], strict=True))[BALANCED] == "ec795cc"
+    monkeypatch.setenv("PAD_REGISTRY_URL", str(FIXTURES))
+    assert cli_main(["--cache-dir", str(tmp_path / "c"), "datasets", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [d["name"] for d in out] == folders
+    assert cli_main(["datasets", "--cache-dir", str(tmp_path / "c"), "--offline"]) == 0
+    text = capsys.readouterr().out
+    assert BALANCED in text and f"{len(folders)} dataset(s)" in text
 
 
 def test_conformance_check_on_a_registry_copy_or_the_shipped_extracts() -> None:
