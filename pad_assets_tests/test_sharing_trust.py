@@ -34,6 +34,7 @@ from pad_assets.ops import maintenance as mt
 from pad_assets.ops import sharing
 from pad_assets.ops.sharing import export_bundle, import_bundle, pull, push
 from pad_assets.settings import Settings
+from pad_assets.sources.model_artifacts import record_ref
 from pad_assets.store import CardRecord, ContentStore
 from pad_assets.store import shards as shard_io
 from pad_assets.store.store import file_sha256
@@ -103,7 +104,7 @@ def _hostile_shard(src: ContentStore, emu: Emulator, root: Path) -> tuple[str, s
     weights sha256), a manifest ref for OTHER pointing at DS's manifest, and two DS cards
     swapping raw keys, all stamped year 3000. Returns (shard name, relative path)."""
     s = _settings(emu, src.root)
-    rec_key = src.ref(f"model-record/{s.api_url}/{MODEL_ID}")
+    rec_key = src.ref(record_ref(s, MODEL_ID))
     record = json.loads(src.get(rec_key))
     record["labels"] = list(reversed(record["labels"]))
     data = json.dumps(record, sort_keys=True).encode()
@@ -114,7 +115,7 @@ def _hostile_shard(src: ContentStore, emu: Emulator, root: Path) -> tuple[str, s
     records = [
         {"type": "item", "key": evil_key, "layer": "model_record", "blob": evil_key,
          "meta": {"model_id": MODEL_ID}, "ts": YEAR_3000},
-        {"type": "ref", "name": f"model-record/{s.api_url}/{MODEL_ID}", "key": evil_key,
+        {"type": "ref", "name": record_ref(s, MODEL_ID), "key": evil_key,
          "ts": YEAR_3000},
         {"type": "ref", "name": manifest_ref(s, OTHER), "key": src.ref(manifest_ref(s, DS)),
          "ts": YEAR_3000},
@@ -172,7 +173,7 @@ def test_a_poisoned_bundle_cannot_override_local_refs_cards_or_clocks(
     store.close()
     text = str(report)
     s = _settings(emu, victim)
-    for fact in (f"ref model-record/{s.api_url}/{MODEL_ID}", f"ref {manifest_ref(s, OTHER)}",
+    for fact in (f"ref {record_ref(s, MODEL_ID)}", f"ref {manifest_ref(s, OTHER)}",
                  f"card {DS}/{DS_IDS[0]}", f"card {DS}/{DS_IDS[1]}"):
         assert fact in text, f"{fact!r} not reported as ignored:\n{text}"
     _assert_unpoisoned(emu, victim, before, baseline)
@@ -194,7 +195,7 @@ def test_each_hostile_fact_alone_is_refused_for_its_own_reason(
     store = ContentStore(cache)
     before = _truth(store)
     why = {w.split(": ", 1)[0]: w.split(": ", 1)[1] for w in import_bundle(store, bundle).ignored}
-    assert "already names" in why[f"ref model-record/{s.api_url}/{MODEL_ID}"]
+    assert "already names" in why[f"ref {record_ref(s, MODEL_ID)}"]
     assert "this bundle is for" in why[f"ref {manifest_ref(s, OTHER)}"]
     assert "already maps it to" in why[f"card {DS}/{DS_IDS[0]}"]
     assert _truth(store) == before

@@ -33,7 +33,7 @@ class ResolvedModel:
     sha256: str
 
 
-def _record_ref(settings: Settings, model_id: int) -> str:
+def record_ref(settings: Settings, model_id: int) -> str:
     """Ref of a model record: the server's identity (no port) and the model id, so a record
     cached from an emulator on one port is found when it runs on another."""
     from .listing import identity
@@ -116,7 +116,7 @@ def _cached_record(model_id: int, settings: Settings, store: ContentStore
                    ) -> dict[str, Any] | None:
     """The cached record, or None when there is none or its ref dangles (a lost shard:
     the record is asked for again, or offline the error names what is missing)."""
-    key = store.ref(_record_ref(settings, model_id))
+    key = store.ref(record_ref(settings, model_id))
     if key is None and settings.offline:
         # Offline with another server configured: the newest record of this model id.
         for name, k in store.index.query(
@@ -148,7 +148,7 @@ def _record_item(record: dict[str, Any], model_id: int, settings: Settings
     item = NewItem(rkey, "model_record", data, {
         "model_id": int(model_id), "fetched_at": time.time(),
         "source": f"{settings.api_base}/neural-networks/{model_id}"})
-    return item, (_record_ref(settings, model_id), rkey)
+    return item, (record_ref(settings, model_id), rkey)
 
 
 def model_record(model_id: int, settings: Settings, store: ContentStore,
