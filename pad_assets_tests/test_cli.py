@@ -311,3 +311,14 @@ def test_three_models_named_tiny_and_a_rename(emu: Emulator, env: Path,
     assert res.exit_code == 1 and "tiny_best" in res.stderr
     res = run("cache", "stats")
     assert "tiny_best" in res.stdout and "tiny_keras" not in res.stdout
+
+
+def test_cache_dir_option_reaches_the_emulator_and_its_demo_models(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pad-assets --cache-dir D emulator` builds its demo models under D, not ~/.pad_cache."""
+    from pad_assets.models.demo_models import default_cache_dir
+
+    monkeypatch.setenv("PAD_CACHE_DIR", str(tmp_path / "from_env"))
+    assert default_cache_dir() == tmp_path / "from_env" / "demo_models"
+    assert main(["--cache-dir", str(tmp_path / "flag"), "emulator", "--help"]) == 0
+    assert default_cache_dir() == (tmp_path / "flag").resolve() / "demo_models"
