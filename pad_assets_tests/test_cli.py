@@ -322,3 +322,35 @@ def test_cache_dir_option_reaches_the_emulator_and_its_demo_models(
     assert default_cache_dir() == tmp_path / "from_env" / "demo_models"
     assert main(["--cache-dir", str(tmp_path / "flag"), "emulator", "--help"]) == 0
     assert default_cache_dir() == (tmp_path / "flag").resolve() / "demo_models"
+
+
+def test_progress_on_a_terminal_and_silence_in_a_pipe(emu: Emulator, env: Path,
+                                                      tiny_models: dict[str, Path]) -> None:
+    """verify draws its bar on stderr when stderr is a terminal (a real pty here); in a
+    pipe it prints nothing there, and stdout carries the report alone either way."""
+    import pty
+
+    _fill(tiny_models["tflite"], (A,))
+    child_env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100"}
+    argv = [sys.executable, "-m", "pad_assets.cli", "cache", "verify"]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=slave, env=child_env)
+    os.close(slave)
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode()
+    assert proc.wait(timeout=120) == 0
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert b"verifying every payload" in seen and b"shards" in seen
+    assert "no problems found" in out and "\x1b[" not in out
+    piped = subprocess.run(argv, capture_output=True, text=True, env=child_env, timeout=120)
+    assert piped.returncode == 0 and piped.stderr == ""
+    assert "no problems found" in piped.stdout and "\x1b[" not in piped.stdout

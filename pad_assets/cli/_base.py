@@ -154,24 +154,40 @@ def progress(what: str) -> Iterator[None]:
         yield
 
 
-@contextmanager
-def progress_bar(what: str, unit: str = "shards") -> Iterator[Callable[[int, int], None]]:
-    """A ``(done, total)`` callback drawing a bar on stderr; a no-op when stderr is not a
-    terminal."""
-    if not stderr_is_tty():
-        yield lambda done, total: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+class progress_bar:  # noqa: N801 - used like a function: ``with progress_bar(...)``
+    """A context manager with an ``update(done, total)`` callback that draws a bar on
+    stderr; silent (a no-op callback) when stderr is not a terminal."""
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn(unit), TimeElapsedColumn(), console=console(err=True),
-                  transient=True) as bar:
-        task = bar.add_task(what, total=None)
+    def __init__(self, what: str, unit: str = "shards") -> None:
+        self.what, self.unit = what, unit
+        self._bar: Any = None
+        self._task: Any = None
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    def __enter__(self) -> progress_bar:
+        if stderr_is_tty():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
-        yield update
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn(self.unit),
+                                 TimeElapsedColumn(), console=console(err=True), transient=True)
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.what, total=None)
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+            self._bar = None
 
 
 def problem(command: str, message: str) -> None:

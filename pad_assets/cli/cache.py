@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,14 @@ def _open(cache_dir: Path | None, recover: bool = True) -> Any:
     return ContentStore(settings(cache_dir).cache_dir, recover=recover)
 
 
-def _run(cache_dir: Path | None, what: str | None, op: Callable[[Any], Any], as_json: bool,
-         recover: bool = True, show: Callable[[Any], None] | None = None) -> Any:
-    """Open the cache, run ``op`` under a progress spinner (``what``; None: ``op`` draws
-    its own bar), print its report, close."""
+def _run(cache_dir: Path | None, what: str, op: Callable[[Any], Any], as_json: bool,
+         recover: bool = True, show: Callable[[Any], None] | None = None,
+         bar: Any = None) -> Any:
+    """Open the cache, run ``op`` under a progress spinner on stderr (or ``bar``, a
+    ``progress_bar`` whose callback ``op`` feeds), close it, then print the report."""
     store = _open(cache_dir, recover=recover)
     try:
-        with progress(what) if what else nullcontext():
+        with bar if bar is not None else progress(what):
             report = op(store)
     finally:
         store.close()
@@ -91,14 +91,16 @@ def verify(cache_dir: Path | None, as_json: bool, repair: bool) -> None:
             return datasets[name]
 
         try:
-            return verify_op(store, repair=repair, dataset_resolver=resolver, settings=st)
+            return verify_op(store, repair=repair, dataset_resolver=resolver, settings=st,
+                             progress=bar.update)
         finally:
             for ds in datasets.values():
                 ds.derived.close()
 
     # recover=False: orphan shards are verify's to report (and --repair's to index), and a
     # damaged orphan must not stop the command that is meant to deal with it
-    report = _run(cache_dir, "verifying every payload", run, as_json, recover=False)
+    bar = progress_bar("verifying every payload")
+    report = _run(cache_dir, "", run, as_json, recover=False, bar=bar)
     if not report.ok:
         what = "problems remain after repair" if repair else "problems found"
         problem("pad-assets cache verify", f"{what} (see above)")
@@ -212,9 +214,9 @@ def push(cache_dir: Path | None, as_json: bool, remote: str | None) -> None:
     from ..ops.sharing import push as push_op
 
     _, url = _remote(cache_dir, remote)
-    with progress_bar(f"pushing to {url}") as bar:
-        report = _run(cache_dir, None, lambda store: push_op(store, url, progress=bar),
-                      as_json)
+    bar = progress_bar(f"pushing to {url}")
+    report = _run(cache_dir, "", lambda store: push_op(store, url, progress=bar.update),
+                  as_json, bar=bar)
     if report.skipped:
         problem("pad-assets cache push", "some shards were not pushed (see above)")
 
@@ -229,9 +231,9 @@ def pull(cache_dir: Path | None, as_json: bool, remote: str | None,
     from ..ops.sharing import pull as pull_op
 
     _, url = _remote(cache_dir, remote)
-    with progress_bar(f"pulling from {url}") as bar:
-        report = _run(cache_dir, None, lambda store: pull_op(
-            store, url, dataset=dataset, strict=False, progress=bar), as_json)
+    bar = progress_bar(f"pulling from {url}")
+    report = _run(cache_dir, "", lambda store: pull_op(
+        store, url, dataset=dataset, strict=False, progress=bar.update), as_json, bar=bar)
     if report.failed:
         problem("pad-assets cache pull", f"{len(report.failed)} shards failed verification "
                 "and were not kept (see above)")

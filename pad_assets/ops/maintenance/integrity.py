@@ -174,7 +174,8 @@ def _inspect_orphan(path: Path) -> str | None:
     return None
 
 
-def _check(store: ContentStore) -> _CheckState:
+def _check(store: ContentStore, progress: Callable[[int, int], None] | None = None
+           ) -> _CheckState:
     import h5py
 
     t0 = time.time()
@@ -210,6 +211,8 @@ def _check(store: ContentStore) -> _CheckState:
                 rep.problems.append(Finding("missing_blob", b, f"shard {s} is not indexed"))
     records_of: dict[str, tuple[set, set, set]] = {}
     for s, rel in sorted(shards.items()):
+        if progress is not None:
+            progress(rep.shards_checked, len(shards))
         rep.shards_checked += 1
         path = store.root / rel
         if not path.is_file():
@@ -339,8 +342,11 @@ DatasetResolver = Callable[[str], Any]
 def verify(store: ContentStore, repair: bool = False,
            dataset_resolver: DatasetResolver | None = None, *, settings: Any = None,
            partial_max_age: float = DEFAULT_PARTIAL_MAX_AGE,
-           grace_seconds: float = DEFAULT_GRACE_SECONDS) -> VerifyReport:
+           grace_seconds: float = DEFAULT_GRACE_SECONDS,
+           progress: Callable[[int, int], None] | None = None) -> VerifyReport:
     """Check every shard, payload, index row, ref and card; with ``repair``, fix what can be.
+
+    ``progress(done, total)`` is called per shard of the first scan (the CLI's bar).
 
     Reads every payload (a full scan: use it after a crash, a disk error, or on a schedule).
     ``repair`` removes what is damaged from the index (good data in the same shard is first
@@ -356,7 +362,7 @@ def verify(store: ContentStore, repair: bool = False,
     t0 = time.time()
     with maintenance_lock(store, exclusive=repair, what="cache verify"
                           + (" --repair" if repair else "")), _index_damage_is_clear(store):
-        state = _check(store)
+        state = _check(store, progress)
         report = state.report
         report.repair = repair
         if repair:
