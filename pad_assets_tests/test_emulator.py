@@ -584,13 +584,10 @@ def test_drug_signatures_are_distinct_and_colours_follow_quantity() -> None:
         assert dev == sorted(dev) and dev[-1] > 2 * dev[0]
 
 
-def test_card_generation_is_fast_and_deterministic() -> None:
-    card_png(10020)  # warm the template and noise pool
-    t0 = time.perf_counter()
-    pngs = [card_png(c) for c in range(10020, 10025)]
-    per_card = (time.perf_counter() - t0) / 5
-    assert per_card < 0.5  # ~40 ms on one core; generous for loaded CI machines
-    assert pngs[0] == card_png(10020)
+def test_card_generation_is_deterministic() -> None:
+    """Speed is measured in benchmarks/bench_card_render.py, not here."""
+    pngs = [card_png(c) for c in range(10020, 10023)]
+    assert pngs[0] == card_png(10020) and len(set(pngs)) == 3
     assert render_card(10020).shape == (1220, 730, 3) and render_card(10020).dtype == np.uint8
 
 

@@ -228,6 +228,20 @@ def test_push_pull_between_two_caches_through_a_local_directory(
     assert len(full.pulled) + full.already_here == len(set(json.loads(
         (remote / "index.json").read_text())["shards"]))
     assert set(third.cards(OTHER)) == set(OTHER_IDS) and set(third.cards(DS)) == set(DS_IDS)
+    # content, whichever of two equal shards came first: every item, card and ref that the
+    # two pushing caches hold, and every payload reads back verified
+    def content(store: ContentStore) -> tuple[set, set, set]:
+        q = store.index.query
+        return ({r for (r,) in q("SELECT key FROM items")},
+                {(d, c, k, st) for d, c, k, st in q(
+                    "SELECT dataset, card_id, raw_key, status FROM cards")},
+                {(n, k) for n, k in q("SELECT name, key FROM refs")})
+    src_c, other_c, third_c = content(src), content(other), content(third)
+    assert third_c[0] == src_c[0] | other_c[0]
+    assert third_c[1] == src_c[1] | other_c[1]
+    assert third_c[2] == src_c[2] | other_c[2]
+    assert len(third.get_many(sorted(third_c[0]))) == len(
+        {k for (k,) in third.index.query("SELECT key FROM items WHERE blob IS NOT NULL")})
     assert pull(third, str(remote)).pulled == []
 
     with pytest.raises(InvalidInputError, match="no shards for dataset"):
