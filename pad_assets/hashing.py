@@ -80,3 +80,23 @@ def array_digest(array: np.ndarray) -> str:
     h.update(f"{arr.dtype.str}|{arr.shape}|".encode())
     h.update(memoryview(arr).cast("B"))
     return h.hexdigest()
+
+
+def code_digest(source: str) -> str:
+    """sha256 of Python source as code: docstrings, comments and layout do not count.
+
+    For caches of what code *produces* (the demo models): a hand-kept version string is
+    forgotten the day the code changes, a digest of the text retrains on every typo fix.
+    The digest is taken over the parsed tree without docstrings, so only an edit that can
+    change behaviour changes it.
+    """
+    import ast
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
+    return sha256_bytes(ast.dump(tree, include_attributes=False).encode())

@@ -23,7 +23,11 @@ SHARED_B = "shared_B"
 @pytest.fixture(scope="session")
 def demo_cache_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                    ) -> Path:
-    """One demo-model build per machine (pytest's cache folder), else one per session."""
+    """One demo-model build per machine (pytest's cache folder), else one per session.
+
+    Builds live in sub-folders named by ``demo_models.build_key()``, which hashes the
+    training code itself: after an edit to it the next run trains afresh, never reusing
+    stale models."""
     cache = getattr(request.config, "cache", None)
     if cache is not None:
         return Path(cache.mkdir("pad_demo_models"))

@@ -167,6 +167,43 @@ def test_build_key_tracks_parameters() -> None:
     assert demo_models.build_key(demo_models.DemoParams(cards_per_drug=5)) != base
 
 
+def test_build_key_tracks_the_training_code(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Edit the training code and the cached models are rebuilt; edit only its words and
+    they are not (the key hashes code, never a version string someone must remember)."""
+    from pad_assets.hashing import code_digest
+
+    src = Path(demo_models.__file__).read_text(encoding="utf-8")
+    assert code_digest(src) == code_digest(src.replace("    seed: int = 0\n",
+                                                       "    seed: int = 0  # the seed\n"))
+    docless = src.replace('"""Everything that determines the demo models\' bytes', '"""Other')
+    assert docless != src and code_digest(docless) == code_digest(src)
+    changed = src.replace("    learning_rate: float = 3e-3", "    learning_rate: float = 2e-3")
+    assert changed != src and code_digest(changed) != code_digest(src)
+
+    # every module that decides the models' bytes is in the key: a change in any one of them
+    # (here: a copy of the renderer, edited) changes the digest
+    assert set(demo_models.TRAINING_CODE) >= {"pad_assets.models.demo_models",
+                                              "pad_assets.emulator.synthetic",
+                                              "pad_assets.preprocessing.nn",
+                                              "pad_assets.preprocessing.pls"}
+    import sys
+
+    renderer = Path(synthetic.__file__).read_text(encoding="utf-8")
+    (tmp_path / "renderer_copy.py").write_text(renderer)
+    (tmp_path / "renderer_edit.py").write_text(renderer + "\nEXTRA_NOISE = 0.1\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        a = demo_models.training_code_digest(("renderer_copy",))
+        b = demo_models.training_code_digest(("renderer_edit",))
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert a != b
+    base = demo_models.build_key()
+    monkeypatch.setattr(demo_models, "training_code_digest", lambda: "edited code")
+    assert demo_models.build_key() != base
+
+
 def test_pad_labels_standardise_back() -> None:
     for drug in synthetic.DRUGS:
         assert standardize_label(demo_models.pad_label(drug)) == drug

@@ -23,7 +23,8 @@ training runs on pooled arrays computed once in NumPy, and the exported TF Lite 
 that same pooling followed by the trained layers, fed with the full 454x454 input.
 
 Determinism and caching: seeds fix the card ids, quantities and training; the result is
-stored under ``<cache_dir>/<key>/`` where the key hashes this module's build version, the
+stored under ``<cache_dir>/<key>/`` where the key hashes the training code (this module,
+the card renderer, decoding and both pipelines; docstrings and comments excluded), the
 parameters, the card renderer's version, both pipelines' cache keys and the TensorFlow and
 Keras versions. A warm call reads the files back (sha256-checked) in milliseconds; within
 one process the artifacts are also memoised, so an emulator started with a fresh cache
@@ -36,6 +37,7 @@ Training cards use ids from ``TRAIN_CARD_BASE`` and the build-time evaluation ca
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -54,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import IntegrityError, ModelError
-from ..hashing import chain_key, sha256_bytes
+from ..hashing import chain_key, code_digest, sha256_bytes
 from .base import standardize_label
 from .runtime import available_cores, installed_version
 
@@ -63,8 +65,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Bump whenever the build below changes what it produces (it is part of the cache key).
-DEMO_BUILD_VERSION = "1"
+#: Modules whose code decides the demo models' bytes: this build, the renderer that draws
+#: the training cards, and the preprocessing that turns them into inputs. Their code (not a
+#: hand-kept version string) is part of the cache key: ``training_code_digest``.
+TRAINING_CODE = (
+    "pad_assets.models.demo_models",
+    "pad_assets.emulator.synthetic",
+    "pad_assets.preprocessing.decode",
+    "pad_assets.preprocessing.nn",
+    "pad_assets.preprocessing.pls",
+)
 
 CLASSIFIER_ID = 16
 CONCENTRATION_ID = 17
@@ -126,8 +136,23 @@ def _library_versions() -> dict[str, str | None]:
     }
 
 
+@functools.lru_cache(maxsize=8)
+def training_code_digest(modules: tuple[str, ...] = TRAINING_CODE) -> str:
+    """One digest of the code of ``modules`` (docstrings and comments excluded); read once
+    per process."""
+    import importlib.util
+
+    digests = {}
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin:
+            raise ModelError(f"demo models: cannot find the source of {name} to key the build")
+        digests[name] = code_digest(Path(spec.origin).read_text(encoding="utf-8"))
+    return chain_key("training_code", digests)
+
+
 def build_key(params: DemoParams | None = None) -> str:
-    """Cache key of a build: code version, parameters, renderer, pipelines, libraries."""
+    """Cache key of a build: training code, parameters, renderer, pipelines, libraries."""
     from ..emulator import synthetic
     from ..preprocessing.nn import PADNeuralNetworkPipeline
     from ..preprocessing.pls import PADPLSPipeline
@@ -135,7 +160,7 @@ def build_key(params: DemoParams | None = None) -> str:
     params = params or DemoParams()
     return chain_key(
         "demo_models",
-        DEMO_BUILD_VERSION,
+        training_code_digest(),
         asdict(params),
         synthetic.RENDERER_VERSION,
         PADNeuralNetworkPipeline().get_cache_key(),
@@ -497,7 +522,7 @@ def build_demo_models(out_dir: Path, params: DemoParams | None = None) -> dict[s
     finished = time.perf_counter()
     manifest = {
         "key": build_key(params),
-        "build_version": DEMO_BUILD_VERSION,
+        "training_code": training_code_digest(),
         "params": asdict(params),
         "libraries": _library_versions(),
         "metrics": {
