@@ -561,6 +561,7 @@ def _repair_models(store: ContentStore, st: _CheckState, settings: Any,
     import dataclasses
 
     from ...settings import Settings
+    from ...sources.listing import identity
     from ...sources.model_artifacts import _write_atomic, artifact_problem, resolve_model
 
     for path in st.bad_artifacts:
@@ -588,7 +589,10 @@ def _repair_models(store: ContentStore, st: _CheckState, settings: Any,
             rep.unrepaired.append(f"ref {name}: {', '.join(missing)}; not a model ref "
                                   "this version can resolve")
             continue
-        here = dataclasses.replace(base, api_url=server, cache_dir=store.root)
+        # Refs name the server by its identity (no port): the configured server when it is
+        # that one (an emulator on today's port), else the identity itself.
+        url = base.api_url if identity(base.api_url) == server else server
+        here = dataclasses.replace(base, api_url=url, cache_dir=store.root)
         try:
             resolve_model(int(mid), settings=here, refresh=not here.offline, store=store)
         except PadAssetsError as exc:
