@@ -31,9 +31,8 @@ def escape_frame(df: pd.DataFrame) -> pd.DataFrame:
     for col in out.columns:
         if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
             out[col] = out[col].map(escape_cell)
-    out.columns = [escape_cell(c) for c in out.columns]
-    if out.index.dtype == object:
-        out.index = [escape_cell(i) for i in out.index]
+    out.columns = out.columns.map(escape_cell)
+    out.index = out.index.map(escape_cell)
     return out
 
 

@@ -492,6 +492,28 @@ def test_registry_text_is_escaped_in_audit_csvs(tmp_path: Path, tiny_tflite_path
     assert "'" + evil.drug in _csv_cells([path])
 
 
+def test_registry_text_is_escaped_in_comparison_csvs(tmp_path: Path) -> None:
+    from pad_assets.comparison import compare_results
+
+    rows = []
+    for cid, drug in ((1, "=cmd()"), (2, "amoxicillin"), (3, "@evil"), (4, "=cmd()")):
+        rows.append({"card_id": cid, "split": "test", "drug": drug, "quantity": 100,
+                     "actual": drug, "model": "m", "pipeline": "p", "prediction": drug,
+                     "probability": 0.9, "energy": -1.5, "label_type": "drug",
+                     "status": "ok", "detail": "", "truncated": False,
+                     "raw_key": f"{cid:064x}", "preprocessed_key": "a", "tensor_key": "b",
+                     "prediction_key": "c", "cached": True, "model_signature": "s"})
+    report = compare_results({"m": pd.DataFrame(rows)}, dataset="d", n_bootstrap=20)
+    report.write(tmp_path / "r")
+    cells = _csv_cells(sorted((tmp_path / "r").glob("*.csv")))
+    assert "'=cmd()" in cells and "'@evil" in cells, cells
+    from pad_assets.csv_safety import escape_frame
+
+    frame = escape_frame(pd.DataFrame({"x": [-1.5], "s": ["-x"]}))  # numbers stay numbers
+    assert frame["x"].tolist() == [-1.5] and frame["s"].tolist() == ["'-x"]
+    assert report.items["actual"].tolist()[0] == "=cmd()"  # the report itself is unchanged
+
+
 # ------------------------------------------------------------------ defect 11: formats
 def _bmp() -> bytes:
     buf = io.BytesIO()

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..csv_safety import escape_frame
 from ..errors import InvalidInputError
 from .figures import Figures, render_figures
 from .scoring import QUANTITY_CLASSES, _missing
@@ -254,7 +255,7 @@ class ComparisonReport:
         written: set[str] = set()
 
         def csv(df: pd.DataFrame, name: str, **kw: Any) -> None:
-            df.to_csv(directory / name, index=kw.pop("index", False), **kw)
+            escape_frame(df).to_csv(directory / name, index=kw.pop("index", False), **kw)
             written.add(name)
 
         for name, data in self.figures.items():
