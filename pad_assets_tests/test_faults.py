@@ -78,8 +78,9 @@ WORKER = textwrap.dedent("""
         import errno       # shard write layer after this many shard writes
         import pad_assets.store.shards as shard_io
         real, writes = shard_io._write_bytes, [0]
+        at_least = int(os.environ.get("PAD_TEST_ENOSPC_MIN_BYTES", "0"))
         def _write(fd, data):
-            if writes[0] >= int(after):
+            if writes[0] >= int(after) and len(data) >= at_least:
                 raise OSError(errno.ENOSPC, "No space left on device (injected)")
             return real(fd, data)
         real_ws = shard_io.write_shard
@@ -374,6 +375,8 @@ def test_a_full_disk_gives_a_clear_error_a_consistent_store_and_identical_reruns
             filler = _fill(mnt, ENOSPC_LEAVE[phase])
         else:  # no mount here: ENOSPC injected at the shard write layer
             extra["PAD_TEST_ENOSPC_AFTER"] = "1"
+            if phase == "gc":  # a nearly full disk (what a full cache leaves), not a dead one
+                extra["PAD_TEST_ENOSPC_MIN_BYTES"] = "256000"
         proc = _spawn(phase, cache, emu, DATASET, tiny_tflite_path, **extra)
         out, err = proc.communicate(timeout=180)
         assert proc.returncode in (0, 1), f"{phase}: killed by signal {-proc.returncode}"

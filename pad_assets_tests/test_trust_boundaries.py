@@ -317,6 +317,31 @@ def test_gc_on_a_full_disk_deletes_before_it_rewrites(
     assert verify(ContentStore(cache)).ok
 
 
+def test_import_on_a_full_disk_is_a_clear_error_and_leaves_nothing(
+        emu: Emulator, small_disk: Path | None, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pad_assets.ops.sharing import export_bundle, import_bundle
+
+    ds = CachedDataset(DATASET, settings=_settings(emu, tmp_path / "src"), progress=False)
+    ds.download_and_cache()
+    export_bundle(ds.store, DATASET, out=tmp_path / "bundle")  # 8.7 MB of images
+    ds.close()
+    if small_disk is None:
+        def full(fd: int, data: Any) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(shard_io, "_write_bytes", full)
+    cache = (small_disk or tmp_path) / "cache"
+    store = ContentStore(cache)
+    with pytest.raises(E.CacheFullError) as err:
+        import_bundle(store, tmp_path / "bundle")
+    assert f"cache {cache}:" in str(err.value) and "gc" in str(err.value)
+    assert not [p for p in (cache / "tmp").iterdir()] if (cache / "tmp").exists() else True
+    monkeypatch.undo()
+    assert verify(store).ok and store.cards(DATASET) == {}
+    store.close()
+
+
 # ------------------------------------------------------------------ defect 4: redirects
 def test_redirects_must_pass_the_url_policy_and_the_source_is_where_bytes_came_from(
         emu: Emulator, tmp_path: Path) -> None:

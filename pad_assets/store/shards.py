@@ -70,7 +70,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 #: Free bytes a shard write leaves on the disk for the index (SQLite WAL pages, journal).
-FREE_SPACE_RESERVE = 1 << 20
+FREE_SPACE_RESERVE = 128 << 10
 
 
 def _write_bytes(fd: int, data: memoryview) -> int:
@@ -105,8 +105,12 @@ def _shard_image(name: str, blobs: Iterable[BlobPayload], records: list[dict[str
 def _full(root: Path, needed: int, free: int | None, cause: str = "") -> CacheFullError:
     have = f"{free / 1e6:.1f} MB free" if free is not None else "the disk is full"
     detail = f"no space for a {needed / 1e6:.1f} MB shard ({have}{cause})"
+    cache = root
+    if root.parent.name == "tmp":  # a staging folder of an import or pull: name the cache
+        cache = root.parent.parent
+        detail += f" while staging in tmp/{root.name}"
     return CacheFullError(
-        f"cache {root}: {detail}; nothing was written. Free space, or run "
+        f"cache {cache}: {detail}; nothing was written. Free space, or run "
         "`pad-assets cache gc --max-size SIZE`", detail)
 
 
@@ -130,10 +134,11 @@ def write_shard(
             raise _full(root, 0, 0) from exc
         raise
     image = _shard_image(name, blobs, records)
+    free: int | None = None
     with contextlib.suppress(OSError):
         free = shutil.disk_usage(tmp_dir).free
-        if free < len(image) + FREE_SPACE_RESERVE:
-            raise _full(root, len(image), free)
+    if free is not None and free < len(image) + FREE_SPACE_RESERVE:
+        raise _full(root, len(image), free)
     tmp = tmp_dir / f"{name}{SHARD_SUFFIX}{PARTIAL_SUFFIX}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
