@@ -132,14 +132,17 @@ def test_closed_pipe_exits_quietly(emu: Emulator, env: Path, tiny_models: dict[s
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     _fill(tiny_models["tflite"], (A,))
     child_env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    # the reader goes away before the command writes: every write meets EPIPE
-    proc = subprocess.Popen([sys.executable, "-m", "pad_assets.cli", "cache", "stats"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env)
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.close()
-    err = proc.stderr.read().decode()
-    assert proc.wait(timeout=120) == 141, err
-    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err
+    # the reader goes away before the command writes: every write meets EPIPE (rich
+    # tables, click's own --help, plain echo)
+    for args in (["cache", "stats"], ["--help"], ["remote", "list"]):
+        proc = subprocess.Popen([sys.executable, "-m", "pad_assets.cli", *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 141, (args, err)
+        assert "Traceback" not in err and "BrokenPipe" not in err, (args, err)
+        assert "Exception ignored" not in err, (args, err)
     # as typed in a shell
     sh = subprocess.run(["bash", "-c", f"'{sys.executable}' -m pad_assets.cli cache stats "
                          "| head -n 1"], capture_output=True, text=True, env=child_env,

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from click.utils import PacifyFlushWrapper
 
 from ._base import EXIT_PIPE, PadGroup, quiet_broken_pipe
 from .cache import cache
@@ -102,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet_broken_pipe()
         return EXIT_PIPE
     except SystemExit as exc:
-        if isinstance(sys.stdout, PacifyFlushWrapper):  # click met a closed pipe (--help)
+        # click met a closed pipe (e.g. --help | head) and wrapped stdout to pacify it
+        # (matched by name: click deprecates importing the class)
+        if type(sys.stdout).__name__.endswith("PacifyFlushWrapper"):
             quiet_broken_pipe()
             return EXIT_PIPE
         return exc.code if isinstance(exc.code, int) else 1
