@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import socket
 import sys
 import time
@@ -20,6 +21,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 DEMO_PORT = 18765
 
@@ -56,24 +58,140 @@ def _log_config() -> dict[str, Any]:
     return {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
+DAGSTER_YAML = """\
+# Written by `pad-assets demo`: the default SQLite storage under this folder, and no usage
+# telemetry (the demo runs offline; see https://docs.dagster.io/about/telemetry).
+telemetry:
+  enabled: false
+"""
+
+
+def _prepare_home(dagster_home: Path) -> Path:
+    """DAGSTER_HOME with a dagster.yaml that turns telemetry off (kept if the user wrote one
+    that already says so)."""
+    home = dagster_home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    cfg = home / "dagster.yaml"
+    text = cfg.read_text() if cfg.is_file() else ""
+    if "telemetry" not in text:
+        cfg.write_text(DAGSTER_YAML + ("\n" + text if text.strip() else ""))
+    return home
+
+
+def _quiet_libraries() -> None:
+    """No TensorFlow/absl start-up chatter and no Dagster beta/preview warnings on the
+    terminal; errors still surface."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    warnings.filterwarnings("ignore", category=Warning, module="dagster")
+    warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
+    warnings.filterwarnings("ignore", message=".*deprecated.*", category=DeprecationWarning)
+    import logging
+
+    for name in ("absl", "tensorflow", "h5py"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+#: start-up chatter TensorFlow, absl and LiteRT write straight to file descriptor 2 (C++),
+#: which no Python logging setting reaches.
+_CHATTER = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog|I0000 |W0000 |"
+    r"INFO: Created TensorFlow Lite|.*oneDNN custom operations|.*cudart_stub|"
+    r".*Could not find cuda drivers|.*TF-TRT Warning|.*computation placer|"
+    r".*Unable to register cu(DNN|FFT|BLAS) factory|.*This TensorFlow binary is optimized)")
+
+
+@contextlib.contextmanager
+def _filtered_stderr() -> Iterator[None]:
+    """Hold file descriptor 2 in a temporary file while TensorFlow may load, then replay
+    every line except known start-up chatter (errors and tracebacks are replayed)."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode("utf-8", "replace").splitlines():
+                if not _CHATTER.match(line):
+                    print(line, file=sys.stderr)
+
+
+class _Steps:
+    """One line per step with its duration: progress a terminal and a log file both show."""
+
+    def __init__(self, out: Any, total: int) -> None:
+        self.out, self.total, self.n, self.t = out, total, 0, time.time()
+
+    def start(self, what: str) -> None:
+        self.n += 1
+        self.t = time.time()
+        print(f"[{self.n}/{self.total}] {what} ...", file=self.out, flush=True)
+
+    def done(self, what: str) -> None:
+        print(f"      {what} ({time.time() - self.t:.1f} s)", file=self.out, flush=True)
+
+
+def dagster_dev_command(dagster_home: Path, settings: Any) -> str:
+    """A command that opens this demo's runs in the UI from any folder."""
+    env = [f"DAGSTER_HOME={dagster_home}", f"PAD_CACHE_DIR={settings.cache_dir.resolve()}",
+           f"PAD_API_URL={settings.api_url}", f"PAD_REGISTRY_URL={settings.registry_url}"]
+    return " ".join(env) + " dagster dev -m pad_assets.definitions -h 127.0.0.1 -p 3000"
+
+
+def _compact(value: dict[str, Any]) -> str:
+    """The comparison in a few lines: one per model, one per pair."""
+    import pandas as pd
+
+    summary = pd.DataFrame(value["summary"])
+    lines = []
+    for r in summary.to_dict("records"):
+        parts = [f"{r['model']:<12}", f"{r.get('label_type', ''):<13}",
+                 f"n={r.get('n_scored', '')}"]
+        for metric in ("accuracy", "rmse"):
+            v = r.get(metric)
+            if v is not None and v == v:
+                lo, hi = r.get(f"{metric}_ci_low"), r.get(f"{metric}_ci_high")
+                ci = f" [{lo:.2f}, {hi:.2f}]" if lo is not None and lo == lo else ""
+                parts.append(f"{metric} {v:.3f}{ci}")
+        lines.append("  " + "  ".join(parts))
+    for r in value["pairwise"]:
+        p = r.get("mcnemar_p")
+        p_txt = f", McNemar p={p:.3g}" if p is not None and p == p else ""
+        lines.append(f"  {r['model_a']} - {r['model_b']} ({r['metric']}): {r['diff']:+.3f} "
+                     f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]{p_txt}")
+    return "\n".join(lines)
+
+
 def run(dataset: str, cards: int, external: bool, port: int, dagster_home: Path,
         out: Any = sys.stdout) -> dict[str, Any]:
-    """Run the main job; returns what it did (for tests and the printed summary)."""
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    (dagster_home / "dagster.yaml").touch()  # default SQLite storage under DAGSTER_HOME
-    warnings.filterwarnings("ignore", category=Warning, module="dagster")
-    warnings.filterwarnings("ignore", message=".*is currently in beta.*")
-    os.environ["DAGSTER_HOME"] = str(dagster_home.resolve())
+    """Run the main job; returns what it did (for tests and the printed summary).
+
+    Runs go through the persistent instance in ``dagster_home`` and carry the code
+    location's tag, so ``dagster dev`` lists them in Overview and on the jobs' pages.
+    """
+    home = _prepare_home(dagster_home)
+    _quiet_libraries()
+    os.environ["DAGSTER_HOME"] = str(home)
     t0 = time.time()
+    steps = _Steps(out, 4)
     with _emulator(cards, external, port) as emu:
         import dagster as dg
 
-        from .orchestration.assets import partitions_for
+        from .orchestration.assets import DatasetAssetKeys, partitions_for
         from .orchestration.config import DatasetConfig, load_config
         from .orchestration.definitions import (
             build_definitions,
             comparison_job_name,
             images_job_name,
+            location_tags,
         )
         from .orchestration.sync import new_card_keys, range_tags
         from .settings import Settings
@@ -81,16 +199,19 @@ def run(dataset: str, cards: int, external: bool, port: int, dagster_home: Path,
         project = load_config()
         ds = next((d for d in project.datasets if d.name == dataset), DatasetConfig(dataset))
         project = type(project)((ds,), project.models)
+        keys = DatasetAssetKeys(ds, project.models)
         defs = build_definitions(project)
         settings = Settings.from_env()
+        tags = location_tags()
         print(f"pad_assets demo: dataset {dataset}, cache {settings.cache_dir}, "
-              f"DAGSTER_HOME {dagster_home}", file=out)
+              f"DAGSTER_HOME {home}", file=out)
         if emu is not None:
             print(f"  emulator: {emu.base_url} ({cards} synthetic cards; demo models are built "
                   "offline on first use, ~1 min, then cached)", file=out)
         with dg.DagsterInstance.get() as instance:
+            steps.start("manifest")
             defs.resolve_job_def("refresh_manifests_job").execute_in_process(
-                instance=instance, run_config=_log_config())
+                instance=instance, run_config=_log_config(), tags=tags)
             from .dataset import CachedDataset
 
             dataset_obj = CachedDataset(dataset, settings=settings, progress=False)
@@ -99,41 +220,49 @@ def run(dataset: str, cards: int, external: bool, port: int, dagster_home: Path,
             new = new_card_keys(instance, ds, card_ids)
             if new:
                 instance.add_dynamic_partitions(partitions_for(ds).name, new)
-            keys = instance.get_dynamic_partitions(partitions_for(ds).name)
-            print(f"  manifest: {len(card_ids)} cards, {len(new)} new partitions", file=out)
-            stats0 = emu.stats() if emu else None
-            t1 = time.time()
-            images = defs.resolve_job_def(images_job_name(ds.key)).execute_in_process(
-                instance=instance, tags=range_tags(keys), run_config=_log_config())
-            t_images = time.time() - t1
-            stats1 = emu.stats() if emu else None
-            comparison = defs.resolve_job_def(comparison_job_name(ds.key)).execute_in_process(
-                instance=instance, run_config=_log_config(), raise_on_error=True)
-            value = comparison.asset_value([ds.key, "model_comparison"])
-            checks = [(e.check_name, e.asset_key.to_user_string(), e.passed)
-                      for e in comparison.get_asset_check_evaluations()]
-        downloaded = (stats1["image"] - stats0["image"]) if emu else None
-        print(f"  images run {images.run_id[:8]}: {len(keys)} cards x "
-              f"{len(list(defs.resolve_job_def(images_job_name(ds.key)).asset_layer.selected_asset_keys))}"
-              f" assets in {t_images:.1f} s"
-              + (f", {downloaded} images downloaded" if downloaded is not None else ""), file=out)
-        for name, key, passed in checks:
-            print(f"  check {key}:{name}: {'passed' if passed else 'FAILED'}", file=out)
-        print("\nModel comparison (identical cards for every model, item set "
-              f"{value['item_set_hash'][:12]}):", file=out)
-        import pandas as pd
+            parts = instance.get_dynamic_partitions(partitions_for(ds).name)
+            steps.done(f"{len(card_ids)} cards, {len(new)} new partitions")
 
-        print(pd.DataFrame(value["summary"]).to_string(index=False), file=out)
-        if value["pairwise"]:
-            cols = [c for c in ("model_a", "model_b", "metric", "diff", "ci_low", "ci_high",
-                                "mcnemar_p") if c in value["pairwise"][0]]
-            print(pd.DataFrame(value["pairwise"])[cols].to_string(index=False), file=out)
-        print(f"\nReport: {value['report_path']}", file=out)
+            steps.start(f"image layers of {len(parts)} cards (download, preprocess, predict)")
+            stats0 = emu.stats() if emu else None
+            images = defs.resolve_job_def(images_job_name(ds.key)).execute_in_process(
+                instance=instance, tags={**tags, **range_tags(parts)},
+                run_config=_log_config())
+            stats1 = emu.stats() if emu else None
+            recorded = len(images.get_asset_materialization_events())
+            downloaded = (stats1["image"] - stats0["image"]) if emu else None
+            steps.done(f"run {images.run_id[:8]}: {recorded} new partition materializations"
+                       + (f", {downloaded} images downloaded" if downloaded is not None else ""))
+            checks = [(e.check_name, e.asset_key.to_user_string(), e.passed, e.severity.value)
+                      for e in images.get_asset_check_evaluations()]
+
+            steps.start("model comparison")
+            comparison = defs.resolve_job_def(comparison_job_name(ds.key)).execute_in_process(
+                instance=instance, run_config=_log_config(), raise_on_error=True, tags=tags)
+            value = comparison.asset_value(keys.comparison.path)
+            checks += [(e.check_name, e.asset_key.to_user_string(), e.passed, e.severity.value)
+                       for e in comparison.get_asset_check_evaluations()]
+            steps.done(f"{value['items_compared']} of {value['published_rows']} published "
+                       "rows scored")
+        steps.start("checks")
+        for name, key, passed, severity in checks:
+            state = "passed" if passed else ("WARN" if severity == "WARN" else "FAILED")
+            print(f"      {state:<6} {key.split('/', 1)[-1]}:{name}", file=out)
+        print(f"\nModel comparison (identical cards for every model, item set "
+              f"{value['item_set_hash'][:12]}):", file=out)
+        print(_compact(value), file=out)
+        print(f"\nReport: {value['report_path']}  (also inline in the UI: "
+              f"{keys.comparison.to_user_string()} > report)", file=out)
         shapes = _registry_shapes(settings, out)
-        print(f"Done in {time.time() - t0:.1f} s. Explore: DAGSTER_HOME={dagster_home.resolve()} "
-              "dagster dev  (then open http://127.0.0.1:3000)", file=out)
-        return {"images_run": images.run_id, "downloaded": downloaded, "partitions": len(keys),
-                "checks": checks, "comparison": value, "registry_shapes": shapes}
+        print(f"Done in {time.time() - t0:.1f} s. Explore the runs, checks and each card's "
+              "lineage (then open http://127.0.0.1:3000):", file=out)
+        print(f"  {dagster_dev_command(home, settings)}", file=out)
+        if emu is not None:
+            print(f"  (to launch runs from the UI, serve the same data first: pad-assets "
+                  f"emulator --port {urlsplit(emu.base_url).port} --cards {cards})", file=out)
+        return {"images_run": images.run_id, "downloaded": downloaded, "partitions": len(parts),
+                "checks": checks, "comparison": value, "image_materializations": recorded,
+                "dagster_dev": dagster_dev_command(home, settings), "registry_shapes": shapes}
 
 
 def _registry_shapes(settings: Any, out: Any) -> dict[str, dict[str, Any]]:
@@ -172,5 +301,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dagster-home", type=Path,
                    default=Path(os.environ.get("DAGSTER_HOME") or ".dagster_home"))
     args = p.parse_args(argv)
-    run(args.dataset, args.cards, args.external, args.port, args.dagster_home)
+    with _filtered_stderr():
+        run(args.dataset, args.cards, args.external, args.port, args.dagster_home)
     return 0

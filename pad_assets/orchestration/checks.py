@@ -1,157 +1,193 @@
-"""Asset checks: integrity between layers, on everything the store holds for a dataset.
+"""Asset checks, evaluated inside the steps that materialize their assets.
 
-- raw integrity: every cached image reads back with its checksum, matches the manifest's
-  md5, decodes, and is flagged truncated exactly when it needed truncated-image tolerance;
-- tensor shape/dtype: every model-ready tensor matches its spec (from the index alone);
-- prediction completeness: every manifest card is predicted or has a recorded reason.
+Checks declared as separate ``@asset_check`` ops depend on the image step's outputs, and
+that step yields per-partition events instead of outputs, so Dagster skipped every check
+after every image run. Declared as ``check_specs`` of the image multi-asset and of the
+comparison asset, they run in the same step, after the values they check, whichever job,
+sensor, backfill or UI button materializes the asset. Each function below returns the
+result; the step decides which are selected.
+
+Severity: ERROR for what is wrong (corrupt bytes, a tensor off its spec, a card with no
+prediction and no recorded reason); WARN, with counts and card ids, for what is known and
+explained but not usable (failed downloads, ``unknown_drug`` or failed predictions, cards a
+comparison could not score).
 """
 
+from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster as dg
+import numpy as np
 
 from ..errors import CacheCorruptionError, ImageDecodeError
 from ..hashing import md5_bytes
-from .assets import DatasetAssetKeys
-from .config import DatasetConfig, ProjectConfig
-from .resources import PadResource
 
-MAX_LISTED = 20
+MAX_LISTED = 50
+WARN = dg.AssetCheckSeverity.WARN
+ERROR = dg.AssetCheckSeverity.ERROR
+
+RAW_INTEGRITY = "raw_integrity"
+RAW_DOWNLOADED = "raw_downloaded"
+TENSOR_SPEC = "tensor_shape_dtype"
+PREDICTION_STATUS = "prediction_status"
+COMPARISON_COVERAGE = "scored_published_cards"
+
+DESCRIPTIONS = {
+    RAW_INTEGRITY: "Every card image of the run reads back with its sha256, matches the "
+                   "manifest's md5, decodes, and is flagged truncated exactly when it needed "
+                   "truncated-image tolerance. ERROR on any mismatch.",
+    RAW_DOWNLOADED: "Every card of the manifest has a cached image. WARN lists the cards "
+                    "whose download failed, with the reason.",
+    TENSOR_SPEC: "Every stored tensor matches its spec (shape and storage dtype), read from "
+                 "the index. ERROR on any mismatch.",
+    PREDICTION_STATUS: "Every card of the manifest has a prediction with status ok. WARN "
+                       "lists unknown_drug and failed predictions and cards without an image; "
+                       "ERROR for a card with no prediction and no recorded reason.",
+    COMPARISON_COVERAGE: "How many of the published (manifest) rows the comparison scored "
+                         "(a card listed twice is scored twice). WARN lists the cards "
+                         "excluded, per model and reason.",
+}
 
 
-def _result(key: dg.AssetKey, ok: int, problems: dict[str, str], **extra: Any
-            ) -> dg.AssetCheckResult:
-    listed = dict(sorted(problems.items())[:MAX_LISTED])
-    return dg.AssetCheckResult(asset_key=key, passed=not problems, metadata={
-        "checked": ok + len(problems), "failures": len(problems),
-        "failures_listed": dg.MetadataValue.json(listed), **extra})
+def _listed(problems: Mapping[str, str]) -> dg.MetadataValue:
+    return dg.MetadataValue.json(dict(sorted(problems.items(), key=_num)[:MAX_LISTED]))
 
 
-def raw_integrity(pad: PadResource, ds: DatasetConfig, key: dg.AssetKey) -> dg.AssetCheckResult:
+def _num(item: tuple[str, Any]) -> tuple[int, str]:
+    k = item[0]
+    return (int(k), k) if k.isdigit() else (0, k)
+
+
+def result(key: dg.AssetKey, name: str, checked: int, errors: Mapping[str, str],
+           warnings: Mapping[str, str] | None = None, **extra: Any) -> dg.AssetCheckResult:
+    """Passed when nothing was found; ERROR severity if any error, else WARN."""
+    warnings = warnings or {}
+    meta: dict[str, Any] = {"checked": checked, "errors": len(errors),
+                            "warnings": len(warnings), **extra}
+    if errors:
+        meta["error_cards"] = _listed(errors)
+    if warnings:
+        meta["warning_cards"] = _listed(warnings)
+        meta["warning_card_ids"] = ", ".join(sorted(warnings, key=lambda k: _num((k, 0))))
+    what = []
+    if errors:
+        what.append(f"{len(errors)} error(s): cards {', '.join(sorted(errors)[:10])}")
+    if warnings:
+        what.append(f"{len(warnings)} warning(s): cards {', '.join(sorted(warnings)[:10])}")
+    return dg.AssetCheckResult(
+        asset_key=key, check_name=name, passed=not errors and not warnings,
+        severity=ERROR if errors else WARN, metadata=meta,
+        description="; ".join(what) or f"all {checked} checked passed")
+
+
+def raw_integrity(store: Any, key: dg.AssetKey, raw_keys: Mapping[int, str],
+                  manifest_md5: Mapping[int, str | None], previews: dict[int, Any]
+                  ) -> dg.AssetCheckResult:
+    """Reads, verifies and decodes every image of the batch; fills ``previews`` with each
+    decoded image's small preview on the way (the decode is the expensive part)."""
     from ..preprocessing.decode import decode_image
+    from .audit_page import preview_markdown
 
-    dataset = pad.dataset(ds.name)
-    try:
-        manifest = {int(r["card_id"]): r for r in dataset.manifest().rows.to_dict("records")}
-        cards = dataset.store.cards(ds.name)
-        problems: dict[str, str] = {}
-        ok = truncated = 0
-        metas = dataset.store.metas([c["raw_key"] for c in cards.values() if c["raw_key"]])
-        for cid, c in sorted(cards.items()):
-            if c["status"] != "ok" or not c["raw_key"]:
-                continue
-            try:
-                data = dataset.store.get(c["raw_key"])
-                want = manifest.get(cid, {}).get("md5")
-                if want and md5_bytes(data) != want:
-                    raise ValueError(f"md5 {md5_bytes(data)} != manifest {want}")
-                decoded = decode_image(data, f"card {cid}")
-                flagged = bool(metas.get(c["raw_key"], {}).get("truncated"))
-                if decoded.truncated != flagged:
-                    raise ValueError(f"truncated={decoded.truncated} but flagged={flagged}")
-                truncated += decoded.truncated
-                ok += 1
-            except (CacheCorruptionError, ImageDecodeError, ValueError) as exc:
-                problems[str(cid)] = str(exc)[:300]
-        return _result(key, ok, problems, truncated_flagged=truncated)
-    finally:
-        dataset.close()
+    errors: dict[str, str] = {}
+    metas = store.metas(list(raw_keys.values()))
+    truncated = 0
+    for cid, rk in sorted(raw_keys.items()):
+        try:
+            data = store.get(rk)  # verifies the sha256 content key
+            want = manifest_md5.get(cid)
+            if want and md5_bytes(data) != want:
+                raise ValueError(f"md5 {md5_bytes(data)} != manifest {want}")
+            decoded = decode_image(data, f"card {cid}")
+            flagged = bool(metas.get(rk, {}).get("truncated"))
+            if decoded.truncated != flagged:
+                raise ValueError(f"truncated={decoded.truncated} but flagged={flagged}")
+            truncated += decoded.truncated
+            previews[cid] = preview_markdown(decoded.image, cid)
+        except (CacheCorruptionError, ImageDecodeError, ValueError) as exc:
+            errors[str(cid)] = str(exc)[:300]
+    return result(key, RAW_INTEGRITY, len(raw_keys), errors, truncated_flagged=truncated)
 
 
-def tensor_specs(pad: PadResource, key: dg.AssetKey, model_cfg: Any) -> dg.AssetCheckResult:
-    store = pad.store()
-    try:
-        adapter_spec = _static_spec(model_cfg)
-        refs = store.index.refs(f"asset/{key.to_user_string()}/")
-        entries = store.entries(list(set(refs.values())))
-        problems, ok = {}, 0
-        for name, ckey in refs.items():
-            part = name.rsplit("/", 1)[-1]
-            e = entries.get(ckey)
-            if e is None:
-                problems[part] = "tensor item missing from the store"
-                continue
-            spec = e["meta"].get("spec") or {}
-            shape, dtype = tuple(e["shape"] or ()), e["dtype"]
-            want_shape = tuple(spec.get("shape") or adapter_spec.get("shape") or ())
-            want_dtype = spec.get("storage_dtype") or adapter_spec.get("storage_dtype")
-            import numpy as np
-
-            if shape != want_shape or np.dtype(dtype) != np.dtype(want_dtype):
-                problems[part] = f"shape {shape} dtype {dtype}, expected {want_shape} {want_dtype}"
-            else:
-                ok += 1
-        return _result(key, ok, problems)
-    finally:
-        store.close()
+def raw_downloaded(key: dg.AssetKey, manifest_ids: Sequence[int],
+                   cards: Mapping[int, Mapping[str, Any]]) -> dg.AssetCheckResult:
+    warnings: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    ok = 0
+    for cid in manifest_ids:
+        c = cards.get(cid)
+        if c and c["status"] == "ok" and c["raw_key"]:
+            ok += 1
+        elif c:
+            warnings[str(cid)] = f"{c['status']}: {c['detail'] or 'no detail recorded'}"
+        else:
+            errors[str(cid)] = "never attempted: not in the store's card table"
+    if not ok and manifest_ids:
+        errors.update(warnings)
+        warnings = {}
+    return result(key, RAW_DOWNLOADED, len(manifest_ids), errors, warnings,
+                  published_cards=len(manifest_ids), cached_cards=ok)
 
 
-def _static_spec(model_cfg: Any) -> dict[str, Any]:
-    if model_cfg.adapter == "pad_tflite":
-        return {"shape": (454, 454, 3), "storage_dtype": "uint8"}
-    if model_cfg.adapter == "pls":
-        return {"shape": (360,)}
-    return {}
+def tensor_specs(store: Any, key: dg.AssetKey, spec: Mapping[str, Any] | None
+                 ) -> dg.AssetCheckResult:
+    refs = store.index.refs(f"asset/{key.to_user_string()}/")
+    entries = store.entries(list(set(refs.values())))
+    errors: dict[str, str] = {}
+    for name, ckey in refs.items():
+        part = name.rsplit("/", 1)[-1]
+        e = entries.get(ckey)
+        if e is None:
+            errors[part] = "tensor item missing from the store"
+            continue
+        want = e["meta"].get("spec") or dict(spec or {})
+        shape, dtype = tuple(e["shape"] or ()), e["dtype"]
+        want_shape = tuple(want.get("shape") or ())
+        want_dtype = want.get("storage_dtype")
+        if shape != want_shape or (want_dtype and np.dtype(dtype) != np.dtype(want_dtype)):
+            errors[part] = f"shape {shape} dtype {dtype}, expected {want_shape} {want_dtype}"
+    return result(key, TENSOR_SPEC, len(refs), errors)
 
 
-def prediction_completeness(pad: PadResource, ds: DatasetConfig, key: dg.AssetKey
-                            ) -> dg.AssetCheckResult:
-    dataset = pad.dataset(ds.name)
-    try:
-        ids = dataset.manifest().card_ids
-        refs = dataset.store.index.refs(f"asset/{key.to_user_string()}/")
-        done = {name.rsplit("/", 1)[-1] for name in refs}
-        cards = dataset.store.cards(ds.name)
-        problems, explained = {}, {}
-        for cid in ids:
-            if str(cid) in done:
-                continue
+def prediction_status(store: Any, key: dg.AssetKey, manifest_ids: Sequence[int],
+                      cards: Mapping[int, Mapping[str, Any]]) -> dg.AssetCheckResult:
+    """Status of every manifest card's prediction, from the partition refs the step wrote."""
+    refs = store.index.refs(f"asset/{key.to_user_string()}/")
+    by_card = {name.rsplit("/", 1)[-1]: ck for name, ck in refs.items()}
+    entries = store.entries(list(set(by_card.values())))
+    errors: dict[str, str] = {}
+    warnings: dict[str, str] = {}
+    counts = {"ok": 0, "unknown_drug": 0, "failed": 0, "no_image": 0}
+    for cid in manifest_ids:
+        ck = by_card.get(str(cid))
+        if ck is None:
             c = cards.get(cid)
             if c and c["status"] != "ok":
-                explained[str(cid)] = c["detail"] or c["status"]
+                counts["no_image"] += 1
+                warnings[str(cid)] = f"no image ({c['status']}: {c['detail']})"
             else:
-                problems[str(cid)] = "no prediction and no recorded reason"
-        return _result(key, len(done) + len(explained), problems,
-                       predicted=len(done), explained=len(explained),
-                       explanations=dg.MetadataValue.json(dict(sorted(explained.items())[:50])))
-    finally:
-        dataset.close()
+                errors[str(cid)] = "no prediction and no recorded reason"
+            continue
+        rec = ((entries.get(ck) or {}).get("meta") or {}).get("record") or {}
+        status = rec.get("status", "ok")
+        if status == "ok":
+            counts["ok"] += 1
+            continue
+        counts["unknown_drug" if status == "unknown_drug" else "failed"] += 1
+        warnings[str(cid)] = f"{status}: {rec.get('detail') or ''}"[:300]
+    return result(key, PREDICTION_STATUS, len(manifest_ids), errors, warnings,
+                  status_counts=dg.MetadataValue.json(counts))
 
 
-def build_dataset_checks(ds: DatasetConfig, project: ProjectConfig) -> list[Any]:
-    keys = DatasetAssetKeys(ds, project.models)
-    checks = []
-
-    @dg.asset_check(asset=keys.raw, name="raw_integrity", blocking=False,
-                    description="md5, checksum, decodable, truncated flagged")
-    def _raw(pad: PadResource) -> dg.AssetCheckResult:
-        return raw_integrity(pad, ds, keys.raw)
-
-    checks.append(_raw)
-    seen = set()
-    for m in project.models:
-        tk = keys.tensor(m)
-        if tk not in seen:
-            seen.add(tk)
-
-            def _make_tensor_check(tk: dg.AssetKey = tk, m: Any = m) -> Any:
-                @dg.asset_check(asset=tk, name="tensor_shape_dtype", blocking=False,
-                                description="every tensor matches its spec")
-                def _tensor(pad: PadResource) -> dg.AssetCheckResult:
-                    return tensor_specs(pad, tk, m)
-
-                return _tensor
-
-            checks.append(_make_tensor_check())
-
-        def _make_pred_check(pk: dg.AssetKey) -> Any:
-            @dg.asset_check(asset=pk, name="prediction_completeness", blocking=False,
-                            description="every manifest card predicted or explained")
-            def _pred(pad: PadResource) -> dg.AssetCheckResult:
-                return prediction_completeness(pad, ds, pk)
-
-            return _pred
-
-        checks.append(_make_pred_check(keys.prediction(m)))
-    return checks
+def comparison_coverage(key: dg.AssetKey, published: int, scored: int,
+                        exclusions: Sequence[Mapping[str, Any]]) -> dg.AssetCheckResult:
+    """``published``/``scored``: published rows and rows scored; ``exclusions``: rows
+    (card_id, model, reason) of cards a model could not be scored on."""
+    warnings: dict[str, str] = {}
+    for r in exclusions:
+        cid = str(r.get("card_id"))
+        warnings[cid] = (warnings.get(cid, "") + f"{r.get('model')}: {r.get('reason')}; ")[:300]
+    return result(key, COMPARISON_COVERAGE, published, {}, warnings, published_rows=published,
+                  scored_rows=scored,
+                  scored_of_published=f"{scored} of {published} published rows scored")

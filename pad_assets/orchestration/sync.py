@@ -1,9 +1,23 @@
-"""Incremental sync: a cursor sensor per dataset that turns new manifest cards into new
-partitions and requests one batched run for exactly those; a schedule refreshes manifests.
+"""The sync chain: new cards -> manifest + their image partitions -> comparison.
 
-(Partitioned schedules refuse dynamic partitions, hence a sensor.)
+1. A cursor sensor per dataset (``<dataset>_new_cards``) reads the registry; when it lists
+   cards that are not partitions yet, it adds exactly those as dynamic partitions and
+   requests ONE run of the sync job for them: the ``manifest`` asset (so the manifest the
+   comparison reads is the new one) and the image layers of the new cards, with their checks.
+   (Partitioned schedules refuse dynamic partitions, hence a sensor.)
+2. A run-status sensor (``<dataset>_comparison_after_images``) requests the comparison job
+   (comparison + its check) after every successful run that materialized the dataset's
+   manifest or prediction partitions, whoever launched it (the sensor, a backfill, a UI
+   button).
+
+Why a run-status sensor and not an automation condition: ``AutomationCondition.eager()`` on
+the comparison waits while any upstream partition is missing, and a card whose download
+failed stays missing for good, so the comparison would never run again; a custom condition
+would be evaluated over every prediction partition on every tick. The run-status sensor
+fires once per finished run, exactly when the inputs changed, and is testable in-process.
+The comparison cannot simply share the images run: the image step yields per-partition
+events, not outputs, so a downstream step in the same run would be skipped.
 """
-
 
 import json
 from collections.abc import Sequence
@@ -40,7 +54,9 @@ def build_new_cards_sensor(ds: DatasetConfig, project: ProjectConfig,
     @dg.sensor(name=f"{ds.key}_new_cards", job=job, minimum_interval_seconds=600,
                default_status=dg.DefaultSensorStatus.STOPPED,
                description=f"Adds new cards of {ds.name}'s manifest as partitions and "
-                           "requests one run for exactly those.")
+                           "requests one run: the manifest asset plus the image layers of "
+                           "exactly those cards, with their checks. The comparison follows "
+                           "through the run-status sensor.")
     def new_cards(context: dg.SensorEvaluationContext, pad: PadResource) -> dg.SensorResult:
         dataset = pad.dataset(ds.name)
         try:
@@ -58,12 +74,43 @@ def build_new_cards_sensor(ds: DatasetConfig, project: ProjectConfig,
                                    f"{cursor.get('known', 0)})", cursor=next_cursor)
         return dg.SensorResult(
             run_requests=[dg.RunRequest(run_key=f"{ds.key}:{new[0]}-{new[-1]}:{len(new)}",
-                                        asset_selection=keys.image_keys,
+                                        asset_selection=[keys.manifest, *keys.image_keys],
                                         tags={**range_tags(new), "pad/new_cards": str(len(new))})],
             dynamic_partitions_requests=[parts.build_add_request(new)],
             cursor=next_cursor)
 
     return new_cards
+
+
+def comparison_inputs_changed(run: dg.DagsterRun, keys: DatasetAssetKeys,
+                              images_job_names: Sequence[str]) -> bool:
+    """Did this run (possibly) materialize the comparison's inputs?"""
+    inputs = {keys.manifest, *(keys.prediction(m) for m in keys.models)}
+    if run.asset_selection is not None:
+        return bool(set(run.asset_selection) & inputs)
+    return run.job_name in images_job_names
+
+
+def build_comparison_sensor(ds: DatasetConfig, project: ProjectConfig, comparison_job: Any,
+                            images_job_names: Sequence[str]) -> dg.SensorDefinition:
+    keys = DatasetAssetKeys(ds, project.models)
+
+    @dg.run_status_sensor(
+        name=f"{ds.key}_comparison_after_images", run_status=dg.DagsterRunStatus.SUCCESS,
+        request_job=comparison_job, minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=f"After a successful run that materialized {ds.name}'s manifest or "
+                    "prediction partitions, re-runs the model comparison and its check.")
+    def comparison_after_images(context: dg.RunStatusSensorContext) -> Any:
+        run = context.dagster_run
+        if run.job_name == comparison_job.name:
+            return dg.SkipReason("a comparison run")
+        if not comparison_inputs_changed(run, keys, images_job_names):
+            return dg.SkipReason(f"run {run.run_id[:8]} did not touch {ds.name}'s inputs")
+        return dg.RunRequest(run_key=f"comparison-after-{run.run_id}",
+                             tags={"pad/after_run": run.run_id})
+
+    return comparison_after_images
 
 
 def build_schedules(project: ProjectConfig, manifest_job: Any) -> list[dg.ScheduleDefinition]:

@@ -1,0 +1,86 @@
+"""What an auditor sees on one card's partition page in the Dagster UI.
+
+Every image-layer materialization of a card carries the same ``chain`` entry: a Markdown
+table linking that card's partition page in every layer (raw, preprocessed, tensor, each
+prediction) and the dataset's manifest and comparison, so any layer is one click from any
+other. Values are typed (``MetadataValue.url`` for sources, ``timestamp`` for fetch times,
+``text`` for ids, so the UI neither plots card ids nor prints epoch floats). The raw layer
+also carries a small JPEG preview inline (a data URI), so the card itself is visible.
+
+Links are relative to the UI's root (``/assets/...``); set ``PAD_DAGSTER_UI_URL`` when the
+UI is served under a path prefix.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import dagster as dg
+
+PREVIEW_PX = 160  # longest side of the inline preview: ~4 KB of JPEG per card
+
+
+def ui_base() -> str:
+    return os.environ.get("PAD_DAGSTER_UI_URL", "").rstrip("/")
+
+
+def asset_url(key: dg.AssetKey, partition: str | None = None) -> str:
+    """The asset's page in the Dagster UI, on ``partition`` when given."""
+    path = "/".join(quote(p, safe="") for p in key.path)
+    url = f"{ui_base()}/assets/{path}"
+    return f"{url}?view=partitions&partition={quote(partition, safe='')}" if partition else url
+
+
+def chain_markdown(card_id: int, layers: Iterable[tuple[str, dg.AssetKey, str | None]],
+                   manifest: dg.AssetKey, comparison: dg.AssetKey) -> dg.MetadataValue:
+    """Links to this card in every layer; ``layers`` is (label, asset key, content key)."""
+    rows = ["| layer | content key | page |", "|---|---|---|"]
+    for label, key, content in layers:
+        shown = f"`{content[:16]}`" if content else "not materialized"
+        rows.append(f"| {label} | {shown} | [card {card_id}]({asset_url(key, str(card_id))}) |")
+    rows.append(f"| manifest | dataset | [manifest]({asset_url(manifest)}) |")
+    rows.append(f"| model comparison | dataset | [comparison]({asset_url(comparison)}) |")
+    return dg.MetadataValue.md("\n".join(rows))
+
+
+def preview_markdown(image: Any, card_id: int) -> dg.MetadataValue:
+    """A small JPEG of the card as an inline image (the full bytes stay in the store)."""
+    thumb = image.copy()
+    thumb.thumbnail((PREVIEW_PX, PREVIEW_PX))
+    buf = io.BytesIO()
+    thumb.convert("RGB").save(buf, format="JPEG", quality=70)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return dg.MetadataValue.md(f"![card {card_id}](data:image/jpeg;base64,{data})")
+
+
+def typed(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain values into Dagster metadata of the right type.
+
+    Keys ending in ``_url`` become links, ``*_at`` timestamps, ids and keys text (never
+    plotted), mappings/lists JSON; NaN and None show as empty text.
+    """
+    out: dict[str, Any] = {}
+    for k, v in meta.items():
+        if isinstance(v, dg.MetadataValue):
+            out[k] = v
+        elif v is None or (isinstance(v, float) and math.isnan(v)):
+            out[k] = dg.MetadataValue.text("")
+        elif k.endswith("_url") and isinstance(v, str) and v:
+            out[k] = dg.MetadataValue.url(v)
+        elif k.endswith("_at") and isinstance(v, (int, float)):
+            out[k] = dg.MetadataValue.timestamp(float(v))
+        elif isinstance(v, (dict, list, tuple)):
+            out[k] = dg.MetadataValue.json(list(v) if isinstance(v, tuple) else v)
+        elif k in ("card_id", "run_id") or k.endswith("_key") or k.endswith("version"):
+            out[k] = dg.MetadataValue.text(str(v))
+        elif isinstance(v, bool):
+            out[k] = dg.MetadataValue.bool(v)
+        else:
+            out[k] = v
+    return out

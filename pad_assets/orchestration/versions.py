@@ -1,0 +1,102 @@
+"""Each asset's ``code_version``, derived from what determines its values.
+
+Dagster marks an asset partition "unsynced" when the code version it was materialized with
+differs from the definition's. A constant version hides every change, so each layer's
+version is a short hash of exactly what its content keys depend on:
+
+- raw image: the download/verification rules (``RAW_CODE_VERSION``);
+- preprocessed: the pipeline's name, parameters and code version;
+- tensor: the pipeline plus the tensor spec;
+- prediction: the model's cache signature (weights bytes, runtime, labels), which is what
+  makes a re-uploaded model give new prediction keys.
+
+The graph must load without network access, so a model's signature is computed from the
+cache alone (offline); a model never resolved on this machine gets a placeholder version
+naming that fact, and its first run tags its materializations with the real signature. A
+run always tags its events with the version computed from the objects it actually used
+(``*_version_of``), so definitions and events agree once the cache holds the model.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from ..errors import PadAssetsError
+from ..hashing import chain_key
+from .config import ModelConfig
+
+RAW_CODE_VERSION = "raw-1"
+MANIFEST_CODE_VERSION = "manifest-1"
+COMPARISON_CODE_VERSION = "comparison-1"
+_N = 16  # hex digits shown: enough to tell versions apart, short enough to read in the UI
+
+
+def _short(kind: str, *parts: Any) -> str:
+    return f"{kind}-{chain_key(kind, *parts)[:_N]}"
+
+
+def pipeline_version_of(describe: dict[str, Any]) -> str:
+    """Version of a preprocessed layer from ``pipeline.describe()``."""
+    return _short("pre", describe["name"], describe["parameters"], describe["code_version"])
+
+
+def tensor_version_of(pipeline_describe: dict[str, Any], spec: dict[str, Any]) -> str:
+    return _short("tensor", pipeline_version_of(pipeline_describe), spec)
+
+
+def prediction_version_of(signature: str) -> str:
+    return f"model-{signature[:_N]}"
+
+
+@functools.cache
+def pipeline_describe(name: str) -> dict[str, Any]:
+    from .assets import make_pipeline
+
+    return make_pipeline(name).describe()
+
+
+def static_tensor_spec(m: ModelConfig) -> dict[str, Any] | None:
+    """The tensor spec of PAD adapters (fixed by their kind); None for custom models."""
+    if m.adapter == "pad_tflite":
+        from ..models.tflite import PAD_NN_TENSOR_SPEC
+
+        return PAD_NN_TENSOR_SPEC.as_dict()
+    if m.adapter == "pls":
+        from ..models.pls import PLS_TENSOR_SPEC
+
+        return PLS_TENSOR_SPEC.as_dict()
+    return None
+
+
+def cached_adapter(m: ModelConfig, settings: Any) -> Any | None:
+    """The model's adapter built from the local cache only, or None when the cache does not
+    hold it yet (never a network request while the graph loads)."""
+    from dataclasses import replace
+
+    try:
+        return m.build(replace(settings, offline=True))
+    except (PadAssetsError, OSError):
+        return None  # not resolved on this machine yet: see prediction_code_version
+
+
+def prediction_code_version(m: ModelConfig, settings: Any) -> str:
+    adapter = cached_adapter(m, settings)
+    if adapter is None:
+        where = f"id {m.model_id}" if m.model_id is not None else str(m.path)
+        return f"model-unresolved-{m.adapter}-{where}"
+    return prediction_version_of(adapter.get_cache_signature())
+
+
+def tensor_code_version(m: ModelConfig, settings: Any) -> str:
+    spec = static_tensor_spec(m)
+    if spec is None:
+        adapter = cached_adapter(m, settings)
+        if adapter is None:
+            return f"tensor-unresolved-{m.name}"
+        spec = adapter.get_tensor_spec().as_dict()
+    return tensor_version_of(pipeline_describe(m.pipeline), spec)
+
+
+def preprocessed_code_version(pipeline: str) -> str:
+    return pipeline_version_of(pipeline_describe(pipeline))
