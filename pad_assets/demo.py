@@ -190,6 +190,7 @@ def run(dataset: str, cards: int, external: bool, port: int, dagster_home: Path,
         from .orchestration.definitions import (
             build_definitions,
             comparison_job_name,
+            file_run_under_location,
             images_job_name,
             location_tags,
         )
@@ -210,8 +211,9 @@ def run(dataset: str, cards: int, external: bool, port: int, dagster_home: Path,
                   "offline on first use, ~1 min, then cached)", file=out)
         with dg.DagsterInstance.get() as instance:
             steps.start("manifest")
-            defs.resolve_job_def("refresh_manifests_job").execute_in_process(
+            refresh = defs.resolve_job_def("refresh_manifests_job").execute_in_process(
                 instance=instance, run_config=_log_config(), tags=tags)
+            file_run_under_location(instance, refresh.run_id)
             from .dataset import CachedDataset
 
             dataset_obj = CachedDataset(dataset, settings=settings, progress=False)
@@ -229,6 +231,7 @@ def run(dataset: str, cards: int, external: bool, port: int, dagster_home: Path,
                 instance=instance, tags={**tags, **range_tags(parts)},
                 run_config=_log_config())
             stats1 = emu.stats() if emu else None
+            file_run_under_location(instance, images.run_id)
             recorded = len(images.get_asset_materialization_events())
             downloaded = (stats1["image"] - stats0["image"]) if emu else None
             steps.done(f"run {images.run_id[:8]}: {recorded} new partition materializations"
@@ -239,6 +242,7 @@ def run(dataset: str, cards: int, external: bool, port: int, dagster_home: Path,
             steps.start("model comparison")
             comparison = defs.resolve_job_def(comparison_job_name(ds.key)).execute_in_process(
                 instance=instance, run_config=_log_config(), raise_on_error=True, tags=tags)
+            file_run_under_location(instance, comparison.run_id)
             value = comparison.asset_value(keys.comparison.path)
             checks += [(e.check_name, e.asset_key.to_user_string(), e.passed, e.severity.value)
                        for e in comparison.get_asset_check_evaluations()]

@@ -8,6 +8,7 @@ process-wide), so prefer ``session_emulator`` when a test does not change the wo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 import pytest
 
 from pad_assets.emulator import DatasetSpec, Emulator, EmulatorConfig, ModelArtifact
+
+# Tests never send Dagster usage telemetry (instances they create read this variable).
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
 SHARED_A = "shared_A"
 SHARED_B = "shared_B"

@@ -23,7 +23,6 @@ from pad_assets.orchestration.assets import DatasetAssetKeys, partitions_for
 from pad_assets.orchestration.config import DatasetConfig, load_config
 from pad_assets.orchestration.definitions import (
     build_definitions,
-    comparison_job_name,
     images_job_name,
 )
 from pad_assets.orchestration.resources import PadResource
@@ -214,15 +213,23 @@ def test_sensor_tick_adds_exactly_the_new_cards_and_their_run_downloads_them(
         assert {r.partition_key for r in preds} >= {str(c) for c in new_ids}
 
 
-def test_checks_fail_on_a_corrupted_item(env: Settings, emulator: Emulator,
-                                         tmp_path: Path) -> None:
+def test_checks_run_with_every_images_run_and_fail_on_a_corrupted_item(
+        env: Settings, emulator: Emulator, tmp_path: Path) -> None:
     project = _project()
     ds = project.datasets[0]
     with dg.instance_for_test(temp_dir=_mk(tmp_path / "dh")) as instance:
         defs, keys, parts = _materialize_everything(instance, env)
-        job = defs.resolve_job_def(comparison_job_name(ds.key))
-        ok = job.execute_in_process(instance=instance)
-        assert all(e.passed for e in ok.get_asset_check_evaluations())
+        job = defs.resolve_job_def(images_job_name(ds.key))
+        ok = job.execute_in_process(instance=instance, tags=range_tags(parts))
+        evals = {(e.asset_key, e.check_name): e for e in ok.get_asset_check_evaluations()}
+        # every check of every image layer ran in the images run itself (none skipped)
+        assert len(evals) == 1 + 1 + 2 + 3, sorted(evals)
+        assert evals[(keys.raw, "raw_integrity")].passed
+        assert evals[(keys.raw, "raw_integrity")].metadata["checked"].value == len(parts)
+        # a rerun over unchanged content records nothing new and says so
+        assert not ok.get_asset_materialization_events()
+        logs = " ".join(e.message or "" for e in ok.all_events)
+        assert "0 new, 12 unchanged" in logs
 
         store = CachedDataset(DS, settings=env, progress=False).store
         raw_key = store.cards(DS)[int(parts[0])]["raw_key"]
@@ -233,10 +240,12 @@ def test_checks_fail_on_a_corrupted_item(env: Settings, emulator: Emulator,
             data = ds_[()]
             data[1000] ^= 0xFF
             ds_[...] = data
-        bad = job.execute_in_process(instance=instance, raise_on_error=False)
+        bad = job.execute_in_process(instance=instance, raise_on_error=False,
+                                     tags=range_tags(parts))
         evals = {e.check_name: e for e in bad.get_asset_check_evaluations()}
         assert evals["raw_integrity"].passed is False
-        listed = evals["raw_integrity"].metadata["failures_listed"].value
+        assert evals["raw_integrity"].severity == dg.AssetCheckSeverity.ERROR
+        listed = evals["raw_integrity"].metadata["error_cards"].value
         assert "failed its checksum" in listed[parts[0]]
 
 

@@ -20,9 +20,26 @@ REPOSITORY_LABEL = f"__repository__@{LOCATION_NAME}"
 
 
 def location_tags() -> dict[str, str]:
-    """Tags that file an in-process run (the demo's) under the code location, so the UI's
-    Overview and job pages list it like a run launched from the UI."""
+    """The tag the UI's job pages filter runs by (see ``file_run_under_location``)."""
     return {".dagster/repository": REPOSITORY_LABEL}
+
+
+def file_run_under_location(instance: dg.DagsterInstance, run_id: str) -> None:
+    """File an in-process run (the demo's) under this code location, as Dagster's own
+    ``dagster run migrate-repository`` does: an in-process run has no job origin, and the
+    UI's Overview timeline and job pages leave such runs out ("No runs")."""
+    from dagster._core.remote_origin import (
+        RegisteredCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+
+    run = instance.get_run_by_id(run_id)
+    if run is None or run.remote_job_origin is not None:
+        return
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(RegisteredCodeLocationOrigin(LOCATION_NAME),
+                                                    "__repository__"), run.job_name)
+    instance.run_storage.replace_job_origin(run, origin)
 
 
 def images_job_name(ds_key: str) -> str:

@@ -11,10 +11,11 @@ version is a short hash of exactly what its content keys depend on:
   makes a re-uploaded model give new prediction keys.
 
 The graph must load without network access, so a model's signature is computed from the
-cache alone (offline); a model never resolved on this machine gets a placeholder version
-naming that fact, and its first run tags its materializations with the real signature. A
-run always tags its events with the version computed from the objects it actually used
-(``*_version_of``), so definitions and events agree once the cache holds the model.
+cache alone (offline). A model the cache does not hold for the configured PAD API (never
+resolved on this machine, or another ``PAD_API_URL``) gets no code version: Dagster then
+claims nothing about it, rather than marking every partition unsynced. A run always tags
+its events with the version computed from the objects it actually used (``*_version_of``),
+so definitions and events agree once the cache holds the model.
 """
 
 from __future__ import annotations
@@ -80,20 +81,17 @@ def cached_adapter(m: ModelConfig, settings: Any) -> Any | None:
         return None  # not resolved on this machine yet: see prediction_code_version
 
 
-def prediction_code_version(m: ModelConfig, settings: Any) -> str:
+def prediction_code_version(m: ModelConfig, settings: Any) -> str | None:
     adapter = cached_adapter(m, settings)
-    if adapter is None:
-        where = f"id {m.model_id}" if m.model_id is not None else str(m.path)
-        return f"model-unresolved-{m.adapter}-{where}"
-    return prediction_version_of(adapter.get_cache_signature())
+    return None if adapter is None else prediction_version_of(adapter.get_cache_signature())
 
 
-def tensor_code_version(m: ModelConfig, settings: Any) -> str:
+def tensor_code_version(m: ModelConfig, settings: Any) -> str | None:
     spec = static_tensor_spec(m)
     if spec is None:
         adapter = cached_adapter(m, settings)
         if adapter is None:
-            return f"tensor-unresolved-{m.name}"
+            return None
         spec = adapter.get_tensor_spec().as_dict()
     return tensor_version_of(pipeline_describe(m.pipeline), spec)
 
