@@ -143,6 +143,8 @@ def dagster_dev_command(dagster_home: Path, settings: Any) -> str:
     """A command that opens this demo's runs in the UI from any folder."""
     env = [f"DAGSTER_HOME={dagster_home}", f"PAD_CACHE_DIR={settings.cache_dir.resolve()}",
            f"PAD_API_URL={settings.api_url}", f"PAD_REGISTRY_URL={settings.registry_url}"]
+    if os.environ.get("PAD_ASSETS_CONFIG"):
+        env.append(f"PAD_ASSETS_CONFIG={Path(os.environ['PAD_ASSETS_CONFIG']).resolve()}")
     return " ".join(env) + " dagster dev -m pad_assets.definitions -h 127.0.0.1 -p 3000"
 
 

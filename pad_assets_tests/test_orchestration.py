@@ -228,7 +228,7 @@ def test_checks_run_with_every_images_run_and_fail_on_a_corrupted_item(
         assert evals[(keys.raw, "raw_integrity")].metadata["checked"].value == len(parts)
         # a rerun over unchanged content records nothing new and says so
         assert not ok.get_asset_materialization_events()
-        logs = " ".join(e.message or "" for e in ok.all_events)
+        logs = " ".join(e.user_message for e in instance.all_logs(ok.run_id))
         assert "0 new, 12 unchanged" in logs
 
         store = CachedDataset(DS, settings=env, progress=False).store

@@ -8,7 +8,7 @@ sensor, backfill or UI button materializes the asset. Each function below return
 result; the step decides which are selected.
 
 Severity: ERROR for what is wrong (corrupt bytes, a tensor off its spec, a card with no
-prediction and no recorded reason); WARN, with counts and card ids, for what is known and
+prediction although its image is cached); WARN, with counts and card ids, for what is known and
 explained but not usable (failed downloads, ``unknown_drug`` or failed predictions, cards a
 comparison could not score).
 """
@@ -44,7 +44,7 @@ DESCRIPTIONS = {
                  "the index. ERROR on any mismatch.",
     PREDICTION_STATUS: "Every card of the manifest has a prediction with status ok. WARN "
                        "lists unknown_drug and failed predictions and cards without an image; "
-                       "ERROR for a card with no prediction and no recorded reason.",
+                       "ERROR for a card whose image is cached but has no prediction.",
     COMPARISON_COVERAGE: "How many of the published (manifest) rows the comparison scored "
                          "(a card listed twice is scored twice). WARN lists the cards "
                          "excluded, per model and reason.",
@@ -167,7 +167,8 @@ def prediction_status(store: Any, key: dg.AssetKey, manifest_ids: Sequence[int],
                 counts["no_image"] += 1
                 warnings[str(cid)] = f"no image ({c['status']}: {c['detail']})"
             else:
-                errors[str(cid)] = "no prediction and no recorded reason"
+                errors[str(cid)] = ("no prediction recorded although the image is cached (the "
+                                    "images run's log names the failing step)")
             continue
         rec = ((entries.get(ck) or {}).get("meta") or {}).get("record") or {}
         status = rec.get("status", "ok")
