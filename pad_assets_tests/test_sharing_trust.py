@@ -52,7 +52,6 @@ YEAR_3000 = 32503680000.0
 
 @pytest.fixture(scope="module")
 def emu(tiny_tflite_path: Path) -> Emulator:
-    pytest.importorskip("ai_edge_litert")
     model = ModelArtifact(
         record={"id": MODEL_ID, "name": "tiny_trust", "type": "tf_lite",
                 "labels": TINY_DRUG_LABELS, "version": "1"},
