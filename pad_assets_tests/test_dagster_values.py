@@ -111,3 +111,38 @@ def test_every_prediction_partition_is_apply_models_prediction_for_its_card(
     written = {p.name for p in out.rglob("*") if p.is_file()}
     assert any(n.endswith(".md") for n in written) and any(n.endswith(".csv") for n in written)
     ds.close()
+
+
+def test_refresh_manifests_schedule_runs_its_job_and_the_new_cards_are_listed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nightly schedule, as the daemon would tick it, then its job: the cached manifest
+    of every configured dataset is replaced by the server's current one."""
+    name = "Dagster_refresh"
+    config = EmulatorConfig(datasets=[DatasetSpec(name, range(50600, 50604))],
+                            models_provider=lambda: [])
+    with Emulator(config) as emu:
+        point_env_at(emu, tmp_path / "cache", monkeypatch)
+        env = Settings.from_env()
+        base = load_config()
+        defs = build_definitions(type(base)((DatasetConfig(name),), base.models))
+        schedule = defs.resolve_schedule_def("refresh_manifests")
+        assert schedule.cron_schedule == "0 2 * * *"
+        (tmp_path / "dh").mkdir()
+        with dg.instance_for_test(temp_dir=str(tmp_path / "dh")) as instance:
+            ctx = dg.build_schedule_context(instance=instance)
+            requests = schedule.evaluate_tick(ctx).run_requests
+            assert len(requests) == 1 and schedule.job_name == "refresh_manifests_job"
+            job = defs.resolve_job_def(schedule.job_name)
+            assert job.execute_in_process(instance=instance, tags=requests[0].tags).success
+            cached = CachedDataset(name, settings=env, progress=False)
+            assert sorted(cached.manifest().card_ids) == list(range(50600, 50604))
+
+            emu.add_cards(name, [50610, 50611])
+            emu.reset_stats()
+            assert job.execute_in_process(instance=instance).success
+            assert emu.stats()["registry"] >= 1 and emu.stats()["image"] == 0
+            again = CachedDataset(name, settings=env, progress=False)
+            assert sorted(again.manifest().card_ids) == [50600, 50601, 50602, 50603, 50610,
+                                                         50611]
+            cached.close()
+            again.close()
