@@ -89,11 +89,15 @@ def add_remote(cache_dir: str | Path, name: str, url: str, default: bool = False
     return cfg
 
 
-def remove_remote(cache_dir: str | Path, name: str) -> dict[str, Any]:
-    cfg = load_config(cache_dir)
+def _require_remote(cfg: dict[str, Any], name: str) -> None:
     if name not in cfg["remotes"]:
         raise InvalidInputError(f"no remote named {name!r}; expected one of "
                                 f"{sorted(cfg['remotes']) or '(none configured)'}")
+
+
+def remove_remote(cache_dir: str | Path, name: str) -> dict[str, Any]:
+    cfg = load_config(cache_dir)
+    _require_remote(cfg, name)
     del cfg["remotes"][name]
     if cfg.get("default") == name:
         cfg["default"] = None
@@ -103,9 +107,7 @@ def remove_remote(cache_dir: str | Path, name: str) -> dict[str, Any]:
 
 def set_default(cache_dir: str | Path, name: str) -> dict[str, Any]:
     cfg = load_config(cache_dir)
-    if name not in cfg["remotes"]:
-        raise InvalidInputError(f"no remote named {name!r}; expected one of "
-                                f"{sorted(cfg['remotes']) or '(none configured)'}")
+    _require_remote(cfg, name)
     cfg["default"] = name
     _save(cache_dir, cfg)
     return cfg

@@ -925,12 +925,7 @@ def _import_dir(store: ContentStore, bdir: Path, shown: str, t0: float) -> Impor
         # Everything is verified and written: move the files in, then one transaction.
         # (A crash in between leaves complete, verified shards that recover() indexes;
         # refs and cards move last, so none points at an item that did not arrive.)
-        for _, rel, *_ in written:
-            final = store.root / rel
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / rel, final)
-            fsync_dir(final.parent)
-        store.index.apply_shards(written)
+        _move_in_and_index(store, staging, written)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     store.index.touch([r["key"] for r in recs if r["type"] == "item"], older_than=0.0)
@@ -1209,15 +1204,21 @@ def _index_rewritten(store: ContentStore, insp: _Inspected) -> int:
     staging = store.root / "tmp" / f"pull-{uuid.uuid4().hex[:12]}{shard_io.PARTIAL_SUFFIX}"
     try:
         written = _rewrite_into(store, [insp], staging)
-        for _, rel, *_ in written:
-            final = store.root / rel
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / rel, final)
-            fsync_dir(final.parent)
-        store.index.apply_shards(written)
+        _move_in_and_index(store, staging, written)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return sum(w[2] for w in written)
+
+
+def _move_in_and_index(store: ContentStore, staging: Path, written: list[Any]) -> None:
+    """Move verified staged shards into the store, in order, then index them in one
+    transaction (a crash in between leaves complete shards that ``recover()`` indexes)."""
+    for _, rel, *_ in written:
+        final = store.root / rel
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / rel, final)
+        fsync_dir(final.parent)
+    store.index.apply_shards(written)
 
 
 def pull(store: ContentStore, remote_url: str, dataset: str | None = None, *,
