@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .errors import InvalidInputError, OfflineError
+from .errors import InvalidInputError, OfflineError, PreprocessingFailureWarning
 from .hashing import sha256_bytes
 from .layers.derived import DerivedLayers
 from .layers.model_names import record_name
@@ -83,6 +84,8 @@ class CachedDataset:
         self.raw = RawLayer(self.store, settings, self.api)
         self.derived = DerivedLayers(self.store, workers)
         self.predictions = PredictionLayer(self.store, self.derived)
+        #: card id -> reason, for the cards the last ``get_preprocessed_batch`` left out
+        self.preprocessing_failures: dict[int, str] = {}
         self._manifest: Manifest | None = None
 
     def __repr__(self) -> str:
@@ -242,12 +245,16 @@ class CachedDataset:
 
         Each card once (its first published row), whatever the number of rows listing it.
         Computes only what is missing; peak memory is a few batches whatever the dataset
-        size. Cards whose image could not be fetched are skipped (``cards()`` says why).
+        size. Cards whose image could not be fetched are skipped (``cards()`` says why);
+        cards the pipeline failed on are skipped too, named with their reasons in a
+        ``PreprocessingFailureWarning`` (once per window of cards) and kept in
+        ``self.preprocessing_failures``.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size {batch_size}: expected a positive integer")
         rows, raw = self._rows_with_raw(split)
         ids = [int(c) for c in _unique_cards(rows)["card_id"] if int(c) in raw]
+        self.preprocessing_failures = {}
         window = max(batch_size, 64)
         for start in range(0, len(ids), window):
             part = ids[start:start + window]
@@ -257,13 +264,29 @@ class CachedDataset:
                 sel = keep[b:b + batch_size]
                 got = self._read_or_recompute(rows, part, sel, raw, chain,
                                               preprocessing_pipeline)
+                for j in sel:
+                    if chain.preprocessed[j] not in got and j not in chain.failed:
+                        chain.failed[j] = "evicted by a concurrent gc while it was read"
                 sel = [j for j in sel if chain.preprocessed[j] in got]
-                if not sel:
-                    continue
-                keys = [chain.preprocessed[j] for j in sel]
-                yield PreprocessedBatch(np.stack([np.asarray(got[k]) for k in keys]),
-                                        [part[j] for j in sel], keys,  # type: ignore[misc]
-                                        [chain.truncated[j] for j in sel])
+                if sel:
+                    keys = [chain.preprocessed[j] for j in sel]
+                    yield PreprocessedBatch(np.stack([np.asarray(got[k]) for k in keys]),
+                                            [part[j] for j in sel], keys,  # type: ignore[misc]
+                                            [chain.truncated[j] for j in sel])
+            self._report_failures(preprocessing_pipeline, part, chain.failed)
+
+    def _report_failures(self, pipeline: PreprocessingPipeline, part: list[int],
+                         failed: dict[int, str]) -> None:
+        """Name the cards of a window that the stream left out, and why (never silently)."""
+        if not failed:
+            return
+        new = {part[j]: reason for j, reason in sorted(failed.items())}
+        self.preprocessing_failures.update(new)
+        shown = "; ".join(f"card {c}: {r}" for c, r in list(new.items())[:5])
+        more = f" (and {len(new) - 5} more)" if len(new) > 5 else ""
+        warnings.warn(f"{pipeline.name}: {len(new)} card(s) of dataset {self.name!r} left out "
+                      f"of the batches: {shown}{more}; all of them are in "
+                      "preprocessing_failures", PreprocessingFailureWarning, stacklevel=3)
 
     #: How often a window is recomputed when a concurrent ``gc`` evicts what it just
     #: resolved (each round re-fetches or recomputes only what vanished).

@@ -88,3 +88,13 @@ class ImageDecodeError(PadAssetsError):
 
 class CacheBusyError(PadAssetsError):
     """A maintenance operation (gc, repair, reindex) holds the cache; try again shortly."""
+
+
+class PreprocessingFailureWarning(UserWarning):
+    """Some cards of a ``get_preprocessed_batch`` stream could not be preprocessed.
+
+    A warning, not an exception: one smeared card must not stop a researcher's epoch over
+    thousands. The cards and reasons are also kept in
+    ``CachedDataset.preprocessing_failures`` for code that wants to act on them.
+    """
+

@@ -19,7 +19,7 @@ from PIL import Image
 from pad_assets.dataset import CachedDataset
 from pad_assets.emulator import DatasetSpec, EdgeCases, Emulator
 from pad_assets.emulator.catalog import CARD_ISSUES
-from pad_assets.errors import FetchError
+from pad_assets.errors import FetchError, PreprocessingFailureWarning
 from pad_assets.layers import derived as derived_module
 from pad_assets.models.base import TensorSpec
 from pad_assets.models.custom import CustomModelAdapter
@@ -165,9 +165,14 @@ def test_process_pool_pipeline_fails_one_card_and_computes_the_rest(
     others = [c for c in SMALL_IDS if c != victim]
     assert (res.loc[others, "status"] == "ok").all()
     # the workers' arrays are the pipeline's: predictions equal the NumPy reference
-    batch = np.stack([arr for b in ds.get_preprocessed_batch(pipe, batch_size=20)
-                      for arr in b.arrays])
-    ids = [c for b in ds.get_preprocessed_batch(pipe, batch_size=20) for c in b.card_ids]
+    with pytest.warns(PreprocessingFailureWarning,
+                      match=f"card {victim}: centre_crop failed: ValueError: lane 3"):
+        batches = list(ds.get_preprocessed_batch(pipe, batch_size=20))
+    # the stream leaves the card out and says so, with the pipeline's own reason
+    assert list(ds.preprocessing_failures) == [victim]
+    assert "lane 3 is smeared" in ds.preprocessing_failures[victim]
+    batch = np.stack([arr for b in batches for arr in b.arrays])
+    ids = [c for b in batches for c in b.card_ids]
     assert ids == [c for c in ds.manifest().card_ids if c != victim]
     logits = tiny_reference_logits(batch)
     want = [TINY_DRUG_LABELS[i].lower().replace(" ", "-") for i in logits.argmax(axis=1)]
