@@ -264,6 +264,8 @@ def test_new_weights_and_a_new_manifest_mark_exactly_the_affected_assets_unsynce
     """A re-uploaded model 16 (new weights, picked up by the lab) makes only
     prediction_nn_drug's partitions unsynced; a manifest with one more card makes the
     comparison unsynced and no image partition."""
+    from pad_assets.models.tflite import PADTensorFlowAdapter
+
     emu: Emulator = world["emu"]
     cat = emu.catalog
     i = next(i for i, a in enumerate(cat._models) if int(a.record.get("id", -1)) == 16)
@@ -271,8 +273,6 @@ def test_new_weights_and_a_new_manifest_mark_exactly_the_affected_assets_unsynce
     cat._models[i] = replace(old, data=old.data + b"\0" * 8,
                              record={**old.record, "version": "1.1"})
     try:
-        from pad_assets.models.tflite import PADTensorFlowAdapter
-
         PADTensorFlowAdapter(model_id=16, settings=Settings.from_env(), refresh=True)
     finally:
         cat._models[i] = old
@@ -296,3 +296,6 @@ def test_new_weights_and_a_new_manifest_mark_exactly_the_affected_assets_unsynce
         assert [c["key"]["path"][-1] for c in comp["staleCauses"]] == ["manifest"], comp
     finally:
         ws.stop()
+        # The world is shared by this module's tests, in any order (pytest -p randomly):
+        # pin the served weights again so the image partitions are FRESH for the others.
+        PADTensorFlowAdapter(model_id=16, settings=Settings.from_env(), refresh=True)
