@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import random
-import select
 import shutil
 import signal
 import subprocess
@@ -41,6 +40,7 @@ from pad_assets.ops.maintenance import verify
 from pad_assets.settings import Settings
 from pad_assets.store import ContentStore
 from pad_assets_tests.model_fixtures import TINY_DRUG_LABELS
+from pad_assets_tests.workers import wait_ready
 
 pytest_plugins = ["pad_assets_tests.model_fixtures"]
 
@@ -135,20 +135,6 @@ def _spawn(phase: str, cache: Path, emu: Emulator, dataset: str, model: Path,
            "PAD_TEST_GC_MAX": str(GC_MAX_SIZE), **env_extra}
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
-
-
-def _wait_ready(proc: subprocess.Popen[str], timeout: float = 60.0) -> None:
-    """Wait (bounded) until the worker has imported everything and says READY."""
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        proc.kill()
-        pytest.fail(f"worker not ready after {timeout} s")
-    line = proc.stdout.readline()
-    if line.strip() != "READY":
-        proc.wait(timeout=30)
-        pytest.fail(f"worker failed before READY: {line!r}\n"
-                    f"{proc.stderr.read()[-3000:] if proc.stderr else ''}")
 
 
 def _shard_count(cache: Path) -> int:
@@ -292,7 +278,7 @@ def test_sigkill_at_random_points_leaves_a_consistent_store_and_rerun_is_identic
         base_shards = _shard_count(cache)
         proc = _spawn(phase, cache, emu, DATASET, tiny_tflite_path)
         try:
-            _wait_ready(proc)
+            wait_ready(proc)
             if attempts % 2 or phase == "gc":  # a random instant of the phase
                 time.sleep(rng.uniform(0.0, 0.85 * duration))
             else:  # just after the n-th shard of the phase appears (+ a few ms: mid-write)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import select
 import shutil
 import signal
 import subprocess
@@ -37,6 +36,7 @@ from pad_assets.ops.maintenance import verify
 from pad_assets.settings import Settings
 from pad_assets.store import ContentStore
 from pad_assets.store.store import file_sha256
+from pad_assets_tests.workers import wait_ready
 
 DATASET = "sharekill"
 CARDS = list(range(54000, 54016))
@@ -66,19 +66,6 @@ def _spawn(op: str, cache: Path, target: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PAD_OFFLINE": "1"}
     return subprocess.Popen([sys.executable, "-c", WORKER, op, str(cache), str(target)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def _wait_ready(proc: subprocess.Popen[str], timeout: float = 60.0) -> None:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        proc.kill()
-        pytest.fail(f"worker not ready after {timeout} s")
-    line = proc.stdout.readline()
-    if line.strip() != "READY":
-        proc.wait(timeout=30)
-        pytest.fail(f"worker failed before READY: {line!r}\n"
-                    f"{proc.stderr.read()[-3000:] if proc.stderr else ''}")
 
 
 def _files(folder: Path) -> int:
@@ -214,7 +201,7 @@ def test_sigkill_during_sharing_leaves_a_clean_cache_and_rerun_is_identical(
         watch = target if op == "push" else cache
         proc = _spawn(op, cache, target)
         try:
-            _wait_ready(proc)
+            wait_ready(proc)
             if attempts % 2:  # a random instant of the operation
                 time.sleep(rng.uniform(0.0, 0.9 * duration))
             else:  # just after the n-th shard file appears (+ a few ms: mid-write)
