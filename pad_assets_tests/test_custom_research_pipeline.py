@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image
 
 from pad_assets import CachedDataset, CustomModelAdapter, CustomResearchPipeline
 from pad_assets.emulator import DatasetSpec, Emulator, EmulatorConfig
@@ -27,6 +27,7 @@ from pad_assets.preprocessing import (
 )
 from pad_assets_tests.conftest import point_env_at
 from pad_assets_tests.model_fixtures import TINY_DRUG_LABELS, tiny_reference_logits
+from pad_assets_tests.pad_tool_reference import pad_tool_nn
 
 pytest_plugins = ["pad_assets_tests.model_fixtures"]
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
@@ -71,19 +72,6 @@ def _real(card_id: int) -> bytes:
     return (REAL / f"{card_id}_processed.png").read_bytes()
 
 
-def _pad_tool_nn(data: bytes) -> np.ndarray:
-    """``nn_predict``'s preprocessing, literally, with its process-wide tolerance switch."""
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = True
-    try:
-        img = Image.open(io.BytesIO(data))
-        img = img.crop((71, 359, 71 + 636, 359 + 490))
-        img = img.resize((454, 454), Image.BICUBIC)
-        return np.asarray(img)
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
-
-
 # ---------------------------------------------------------------------------- bit identity
 @pytest.mark.parametrize("card_id", sorted(REAL_CARDS))
 def test_pad_nn_configuration_gives_identical_bytes_on_real_cards(card_id: int) -> None:
@@ -98,7 +86,7 @@ def test_pad_nn_configuration_gives_identical_bytes_on_real_cards(card_id: int) 
         assert (out.dtype, out.shape, out.flags.c_contiguous) == (np.uint8, (454, 454, 3), True)
         assert out.tobytes() == std.tobytes()
     # and both are the PAD tool's own array (not merely equal to each other)
-    assert std.tobytes() == _pad_tool_nn(data).tobytes()
+    assert std.tobytes() == pad_tool_nn(data, tolerant=True).tobytes()
 
 
 def test_pad_nn_params_constant_is_the_documented_dict() -> None:

@@ -16,6 +16,7 @@ from pad_assets.preprocessing import (
     WhiteBalancedNNPipeline,
 )
 from pad_assets.preprocessing.examples import PAPER_PATCH_BOX
+from pad_assets_tests.pad_tool_reference import pad_tool_nn
 from pad_assets_tests.pls_reference import card_rgb, png_bytes
 
 
@@ -26,19 +27,6 @@ def _card_bytes(index: int) -> bytes:
 
         return card_png(2000 + index)
     return png_bytes(card_rgb(index))
-
-
-def _pad_tool_nn(data: bytes, tolerant: bool = False) -> np.ndarray:
-    """What ``nn_predict`` does, literally (optionally with its global tolerance)."""
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = tolerant
-    try:
-        img = Image.open(io.BytesIO(data))
-        img = img.crop((71, 359, 71 + 636, 359 + 490))
-        img = img.resize((454, 454), Image.BICUBIC)
-        return np.asarray(img)
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 @pytest.fixture
@@ -53,16 +41,16 @@ def test_output_equals_pad_tool_bit_for_bit(index: int) -> None:
     out, truncated = PADNeuralNetworkPipeline().run(data, f"card-{index}")
     assert truncated is False
     assert out.dtype == np.uint8 and out.shape == (454, 454, 3)
-    np.testing.assert_array_equal(out, _pad_tool_nn(data))
+    np.testing.assert_array_equal(out, pad_tool_nn(data))
 
 
 def test_truncated_png_equals_pad_tool_with_tolerance(truncated_png: bytes) -> None:
     with pytest.raises(OSError):  # really truncated: a strict decode fails
-        _pad_tool_nn(truncated_png, tolerant=False)
+        pad_tool_nn(truncated_png, tolerant=False)
     out, truncated = PADNeuralNetworkPipeline().run(truncated_png, "cut")
     assert truncated is True
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
-    np.testing.assert_array_equal(out, _pad_tool_nn(truncated_png, tolerant=True))
+    np.testing.assert_array_equal(out, pad_tool_nn(truncated_png, tolerant=True))
     # the cut lies inside the crop: some output rows are the black fill of missing data
     assert (out[-1] == 0).all()
 
