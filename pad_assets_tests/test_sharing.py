@@ -19,8 +19,8 @@ from pad_assets.dataset import CachedDataset
 from pad_assets.emulator import DatasetSpec, Emulator, ModelArtifact
 from pad_assets.errors import IntegrityError, InvalidInputError
 from pad_assets.ops import maintenance as mt
-from pad_assets.ops.sharing import export_bundle, import_bundle, pull, push
 from pad_assets.settings import Settings
+from pad_assets.sharing import export_bundle, import_bundle, pull, push
 from pad_assets.store import ContentStore
 from pad_assets.store.store import file_sha256
 from pad_assets_tests.conftest import make_config

@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
+from pad_assets import sharing
 from pad_assets.dataset import CachedDataset
 from pad_assets.emulator import DatasetSpec, Emulator, EmulatorConfig
-from pad_assets.ops import sharing
 from pad_assets.ops.maintenance import verify
 from pad_assets.settings import Settings
 from pad_assets.store import ContentStore
@@ -47,7 +47,7 @@ OPS = ("import", "push", "pull")
 WORKER = textwrap.dedent("""
     import sys, time
     op, cache, target = sys.argv[1:4]
-    from pad_assets.ops import sharing
+    from pad_assets import sharing
     from pad_assets.store import ContentStore
     store = ContentStore(cache)
     print("READY", flush=True)
@@ -127,13 +127,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             raw_layer.WRITE_BATCH_ITEMS = old_batch
     store = ContentStore(src)
     total = sum(p.stat().st_size for p in (src / "shards").rglob("*.h5"))
-    old_shard = sharing.BUNDLE_SHARD_BYTES
-    sharing.BUNDLE_SHARD_BYTES = max(1, total // 8)
+    old_shard = sharing.limits.BUNDLE_SHARD_BYTES
+    sharing.limits.BUNDLE_SHARD_BYTES = max(1, total // 8)
     try:
         sharing.export_bundle(store, DATASET, out=base / "bundle")
         sharing.export_bundle(store, DATASET, out=base / "bundle.tar")
     finally:
-        sharing.BUNDLE_SHARD_BYTES = old_shard
+        sharing.limits.BUNDLE_SHARD_BYTES = old_shard
     remote = base / "remote_clean"
     sharing.push(store, str(remote))
     store.close()

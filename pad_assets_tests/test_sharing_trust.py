@@ -26,14 +26,14 @@ import h5py
 import numpy as np
 import pytest
 
+from pad_assets import sharing
 from pad_assets.dataset import CachedDataset, manifest_ref
 from pad_assets.emulator import DatasetSpec, Emulator, ModelArtifact
 from pad_assets.errors import IntegrityError
 from pad_assets.hashing import sha256_bytes
 from pad_assets.ops import maintenance as mt
-from pad_assets.ops import sharing
-from pad_assets.ops.sharing import export_bundle, import_bundle, pull, push
 from pad_assets.settings import Settings
+from pad_assets.sharing import export_bundle, import_bundle, pull, push
 from pad_assets.sources.model_artifacts import record_ref
 from pad_assets.store import CardRecord, ContentStore
 from pad_assets.store import shards as shard_io
@@ -347,7 +347,7 @@ def test_a_compression_bomb_item_is_refused_before_it_is_read(tmp_path: Path) ->
 
 def test_an_item_over_the_per_item_limit_is_refused(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sharing, "MAX_IMPORT_ITEM_BYTES", 1 << 20)
+    monkeypatch.setattr(sharing.limits, "MAX_IMPORT_ITEM_BYTES", 1 << 20)
     rng = np.random.default_rng(0)
     bundle = _h5_bundle(tmp_path, rng.integers(0, 255, 2 << 20, dtype=np.uint8))
     with pytest.raises(IntegrityError, match="per-item limit"):
@@ -357,7 +357,7 @@ def test_an_item_over_the_per_item_limit_is_refused(tmp_path: Path,
 def test_an_oversized_bundle_json_is_refused_before_it_is_read(tmp_path: Path) -> None:
     bundle = tmp_path / "big_json"
     bundle.mkdir()
-    (bundle / "bundle.json").write_bytes(b" " * (sharing.MAX_BUNDLE_JSON_BYTES + 1))
+    (bundle / "bundle.json").write_bytes(b" " * (sharing.limits.MAX_BUNDLE_JSON_BYTES + 1))
     with pytest.raises(IntegrityError, match="over the limit"):
         import_bundle(ContentStore(tmp_path / "c"), bundle)
 
@@ -376,7 +376,7 @@ def test_tar_limits_are_checked_while_streaming_before_writing(
     tmp = store.root / "tmp"
 
     # too many members: refused at the limit, nothing extracted
-    monkeypatch.setattr(sharing, "MAX_TAR_MEMBERS", 20)
+    monkeypatch.setattr(sharing.limits, "MAX_TAR_MEMBERS", 20)
     members = []
     for i in range(200):
         name = shard_io.new_shard_name()[:-4] + f"{i:04x}"
@@ -398,7 +398,7 @@ def test_tar_limits_are_checked_while_streaming_before_writing(
     assert not (tmp.exists() and any(p.is_file() for p in tmp.rglob("*")))
 
     # a member whose declared size is over the per-member limit is refused unread
-    monkeypatch.setattr(sharing, "MAX_TAR_MEMBER_BYTES", 1 << 20)
+    monkeypatch.setattr(sharing.limits, "MAX_TAR_MEMBER_BYTES", 1 << 20)
     huge = tarfile.TarInfo(shard_io.shard_relpath(shard_io.new_shard_name()))
     huge.size = 2 << 20
     with pytest.raises(IntegrityError, match="declares"):

@@ -320,7 +320,7 @@ def test_gc_on_a_full_disk_deletes_before_it_rewrites(
 def test_import_on_a_full_disk_is_a_clear_error_and_leaves_nothing(
         emu: Emulator, small_disk: Path | None, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from pad_assets.ops.sharing import export_bundle, import_bundle
+    from pad_assets.sharing import export_bundle, import_bundle
 
     ds = CachedDataset(DATASET, settings=_settings(emu, tmp_path / "src"), progress=False)
     ds.download_and_cache()

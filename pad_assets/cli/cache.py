@@ -178,7 +178,7 @@ def rm(cache_dir: Path | None, as_json: bool, dataset: str | None, model: str | 
 def export_(cache_dir: Path | None, as_json: bool, dataset: str, layers: str,
             output: str) -> None:
     """Write one dataset's items into a bundle a colleague can import."""
-    from ..ops.sharing import export_bundle
+    from ..sharing import export_bundle
 
     _run(cache_dir, f"exporting {dataset}",
          lambda store: export_bundle(store, dataset, layers, out=output), as_json)
@@ -190,7 +190,7 @@ def export_(cache_dir: Path | None, as_json: bool, dataset: str, layers: str,
 @click.argument("bundle")
 def import_(cache_dir: Path | None, as_json: bool, bundle: str) -> None:
     """Verify a bundle (directory or .tar) and add its items."""
-    from ..ops.sharing import import_bundle
+    from ..sharing import import_bundle
 
     _run(cache_dir, f"importing {bundle}", lambda store: import_bundle(store, bundle), as_json)
 
@@ -211,7 +211,7 @@ def _remote(cache_dir: Path | None, remote: str | None) -> tuple[str, str]:
 @json_option
 @click.argument("remote", required=False)
 def push(cache_dir: Path | None, as_json: bool, remote: str | None) -> None:
-    from ..ops.sharing import push as push_op
+    from ..sharing import push as push_op
 
     _, url = _remote(cache_dir, remote)
     bar = progress_bar(f"pushing to {url}")
@@ -228,7 +228,7 @@ def push(cache_dir: Path | None, as_json: bool, remote: str | None) -> None:
 @click.option("--dataset", default=None, help="Only the shards of this dataset.")
 def pull(cache_dir: Path | None, as_json: bool, remote: str | None,
          dataset: str | None) -> None:
-    from ..ops.sharing import pull as pull_op
+    from ..sharing import pull as pull_op
 
     _, url = _remote(cache_dir, remote)
     bar = progress_bar(f"pulling from {url}")

@@ -40,7 +40,7 @@ ASSET_PREFIX = "asset/"
 
 
 class ForeignShard(Protocol):
-    """What ``vet`` needs of a verified foreign shard (``sharing._Inspected``)."""
+    """What ``vet`` needs of a verified foreign shard (``sharing.checks._Inspected``)."""
 
     name: str
     records: list[dict[str, Any]]

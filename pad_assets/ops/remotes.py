@@ -3,7 +3,7 @@
 Like ``dvc remote`` and ``dvc status -c``: a remote is a name for an fsspec URL, kept in a
 small JSON file in the cache directory (``remotes.json``, next to the shards it
 describes), one of them the default for ``cache push``/``pull``/``status``. The transfer
-itself is ``pad_assets.ops.sharing`` (verified push and pull); this module only names
+itself is ``pad_assets.sharing`` (verified push and pull); this module only names
 locations and compares what each side holds, shard by shard, from the local index and the
 remote's ``index.json`` and file listing (no payload is read).
 """
@@ -173,8 +173,8 @@ class RemoteStatus:
 def remote_status(store: ContentStore, url: str, label: str | None = None) -> RemoteStatus:
     """Compare shard sets (the unit push and pull move). A shard this cache rewrote in
     ``gc`` counts as new until pushed, as a pull would find its content already here."""
+    from ..sharing.remote import _read_remote_index, _remote, _remote_files
     from .maintenance.usage import dataset_affinity
-    from .sharing import _read_remote_index, _remote, _remote_files
 
     fs, root = _remote(url)
     there = _remote_files(fs, root)

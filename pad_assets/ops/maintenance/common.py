@@ -1,6 +1,6 @@
 """Constants and small helpers every maintenance operation shares (keys, digests, sizes).
 
-Also used by ``pad_assets.ops.sharing``, which checks shards the same way on import.
+Also used by ``pad_assets.sharing``, which checks shards the same way on import.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ _SHARD_NAME = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{16}$")
 
 
 # ---------------------------------------------------------------------------------------
-# small shared helpers (also used by pad_assets.ops.sharing)
+# small shared helpers (also used by pad_assets.sharing)
 def is_hex_key(value: Any) -> bool:
     return isinstance(value, str) and bool(_HEX64.match(value))
 
