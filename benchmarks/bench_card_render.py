@@ -15,7 +15,7 @@ import json
 import sys
 import time
 
-from pad_assets.emulator.synthetic import card_png
+from pad_assets.devtools.emulator.synthetic import card_png
 
 TARGET_SECONDS_PER_CARD = 0.5
 

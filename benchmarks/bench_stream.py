@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         api, reg, ds, cache, bs = args.child
         child(api, reg, ds, cache, int(bs))
         return 0
-    from pad_assets.emulator import DatasetSpec, Emulator, EmulatorConfig
+    from pad_assets.devtools.emulator import DatasetSpec, Emulator, EmulatorConfig
 
     sizes = [int(x) for x in args.sizes.split(",")]
     specs = [DatasetSpec(f"stream_{n}", range(100000, 100000 + n)) for n in sizes]

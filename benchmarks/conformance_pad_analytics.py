@@ -49,7 +49,7 @@ PLS_TOL = 1e-9
 
 
 def _emulator(n_cards: int, unknown_id: int) -> Any:
-    from pad_assets.emulator import CardAttributes, DatasetSpec, Emulator, EmulatorConfig
+    from pad_assets.devtools.emulator import CardAttributes, DatasetSpec, Emulator, EmulatorConfig
 
     ids = [*range(FIRST_ID, FIRST_ID + n_cards), *REAL_CARDS, unknown_id]
     overrides = {cid: CardAttributes(drug, q, "unknown", cid)

@@ -16,7 +16,7 @@ count of the published CSVs (Python's ``csv`` module, one data row per record):
 
 It prints one line per dataset (rows, splits, unique cards, leakage count, warnings) and
 exits 1 if any folder with CSVs fails to load or disagrees. The same check runs in the test
-suite when ``PAD_REGISTRY_COPY`` names such a folder (``test_registry_shapes.py``).
+suite when ``PAD_REGISTRY_COPY`` names such a folder (``sources/test_registry_shapes.py``).
 """
 
 from __future__ import annotations

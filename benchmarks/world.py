@@ -58,7 +58,7 @@ def card_folder(out: Path, n_cards: int, real_images: Path | None = None,
     """A folder holding ``{id}_processed.png`` for ids FIRST_CARD .. FIRST_CARD+n-1."""
     import numpy as np
 
-    from pad_assets.emulator import synthetic
+    from pad_assets.devtools.emulator import synthetic
 
     ids = range(FIRST_CARD, FIRST_CARD + n_cards)
     if real_images is None:
@@ -143,7 +143,7 @@ class BenchModel:
         return self.path.read_bytes()
 
     def artifact(self) -> Any:
-        from pad_assets.emulator import ModelArtifact
+        from pad_assets.devtools.emulator import ModelArtifact
 
         record = {"id": self.model_id, "name": self.name, "type": "tf_lite",
                   "labels": list(self.labels), "version": "1.0",
@@ -154,7 +154,7 @@ class BenchModel:
 
 
 def bench_models(out: Path, log: Any = print) -> dict[int, BenchModel]:
-    from pad_assets.emulator.synthetic import DRUGS
+    from pad_assets.devtools.emulator.synthetic import DRUGS
 
     return {
         16: BenchModel(16, "bench_mobilenetv2_drug", mobilenet_tflite(out, 23, 0, log),
@@ -172,7 +172,7 @@ def dataset_name(n: int, tag: str = "") -> str:
 def start_emulator(folder: Path, sizes: dict[str, int], models: dict[int, BenchModel],
                    out: Path, latency: float = 0.0, render_on_request: bool = False) -> Any:
     """An emulator with one registry dataset per entry of ``sizes`` (name -> first n cards)."""
-    from pad_assets.emulator import DatasetSpec, Emulator, EmulatorConfig
+    from pad_assets.devtools.emulator import DatasetSpec, Emulator, EmulatorConfig
 
     datasets = [DatasetSpec(name, range(FIRST_CARD, FIRST_CARD + n),
                             description=f"benchmark dataset of {n} cards")

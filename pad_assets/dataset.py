@@ -471,7 +471,7 @@ class CachedDataset:
     def lineage(self, card_id: int, model_adapter: ModelAdapter | None = None
                 ) -> dict[str, Any]:
         """The chain of one card: raw bytes and source, and (with a model) its prediction."""
-        from .ops.lineage import card_lineage
+        from .provenance.lineage import card_lineage
 
         return card_lineage(self, card_id_of(card_id), model_adapter)
 

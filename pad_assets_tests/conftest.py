@@ -1,7 +1,7 @@
 """Shared fixtures: local PAD emulators and an environment that points pad_assets at them.
 
 Tests never reach the real PAD services (nor ``../shared``): every network answer comes
-from ``pad_assets.emulator`` on 127.0.0.1. Starting an emulator costs milliseconds; the
+from ``pad_assets.devtools.emulator`` on 127.0.0.1. Starting an emulator costs milliseconds; the
 first manifest of a dataset costs ~50 ms per card once per process (md5s are memoised
 process-wide), so prefer ``session_emulator`` when a test does not change the world.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pad_assets.emulator import DatasetSpec, Emulator, EmulatorConfig, ModelArtifact
+from pad_assets.devtools.emulator import DatasetSpec, Emulator, EmulatorConfig, ModelArtifact
 
 # Tests never send Dagster usage telemetry (instances they create read this variable).
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")

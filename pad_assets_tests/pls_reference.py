@@ -198,7 +198,7 @@ def card_rgb(index: int) -> np.ndarray:
     (realistic colours), the others from ``synthetic_card`` (harsher edge cases: specks,
     white pixels, saturated bands)."""
     if index % 2 == 0:
-        from pad_assets.emulator.synthetic import render_card
+        from pad_assets.devtools.emulator.synthetic import render_card
 
         return render_card(1000 + index)
     return synthetic_card(index)

@@ -32,11 +32,11 @@ import pandas as pd
 import pytest
 
 from pad_assets.dataset import CachedDataset
-from pad_assets.emulator import DatasetSpec, EdgeCases, Emulator, EmulatorConfig
+from pad_assets.devtools.emulator import DatasetSpec, EdgeCases, Emulator, EmulatorConfig
 from pad_assets.hashing import sha256_bytes
+from pad_assets.maintenance import verify
 from pad_assets.models import PADTensorFlowAdapter
-from pad_assets.ops.lineage import card_lineage, check_link
-from pad_assets.ops.maintenance import verify
+from pad_assets.provenance.lineage import card_lineage, check_link
 from pad_assets.settings import Settings
 from pad_assets.store import ContentStore
 from pad_assets_tests.model_fixtures import TINY_DRUG_LABELS
@@ -111,7 +111,7 @@ WORKER = textwrap.dedent("""
         df = ds.apply_model(model, batch_size=4)
         assert (df["status"] == "ok").all(), df[["card_id", "status", "detail"]]
     if phase == "gc":
-        from pad_assets.ops.maintenance import gc
+        from pad_assets.maintenance import gc
         print(gc(ds.store, max_size=int(os.environ["PAD_TEST_GC_MAX"]), grace_seconds=0.2),
               file=sys.stderr)
     ds.close()

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from pad_assets import CachedDataset, PLSModelAdapter
-from pad_assets.emulator import CardAttributes, DatasetSpec, Emulator, ModelArtifact
+from pad_assets.devtools.emulator import CardAttributes, DatasetSpec, Emulator, ModelArtifact
 from pad_assets.models.pls import parse_pls_coefficients
 from pad_assets.preprocessing import PADNeuralNetworkPipeline, PADPLSPipeline
 from pad_assets.preprocessing.pls import PLS_FEATURE_NAMES

@@ -34,7 +34,7 @@ from PIL import Image
 
 from pad_assets import errors as E
 from pad_assets.dataset import CachedDataset
-from pad_assets.emulator import DatasetSpec, Emulator, ModelArtifact
+from pad_assets.devtools.emulator import DatasetSpec, Emulator, ModelArtifact
 from pad_assets.errors import (
     CacheCorruptionError,
     FetchError,
@@ -43,9 +43,9 @@ from pad_assets.errors import (
     OfflineError,
     PadAssetsError,
 )
+from pad_assets.maintenance import gc, reindex, verify
 from pad_assets.models import PADTensorFlowAdapter
 from pad_assets.models import runtime as runtime_mod
-from pad_assets.ops.maintenance import gc, reindex, verify
 from pad_assets.preprocessing.decode import check_image
 from pad_assets.preprocessing.nn import PADNeuralNetworkPipeline
 from pad_assets.settings import Settings
@@ -202,7 +202,7 @@ DISK_WORKER = textwrap.dedent("""
     from pad_assets.settings import Settings
     from pad_assets.errors import PadAssetsError
     from pad_assets.store import ContentStore
-    from pad_assets.ops.maintenance import gc, verify
+    from pad_assets.maintenance import gc, verify
     what, cache, api, registry, dataset = sys.argv[1:6]
     s = Settings(cache_dir=cache, api_url=api, registry_url=registry, http_retries=1,
                  download_workers=2)
@@ -496,9 +496,10 @@ def _csv_cells(files: list[Path]) -> list[str]:
 
 def test_registry_text_is_escaped_in_audit_csvs(tmp_path: Path, tiny_tflite_path: Path
                                                 ) -> None:
+    from pad_assets.layers.stamp.audit import export_audit
+
     from pad_assets.csv_safety import escape_cell
-    from pad_assets.emulator.synthetic import CardAttributes
-    from pad_assets.ops.audit import export_audit
+    from pad_assets.devtools.emulator.synthetic import CardAttributes
 
     for bad in ("=HYPERLINK(\"http://x\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)",
                 "\tx", "\rx"):

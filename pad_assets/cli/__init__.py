@@ -66,7 +66,7 @@ def demo(ctx: click.Context) -> None:
 
     Options are the demo's own: `pad-assets demo --help`.
     """
-    from ..demo import main as demo_main
+    from ..devtools.demo import main as demo_main
 
     _export_cache_dir(ctx)
     ctx.exit(int(demo_main(list(ctx.args)) or 0))
@@ -76,7 +76,7 @@ def demo(ctx: click.Context) -> None:
 @click.pass_context
 def emulator(ctx: click.Context) -> None:
     """Start the local PAD API emulator (options: `pad-assets emulator --help`)."""
-    from ..emulator.server import cli_main
+    from ..devtools.emulator.server import cli_main
 
     _export_cache_dir(ctx)
     ctx.exit(int(cli_main(list(ctx.args)) or 0))

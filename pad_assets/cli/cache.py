@@ -60,7 +60,7 @@ def cache(cache_dir: Path | None) -> None:
 @json_option
 def stats(cache_dir: Path | None, as_json: bool) -> None:
     """Sizes per layer, dataset and model; shared payloads; folders beside the shards."""
-    from ..ops.maintenance import stats as stats_op
+    from ..maintenance import stats as stats_op
     from .views import stats_view
 
     def show(st: Any) -> None:
@@ -79,7 +79,7 @@ def stats(cache_dir: Path | None, as_json: bool) -> None:
 def verify(cache_dir: Path | None, as_json: bool, repair: bool) -> None:
     """Check every shard, payload, index row, ref and card."""
     from ..dataset import CachedDataset
-    from ..ops.maintenance import verify as verify_op
+    from ..maintenance import verify as verify_op
 
     st = settings(cache_dir)
     datasets: dict[str, Any] = {}
@@ -111,7 +111,7 @@ def verify(cache_dir: Path | None, as_json: bool, repair: bool) -> None:
 @json_option
 def reindex(cache_dir: Path | None, as_json: bool) -> None:
     """Rebuild the index from the shard files alone."""
-    from ..ops.maintenance import reindex as reindex_op
+    from ..maintenance import reindex as reindex_op
 
     report = _run(cache_dir, "rebuilding the index", reindex_op, as_json, recover=False)
     if report.unreadable:
@@ -137,7 +137,7 @@ def gc(cache_dir: Path | None, as_json: bool, max_size: str | None, older_than: 
     Cached predictions are metadata only and are never evicted for size: after a gc that
     evicts images, apply_model still serves them without downloading anything.
     """
-    from ..ops.maintenance import gc as gc_op
+    from ..maintenance import gc as gc_op
 
     report = _run(cache_dir, "collecting garbage", lambda store: gc_op(
         store, max_size=max_size, older_than=older_than, keep_datasets=keep_dataset,
@@ -159,7 +159,7 @@ def gc(cache_dir: Path | None, as_json: bool, max_size: str | None, older_than: 
 def rm(cache_dir: Path | None, as_json: bool, dataset: str | None, model: str | None,
        pipeline: str | None, dry_run: bool) -> None:
     """Remove one dataset, model or pipeline from the cache (exactly one of the three)."""
-    from ..ops.removal import remove
+    from ..maintenance.removal import remove
 
     if sum(x is not None for x in (dataset, model, pipeline)) != 1:
         raise click.UsageError("expected exactly one of --dataset, --model, --pipeline")
@@ -200,7 +200,7 @@ _REMOTE_HELP = ("A remote name (`pad-assets remote list`), an fsspec URL (s3://b
 
 
 def _remote(cache_dir: Path | None, remote: str | None) -> tuple[str, str]:
-    from ..ops.remotes import resolve_remote
+    from ..sharing.remotes import resolve_remote
 
     return resolve_remote(settings(cache_dir).cache_dir, remote)
 
@@ -249,7 +249,7 @@ def status(cache_dir: Path | None, as_json: bool, remote: str | None) -> None:
 
     Without --remote: one line per configured remote.
     """
-    from ..ops.remotes import load_config, remote_status
+    from ..sharing.remotes import load_config, remote_status
 
     st = settings(cache_dir)
     if remote is None:

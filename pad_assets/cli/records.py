@@ -65,7 +65,7 @@ def lineage(cache_dir: Path | None, as_json: bool, dataset: str, card_id: str,
             model: str | None, labels: str | None, verify: bool) -> None:
     """The provenance chain of one card: a short tree, or the full chain with --verify."""
     from ..dataset import CachedDataset
-    from ..ops.lineage import card_id_of, card_lineage, format_lineage, resolve_model_spec
+    from ..provenance.lineage import card_id_of, card_lineage, format_lineage, resolve_model_spec
     from .views import lineage_tree
 
     ds = CachedDataset(dataset, settings=settings(cache_dir), progress=False)
@@ -102,7 +102,7 @@ def lineage(cache_dir: Path | None, as_json: bool, dataset: str, card_id: str,
 def audit(cache_dir: Path | None, dataset: str, output: str, models: tuple[str, ...]) -> None:
     """Export every cached prediction of a dataset with its chain (CSV + PROV-JSON)."""
     from ..dataset import CachedDataset
-    from ..ops.audit import audit_dataset
+    from ..provenance.audit import audit_dataset
 
     ds = CachedDataset(dataset, settings=settings(cache_dir), progress=False)
     try:

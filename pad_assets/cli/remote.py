@@ -1,6 +1,6 @@
 """``pad-assets remote add|list|remove|default``: named locations for push, pull, status.
 
-Stored in ``<cache>/remotes.json`` (``pad_assets.ops.remotes``), like ``dvc remote``.
+Stored in ``<cache>/remotes.json`` (``pad_assets.sharing.remotes``), like ``dvc remote``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def remote(cache_dir: Path | None) -> None:
 @click.option("--force", "-f", is_flag=True, help="Replace the URL of an existing remote.")
 def add(cache_dir: Path | None, name: str, url: str, make_default: bool, force: bool) -> None:
     """Name a remote URL (`pad-assets remote add lab s3://lab-bucket/pad --default`)."""
-    from ..ops.remotes import add_remote
+    from ..sharing.remotes import add_remote
 
     cfg = add_remote(settings(cache_dir).cache_dir, name, url, default=make_default,
                      force=force)
@@ -40,7 +40,7 @@ def add(cache_dir: Path | None, name: str, url: str, make_default: bool, force: 
 @json_option
 def list_(cache_dir: Path | None, as_json: bool) -> None:
     """List the remotes; the default is marked with '*'."""
-    from ..ops.remotes import load_config
+    from ..sharing.remotes import load_config
 
     cfg = load_config(settings(cache_dir).cache_dir)
     if as_json:
@@ -57,7 +57,7 @@ def list_(cache_dir: Path | None, as_json: bool) -> None:
 @click.argument("name")
 def remove(cache_dir: Path | None, name: str) -> None:
     """Forget a remote (nothing on the remote is touched)."""
-    from ..ops.remotes import remove_remote
+    from ..sharing.remotes import remove_remote
 
     remove_remote(settings(cache_dir).cache_dir, name)
     click.echo(f"removed remote {name}")
@@ -68,7 +68,7 @@ def remove(cache_dir: Path | None, name: str) -> None:
 @click.argument("name")
 def default(cache_dir: Path | None, name: str) -> None:
     """Make NAME the default remote."""
-    from ..ops.remotes import set_default
+    from ..sharing.remotes import set_default
 
     set_default(settings(cache_dir).cache_dir, name)
     click.echo(f"default remote: {name}")

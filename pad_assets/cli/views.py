@@ -1,4 +1,5 @@
-"""Tables and trees for the terminal (rich), built from the reports the ops modules return.
+"""Tables and trees for the terminal (rich), built from the reports that maintenance,
+sharing and provenance return.
 
 The reports stay plain data (``as_dict`` for ``--json``, ``str`` for logs); only what a
 person reads in a terminal is drawn here.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..ops.maintenance.common import human_bytes
+from ..maintenance.common import human_bytes
 
 
 def stats_view(st: Any) -> list[Any]:

@@ -27,8 +27,8 @@ import numpy as np
 from ..hashing import chain_keys
 from ..models.base import TensorSpec
 from ..preprocessing.base import PreprocessingPipeline
-from ..provenance import stamp
 from ..store import ContentStore, NewItem
+from .stamp import stamp
 
 CHUNK = 64
 

@@ -19,9 +19,9 @@ import numpy as np
 from ..hashing import canonical_json, chain_key, chain_keys
 from ..models.base import STATUS_FAILED, ModelAdapter, PredictionRecord
 from ..preprocessing.base import PreprocessingPipeline
-from ..provenance import stamp
 from ..store import ContentStore, NewItem
 from .derived import ChainResult, DerivedLayers
+from .stamp import stamp
 
 PREDICT_CHUNK = 64  # cards prepared ahead of the model: bounds memory
 FIRST_CHUNK = 16  # the model starts after 16 cards are ready, not 64

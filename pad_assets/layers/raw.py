@@ -22,10 +22,10 @@ import pandas as pd
 from ..errors import FetchError, ImageDecodeError, InvalidInputError, OfflineError
 from ..hashing import md5_bytes, sha256_bytes
 from ..preprocessing.decode import check_image
-from ..provenance import stamp
 from ..settings import Settings
 from ..sources.pad_api import PadApiClient
 from ..store import CardRecord, ContentStore, NewItem
+from .stamp import stamp
 
 WRITE_BATCH_ITEMS = 16
 WRITE_BATCH_BYTES = 48 * 1024 * 1024

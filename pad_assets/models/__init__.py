@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .base import ModelAdapter, PredictionRecord, TensorSpec
     from .custom import CustomModelAdapter
-    from .demo_models import demo_model_artifacts
     from .pls import PLSModelAdapter
     from .tflite import PADTensorFlowAdapter
 
@@ -24,7 +23,6 @@ _EXPORTS = {
     "PADTensorFlowAdapter": ".tflite",
     "PLSModelAdapter": ".pls",
     "CustomModelAdapter": ".custom",
-    "demo_model_artifacts": ".demo_models",
 }
 
 __all__ = [
@@ -34,7 +32,6 @@ __all__ = [
     "PLSModelAdapter",
     "PredictionRecord",
     "TensorSpec",
-    "demo_model_artifacts",
 ]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import dagster as dg
 
 from ..errors import PadAssetsError
-from ..provenance import library_versions
+from ..layers.stamp import library_versions
 from . import checks, versions
 from .assets import DatasetAssetKeys, make_pipeline, small_record
 from .audit_page import asset_url, chain_markdown

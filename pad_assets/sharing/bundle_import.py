@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IntegrityError, InvalidInputError
-from ..ops.maintenance import (
+from ..maintenance import (
     human_bytes,
     is_hex_key,
     maintenance_lock,
 )
-from ..ops.proposals import vet
 from ..sources.urls import validate_name
 from ..store import ContentStore
 from ..store import shards as shard_io
@@ -30,6 +29,7 @@ from ..store.store import file_sha256
 from . import limits
 from .checks import _bundle_rel_ok, _check_items, _inspect_shard, _load_json
 from .ingest import _ignored_lines, _move_in_and_index, _payload_reader, _rewrite_into
+from .proposals import vet
 from .tarsafe import _extract_tar
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import IntegrityError, InvalidInputError
 from ..hashing import md5_bytes
-from ..ops.maintenance import (
+from ..maintenance import (
     CONTENT_KEYED_LAYERS,
     KNOWN_LAYERS,
     blob_row,

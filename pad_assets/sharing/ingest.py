@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IntegrityError
-from ..ops.maintenance import (
+from ..maintenance import (
     EXAMPLES,
     blob_row,
     fsync_dir,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IntegrityError, InvalidInputError
-from ..ops.maintenance import (
+from ..maintenance import (
     fsync_dir,
     is_hex_key,
 )

@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path
 
 from ..errors import IntegrityError, InvalidInputError
-from ..ops.maintenance import (
+from ..maintenance import (
     human_bytes,
 )
 from . import limits

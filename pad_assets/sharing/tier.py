@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IntegrityError, InvalidInputError
-from ..ops.maintenance import (
+from ..maintenance import (
     dataset_affinity,
     fsync_dir,
     human_bytes,
@@ -28,7 +28,6 @@ from ..ops.maintenance import (
     maintenance_lock,
     retired_shards,
 )
-from ..ops.proposals import vet
 from ..sources.urls import validate_name
 from ..store import ContentStore
 from ..store import shards as shard_io
@@ -37,6 +36,7 @@ from . import limits
 from .checks import _check_items, _inspect_shard, _Inspected
 from .ingest import _ignored_lines, _move_in_and_index, _payload_reader, _rewrite_into
 from .partials import clean_dead_partials
+from .proposals import vet
 from .remote import _is_local, _read_remote_index, _remote, _remote_files, _write_remote
 
 

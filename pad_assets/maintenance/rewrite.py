@@ -1,0 +1,255 @@
+"""Moving live data out of shards (compaction, repair) and retiring the old files.
+
+Data moves before the index does, and the index moves before a file goes (see the
+package docstring): this module is the one place that order is implemented.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import IntegrityError
+from ..store import ContentStore
+from ..store import shards as shard_io
+from ..store.index import Index
+from .common import (
+    DEFAULT_GRACE_SECONDS,
+    DEFAULT_PARTIAL_MAX_AGE,
+    ensure_ops_schema,
+    fsync_dir,
+    read_blob_checked,
+    retired_shards,
+)
+
+
+# ---------------------------------------------------------------------------------------
+# rewriting shards (compaction, repair) and retiring the old ones
+class _Conflict(Exception):
+    """A concurrent writer started using data this rewrite meant to drop: skip the shard."""
+
+
+@dataclass
+class RewriteOutcome:
+    sources: list[str]
+    new_shard: str | None
+    carried_items: int
+    carried_blobs: int
+    dropped_blobs: int
+    carried_bytes: int
+
+
+def _rows(index: Index, sql: str, values: Sequence[str], extra: Sequence[Any] = ()
+          ) -> list[tuple]:
+    out: list[tuple] = []
+    values = list(values)
+    for i in range(0, len(values), 500):
+        part = values[i:i + 500]
+        marks = ",".join("?" * len(part))
+        out += index.query(sql.format(marks=marks), (*part, *extra))
+    return out
+
+
+def rewrite_shards(store: ContentStore, sources: Sequence[str], *,
+                   disposition: str = "delete", reason: str = "compaction",
+                   drop_blobs: Iterable[str] = ()) -> RewriteOutcome:
+    """Move the live content of ``sources`` into one new shard and retire the sources.
+
+    Live = what the index still points at: item/ref/card rows whose ``shard`` is a source,
+    and blobs stored in a source that some item references (blobs in ``drop_blobs`` never
+    are). Payloads are read and digest-checked before they are written; records are rebuilt
+    from the index rows (with their original timestamps, so "newest wins" still holds on a
+    rebuild). Items whose payload lived in a source but is not carried are removed from the
+    index in the same transaction. Raises ``IntegrityError`` if a payload to carry fails its
+    check (nothing changes), ``_Conflict`` if a concurrent writer began to use a blob that
+    was about to be dropped (nothing changes).
+    """
+    import h5py
+
+    index = store.index
+    ensure_ops_schema(index)
+    srcs = list(dict.fromkeys(sources))
+    paths = dict(_rows(index, "SELECT shard, path FROM shards WHERE shard IN ({marks})", srcs))
+    drop = set(drop_blobs)
+    blob_rows = _rows(index, "SELECT blob, shard, kind, dtype, shape, nbytes FROM blobs "
+                             "WHERE shard IN ({marks})", srcs)
+    src_blobs = {b[0]: b for b in blob_rows}
+    referenced = {r[0] for r in _rows(index, "SELECT DISTINCT blob FROM items WHERE blob IN "
+                                             "({marks})", list(src_blobs))}
+    carry = {b: row for b, row in src_blobs.items() if b in referenced and b not in drop}
+    dead = [b for b in src_blobs if b not in carry]
+    # items that lose their payload with this rewrite (corrupt or explicitly dropped blobs)
+    lose = {r[0] for r in _rows(index, "SELECT key FROM items WHERE blob IN ({marks})", dead)}
+    item_rows = _rows(index, "SELECT key, layer, blob, meta, created FROM items "
+                             "WHERE shard IN ({marks})", srcs)
+    ref_rows = _rows(index, "SELECT name, key, updated FROM refs WHERE shard IN ({marks})", srcs)
+    card_rows = _rows(index, "SELECT dataset, card_id, raw_key, status, detail, updated "
+                             "FROM cards WHERE shard IN ({marks})", srcs)
+    records: list[dict[str, Any]] = []
+    for key, layer, blob, meta, created in item_rows:
+        if key in lose:
+            continue
+        records.append({"type": "item", "key": key, "layer": layer, "blob": blob,
+                        "meta": json.loads(meta), "ts": float(created)})
+    records += [{"type": "ref", "name": n, "key": k, "ts": float(u)} for n, k, u in ref_rows]
+    records += [{"type": "card", "dataset": d, "card_id": int(c), "raw_key": r, "status": s,
+                 "detail": det, "ts": float(u)} for d, c, r, s, det, u in card_rows]
+    for b, row in carry.items():
+        rel = paths.get(row[1])
+        if rel is None or not (store.root / rel).is_file():
+            raise IntegrityError(f"blob {b} must be carried out of shard {row[1]}, but the "
+                                 "shard file is gone; run `pad-assets cache verify --repair`")
+    handles: dict[str, Any] = {}
+
+    def payloads() -> Iterator[shard_io.BlobPayload]:
+        for b, row in carry.items():
+            s = row[1]
+            f = handles.get(s)
+            if f is None:
+                f = handles[s] = h5py.File(store.root / paths[s], "r", locking=False)
+            try:
+                arr, kind = read_blob_checked(f, b)
+            except IntegrityError as exc:
+                raise IntegrityError(f"shard {s}: {exc}; the shard was left as it is, run "
+                                     "`pad-assets cache verify --repair`") from exc
+            yield shard_io.BlobPayload(b, arr, kind)
+
+    new: tuple[str, str, int] | None = None
+    try:
+        if records or carry:
+            new = shard_io.write_shard(store.root, payloads(), records)
+    finally:
+        for f in handles.values():
+            with contextlib.suppress(Exception):
+                f.close()
+    now = time.time()
+    try:
+        with index.transaction() as con:
+            # A put() that deduplicated against a blob we are about to drop makes it live.
+            for i in range(0, len(dead), 500):
+                part = dead[i:i + 500]
+                marks = ",".join("?" * len(part))
+                for (key,) in con.execute(f"SELECT key FROM items WHERE blob IN ({marks})",
+                                          part):
+                    if key not in lose:
+                        raise _Conflict(f"item {key} started to use a blob of {srcs}")
+            marks = ",".join("?" * len(srcs))
+            if new is not None:
+                name, rel, nbytes = new
+                con.execute("INSERT OR IGNORE INTO shards(shard, path, nbytes, created) "
+                            "VALUES (?,?,?,?)", (name, rel, nbytes, now))
+                con.executemany("UPDATE blobs SET shard=? WHERE blob=? AND shard=?",
+                                [(name, b, row[1]) for b, row in carry.items()])
+            con.execute(f"DELETE FROM blobs WHERE shard IN ({marks})", srcs)
+            con.executemany("DELETE FROM items WHERE key=?", [(k,) for k in lose])
+            if new is not None:
+                for table in ("items", "refs", "cards"):
+                    con.execute(f"UPDATE {table} SET shard=? WHERE shard IN ({marks})",
+                                (new[0], *srcs))
+            for s in srcs:
+                rel = paths.get(s)
+                if rel is not None and (store.root / rel).exists():
+                    con.execute("INSERT OR REPLACE INTO ops_retired_shards(shard, path, "
+                                "disposition, retired_at, reason) VALUES (?,?,?,?,?)",
+                                (s, rel, disposition, now, reason))
+                else:  # the file is already gone: nothing to wait for
+                    con.execute("DELETE FROM shards WHERE shard=?", (s,))
+    except BaseException:
+        if new is not None:
+            # The new file is already under shards/, where another process's recover() may
+            # have indexed it: never unlink it. Index it instead; it holds copies only, so
+            # nothing points at it and the next gc deletes it the safe way.
+            with contextlib.suppress(Exception):
+                index.apply_shard(new[0], new[1], new[2], records,
+                                  [{"blob": b, "kind": r[2], "dtype": r[3],
+                                    "shape": json.loads(r[4]), "nbytes": r[5]}
+                                   for b, r in carry.items()])
+        raise
+    return RewriteOutcome(srcs, new[0] if new else None,
+                          sum(1 for r in records if r["type"] == "item"), len(carry),
+                          len(dead), sum(int(r[5]) for r in carry.values()))
+
+
+def purge_retired(store: ContentStore, grace_seconds: float = DEFAULT_GRACE_SECONDS,
+                  wait: bool = True) -> list[str]:
+    """Delete (or quarantine) retired shard files once their grace period has passed.
+
+    With ``wait`` the call sleeps until the youngest retired shard is old enough. The file
+    goes first and the rows after, so a crash in between leaves a row that the next purge
+    drops, never an unindexed file that ``recover`` would bring back.
+    """
+    retired = retired_shards(store.index)
+    if not retired:
+        return []
+    if wait:
+        youngest = max(r["retired_at"] for r in retired.values())
+        delay = youngest + grace_seconds - time.time()
+        if delay > 0:
+            time.sleep(delay)
+    done = []
+    now = time.time()
+    for shard, r in sorted(retired.items()):
+        if r["retired_at"] + grace_seconds > now:
+            continue
+        still = store.index.query(
+            "SELECT (SELECT COUNT(*) FROM blobs WHERE shard=?) + (SELECT COUNT(*) FROM items "
+            "WHERE shard=?) + (SELECT COUNT(*) FROM refs WHERE shard=?) + (SELECT COUNT(*) "
+            "FROM cards WHERE shard=?)", (shard,) * 4)[0][0]
+        if still:  # something points here again (should not happen): keep it, un-retire
+            store.index.query("DELETE FROM ops_retired_shards WHERE shard=?", (shard,))
+            continue
+        path = store.root / r["path"]
+        store._reader.close(r["path"])
+        if path.exists():
+            if r["disposition"] == "quarantine":
+                qdir = store.root / "quarantine"
+                qdir.mkdir(parents=True, exist_ok=True)
+                os.replace(path, qdir / path.name)
+            else:
+                path.unlink(missing_ok=True)
+            fsync_dir(path.parent)
+        with store.index.transaction() as con:
+            con.execute("DELETE FROM shards WHERE shard=?", (shard,))
+            con.execute("DELETE FROM ops_retired_shards WHERE shard=?", (shard,))
+        done.append(shard)
+    return done
+
+
+def clean_partials(store: ContentStore, max_age: float = DEFAULT_PARTIAL_MAX_AGE
+                   ) -> list[str]:
+    """Remove ``tmp/*.partial`` leftovers of crashed writers older than ``max_age``."""
+    removed = []
+    tmp = store.root / "tmp"
+    if not tmp.is_dir():
+        return removed
+    cutoff = time.time() - max_age
+    for f in tmp.iterdir():
+        with contextlib.suppress(OSError):
+            if shard_io.PARTIAL_SUFFIX not in f.name or f.stat().st_mtime >= cutoff:
+                continue
+            if f.is_dir():  # staging directory of a crashed import or pull
+                shutil.rmtree(f)
+            else:
+                f.unlink()
+            removed.append(f.name)
+    return removed
+
+
+def _partials(store: ContentStore) -> list[tuple[str, int, float]]:
+    tmp = store.root / "tmp"
+    out = []
+    if tmp.is_dir():
+        for f in tmp.iterdir():
+            with contextlib.suppress(OSError):
+                if shard_io.PARTIAL_SUFFIX in f.name:
+                    st = f.stat()
+                    size = st.st_size if f.is_file() else sum(
+                        p.stat().st_size for p in f.rglob("*") if p.is_file())
+                    out.append((f.name, size, st.st_mtime))
+    return out

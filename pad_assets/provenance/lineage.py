@@ -1,0 +1,704 @@
+"""Provenance of one card: every link of its Merkle chain, read back from the cache.
+
+Why a module of its own: a cached prediction is only as trustworthy as the chain behind it
+(which bytes, from which URL, checked against which md5, through which pipeline and
+parameters, into which tensor layout, by which weights and runtime, on which host). Every
+layer's item records its parents' keys and parameters, so the chain can be re-read and
+*re-hashed* from the index alone: ``card_lineage`` never downloads and never computes a
+layer, and each link says whether its recorded inputs still hash to its key
+(``key_check``). Missing layers are reported as missing, never raised: "this card was never
+preprocessed" is an answer, not an error.
+
+Used by ``CachedDataset.lineage`` and the ``pad-assets lineage DATASET CARD_ID`` command
+(``pad_assets.cli.records``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import (
+    CacheCorruptionError,
+    InvalidInputError,
+    ModelError,
+)
+from ..hashing import chain_key, preprocessed_key, sha256_bytes, tensor_key
+from ..layers.predictions import prediction_key_for
+from ..sources.urls import card_id_of
+
+if TYPE_CHECKING:
+    from ..dataset import CachedDataset
+    from ..models.base import ModelAdapter
+    from ..preprocessing.base import PreprocessingPipeline
+    from ..settings import Settings
+    from ..sources.registry import Manifest
+    from ..store import ContentStore, NewItem
+
+#: Refs the IO manager writes for each image-layer partition: ``asset/<asset key>/<card>``.
+ASSET_REF_PREFIX = "asset/"
+#: Refs naming the Dagster run that materialized a partition: ``asset-run/<asset>/<card>``
+#: -> a meta-only ``dagster_run`` item holding the run id (see ``dagster_run_records``).
+ASSET_RUN_REF_PREFIX = "asset-run/"
+
+_MANIFEST_FIELDS = ("card_id", "split", "drug", "quantity", "sample_id", "camera", "md5",
+                    "image_url", "image_name")
+_RECORD_FIELDS = ("prediction", "probability", "energy", "label_type", "status", "detail")
+_SQL_CHUNK = 500
+
+MODEL_SPEC_HELP = (
+    "model spec: a PAD model id (e.g. 16; its record's type picks TF Lite or PLS), "
+    "'tflite:16', 'pls:18', 'tflite:/path/model.tflite', 'pls:/path/coefs.csv', "
+    "'custom:/path/model.onnx', or a model name from the pad_assets config (e.g. nn_drug)"
+)
+
+
+# ---------------------------------------------------------------------------------------
+# small helpers (shared with pad_assets.provenance.audit)
+def iso_time(ts: Any) -> str | None:
+    """Epoch seconds as ISO 8601 UTC with microseconds (``None`` stays ``None``)."""
+    if ts is None:
+        return None
+    try:
+        value = float(ts)
+    except (TypeError, ValueError):
+        return str(ts)
+    return datetime.fromtimestamp(value, tz=timezone.utc).isoformat(timespec="microseconds"
+                                                                    ).replace("+00:00", "Z")
+
+
+def _clean(value: Any) -> Any:
+    """NaN (pandas' missing value) to None, NumPy scalars to Python ones: JSON-safe."""
+    if value is None:
+        return None
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        with contextlib.suppress(TypeError, ValueError):
+            value = value.item()
+    if isinstance(value, float) and value != value:  # NaN
+        return None
+    return value
+
+
+def _chunks(seq: Sequence[str], n: int = _SQL_CHUNK) -> Iterable[Sequence[str]]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def check_link(layer: str, key: str, meta: dict[str, Any]) -> str:
+    """Does the item's recorded input hash to its key? ``ok``, ``mismatch: ...`` or
+    ``unverifiable: ...``.
+
+    This is the Merkle property made checkable: the raw key is the sha256 the download
+    recorded; each derived key is H(parent key, parameters) over what the item itself
+    says its parent and parameters were. A mismatch means the metadata does not describe
+    the item (a bug, or a hand-edited index), so the item's lineage cannot be trusted.
+    """
+    try:
+        if layer == "raw":
+            expected = str(meta["sha256"])
+        elif layer == "preprocessed":
+            p = meta["pipeline"]
+            recomputed = chain_key("pipeline", p["name"], p["parameters"], p["code_version"])
+            if p.get("cache_key") not in (None, recomputed):
+                return ("mismatch: the pipeline's recorded cache key is not H(name, parameters, "
+                        "code_version) of its recorded parameters")
+            expected = preprocessed_key(meta["raw_key"], recomputed)
+        elif layer == "tensor":
+            expected = tensor_key(meta["preprocessed_key"], meta["spec"])
+        elif layer == "prediction":
+            expected = prediction_key_for(meta["tensor_key"], meta["model"]["signature"],
+                                          meta.get("context") or {})
+        else:
+            return f"unverifiable: no key rule for layer {layer!r}"
+    except (KeyError, TypeError) as exc:
+        return f"unverifiable: metadata lacks {exc}"
+    return "ok" if expected == key else f"mismatch: recorded inputs hash to {expected}"
+
+
+# ---------------------------------------------------------------------------------------
+# cached manifest
+@dataclass
+class CachedManifest:
+    """The manifest a dataset's cache holds: its content key, ref, metadata and rows."""
+
+    key: str
+    ref: str
+    meta: dict[str, Any]
+    manifest: Manifest
+
+
+def cached_manifest(dataset: CachedDataset) -> CachedManifest | None:
+    """The dataset's manifest from the cache only (no network), or None.
+
+    The manifest ref names the registry it came from; when the current settings point at
+    another registry (an emulator on a new port, a mirror), the newest cached manifest of
+    a dataset of that name is used, and its ref says which registry that was.
+    """
+    from ..dataset import manifest_ref
+    from ..sources.registry import Manifest
+
+    store = dataset.store
+    ref = manifest_ref(dataset.settings, dataset.name)
+    key = store.ref(ref)
+    if key is None:
+        rows = store.index.query(
+            "SELECT name, key FROM refs WHERE name LIKE 'manifest/%' AND name LIKE ? "
+            "ORDER BY updated DESC", ("%/" + dataset.name,))
+        rows = [(n, k) for n, k in rows if n.rsplit("/", 1)[-1] == dataset.name]
+        if not rows:
+            return None
+        ref, key = rows[0]
+    entry = store.entries([key]).get(key)
+    if entry is None:
+        return None
+    try:
+        data = store.get_many([key], touch=False).get(key)
+        if data is None:
+            return None
+        manifest = Manifest.from_json_bytes(data)  # type: ignore[arg-type]
+    except (CacheCorruptionError, ValueError, KeyError):
+        return None
+    return CachedManifest(key, ref, entry["meta"], manifest)
+
+
+def _manifest_section(dataset: CachedDataset, card_id: int
+                      ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    cm = cached_manifest(dataset)
+    if cm is None:
+        return {"status": "missing",
+                "reason": f"no manifest of {dataset.name!r} is cached (run download first)"
+                }, None
+    rows = cm.manifest.rows
+    match = rows[rows["card_id"] == card_id]
+    section: dict[str, Any] = {
+        "status": "present" if len(match) else "card not in manifest",
+        "key": cm.key, "ref": cm.ref, "source": cm.meta.get("source") or cm.manifest.source,
+        "fetched_at": iso_time(cm.meta.get("fetched_at")), "rows": len(rows),
+    }
+    if cm.meta.get("warnings"):
+        section["warnings"] = list(cm.meta["warnings"])
+    if not len(match):
+        return section, None
+    row = {k: _clean(v) for k, v in match.iloc[0].to_dict().items()}
+    section["row"] = {k: row.get(k) for k in _MANIFEST_FIELDS}
+    return section, row
+
+
+# ---------------------------------------------------------------------------------------
+# Dagster partitions that point at an item (refs written by the IO manager)
+def dagster_run_records(asset_key: str, partitions: Iterable[str], run_id: str
+                        ) -> tuple[list[NewItem], list[tuple[str, str]]]:
+    """What to ``store.put`` so lineage can name the Dagster run behind each partition.
+
+    One meta-only ``dagster_run`` item per run (key = H("dagster-run", run id), so every
+    asset of the run shares it) and one ``asset-run/<asset key>/<partition>`` ref per
+    partition pointing at it. Refs point at a real item, so cache verification sees no
+    dangling ref, and the newest run of a partition wins like every ref.
+    ``asset_key`` is ``AssetKey.to_user_string()`` (e.g. ``FHI2020/prediction_nn_drug``).
+    """
+    from ..store import NewItem
+
+    key = chain_key("dagster-run", str(run_id))
+    items = [NewItem(key, "dagster_run", None, {"run_id": str(run_id)})]
+    refs = [(f"{ASSET_RUN_REF_PREFIX}{asset_key}/{p}", key) for p in partitions]
+    return items, refs
+
+
+def dagster_refs(store: ContentStore, keys: Sequence[str], card_id: int
+                 ) -> dict[str, list[dict[str, Any]]]:
+    """content key -> Dagster partitions of ``card_id`` recorded as pointing at it.
+
+    Best effort and cheap: one query on the refs table, no Dagster import. The run id is
+    given when the run was recorded (``dagster_run_records``); otherwise None.
+    """
+    keys = [k for k in dict.fromkeys(keys) if k]
+    if not keys:
+        return {}
+    found: dict[str, list[dict[str, Any]]] = {}
+    suffix = f"/{card_id}"
+    names: list[tuple[str, str, float]] = []
+    for part in _chunks(keys):
+        marks = ",".join("?" * len(part))
+        names += store.index.query(
+            f"SELECT name, key, updated FROM refs WHERE key IN ({marks}) AND name LIKE ?",
+            (*part, ASSET_REF_PREFIX + "%"))
+    names = [n for n in names if n[0].endswith(suffix)]
+    runs = store.index.refs_for(
+        [ASSET_RUN_REF_PREFIX + n[len(ASSET_REF_PREFIX):] for n, _, _ in names]) if names else {}
+    run_metas = store.metas(sorted(set(runs.values()))) if runs else {}
+    for name, key, updated in sorted(names):
+        asset = name[len(ASSET_REF_PREFIX):-len(suffix)]
+        run_key = runs.get(ASSET_RUN_REF_PREFIX + name[len(ASSET_REF_PREFIX):])
+        run_id = (run_metas.get(run_key) or {}).get("run_id") if run_key else None
+        found.setdefault(key, []).append({
+            "asset_key": asset, "partition": str(card_id), "recorded_at": iso_time(updated),
+            "run_id": run_id,
+        })
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# predictions cached for raw keys, and the models behind them
+def prediction_metas_for_raw(store: ContentStore, raw_keys: Iterable[str]
+                             ) -> dict[str, dict[str, Any]]:
+    """prediction key -> metadata, for every cached prediction made from these raw keys.
+
+    The model's name is its current one (``pad_assets.layers.model_names``): a rename shows
+    at once; the name the prediction was made under stays in ``model.recorded_name``.
+    """
+    from ..layers.model_names import current_names
+
+    out = _prediction_metas(store, raw_keys)
+    names = current_names(store)
+    for meta in out.values():
+        model = meta.get("model")
+        if isinstance(model, dict) and names.get(str(model.get("signature"))) not in (
+                None, model.get("name")):
+            model["recorded_name"] = model.get("name")
+            model["name"] = names[str(model["signature"])]
+    return out
+
+
+def _prediction_metas(store: ContentStore, raw_keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+    wanted = list(dict.fromkeys(k for k in raw_keys if k))
+    out: dict[str, dict[str, Any]] = {}
+    if len(wanted) > _SQL_CHUNK:
+        # A whole dataset: one pass over the prediction rows beats one scan per chunk.
+        keep = set(wanted)
+        for key, raw, meta in store.index.query(
+                "SELECT key, json_extract(meta, '$.raw_key'), meta FROM items "
+                "WHERE layer='prediction'"):
+            if raw in keep:
+                out[key] = json.loads(meta)
+        return out
+    for part in _chunks(wanted):
+        marks = ",".join("?" * len(part))
+        for key, meta in store.index.query(
+                "SELECT key, meta FROM items WHERE layer='prediction' AND "
+                f"json_extract(meta, '$.raw_key') IN ({marks})", part):
+            out[key] = json.loads(meta)
+    return out
+
+
+def model_summary(meta: dict[str, Any]) -> dict[str, Any]:
+    """What identifies the model of a prediction (from its recorded description)."""
+    m = meta.get("model") or {}
+    return {
+        "name": m.get("name"), "class": m.get("class"), "signature": m.get("signature"),
+        "model_id": m.get("model_id"), "record_name": m.get("record_name"),
+        "version": m.get("version"),
+        "weights_sha256": (m.get("weights_sha256") or m.get("coefficients_sha256")
+                           or m.get("sha256")),
+        "weights_url": m.get("weights_url"), "runtime": m.get("runtime"),
+    }
+
+
+def cached_models(store: ContentStore, raw_keys: Iterable[str]) -> list[dict[str, Any]]:
+    """Distinct models (by signature) with cached predictions for these raw keys.
+
+    Sorted by name then signature, each with the number of predictions found.
+    """
+    return models_of(prediction_metas_for_raw(store, raw_keys).values())
+
+
+def models_of(prediction_metas: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``cached_models`` of prediction metadata already read (no second index scan)."""
+    by_sig: dict[str, dict[str, Any]] = {}
+    for meta in prediction_metas:
+        s = model_summary(meta)
+        sig = s["signature"] or ""
+        entry = by_sig.setdefault(sig, {**s, "predictions": 0})
+        entry["predictions"] += 1
+    return sorted(by_sig.values(), key=lambda m: (str(m["name"]), str(m["signature"])))
+
+
+# ---------------------------------------------------------------------------------------
+# the chain of one card
+def _stamp_fields(meta: dict[str, Any]) -> dict[str, Any]:
+    return {"created_at": iso_time(meta.get("created_at")), "host": meta.get("host"),
+            "platform": meta.get("platform"), "libraries": meta.get("libraries")}
+
+
+def _verify_payload(store: ContentStore, key: str, raw: bool = False) -> str:
+    try:
+        got = store.get_many([key], touch=False).get(key)
+    except CacheCorruptionError as exc:
+        return f"failed: {exc}"
+    if got is None:
+        return "failed: payload not readable"
+    if raw and sha256_bytes(got) != key:  # type: ignore[arg-type]
+        return "failed: sha256 of the stored bytes differs from the raw key"
+    return "ok"
+
+
+def _raw_section(store: ContentStore, card: dict[str, Any] | None, row: dict[str, Any] | None,
+                 verify: bool) -> dict[str, Any]:
+    md5_manifest = (row or {}).get("md5")
+    if card is None:
+        return {"status": "missing", "reason": "the card's image was never downloaded "
+                "into this cache", "md5_manifest": md5_manifest,
+                "image_url": (row or {}).get("image_url")}
+    if card.get("status") == "evicted" and card.get("raw_key"):
+        # gc removed the bytes, the key stays: what was derived from it is still cached
+        return {"status": "evicted", "key": card["raw_key"], "reason": card.get("detail"),
+                "recorded_at": iso_time(card.get("updated")), "md5_manifest": md5_manifest,
+                "image_url": (row or {}).get("image_url")}
+    if card.get("status") != "ok" or not card.get("raw_key"):
+        return {"status": "failed", "reason": card.get("detail") or card.get("status"),
+                "recorded_at": iso_time(card.get("updated")), "md5_manifest": md5_manifest,
+                "image_url": (row or {}).get("image_url")}
+    key = card["raw_key"]
+    entry = store.entries([key]).get(key)
+    if entry is None:
+        return {"status": "missing", "key": key, "reason": "the card record names this raw "
+                "item but the index no longer holds it (garbage-collected?)",
+                "md5_manifest": md5_manifest}
+    meta = entry["meta"]
+    section: dict[str, Any] = {
+        "status": "present", "key": key, "sha256": meta.get("sha256"), "md5": meta.get("md5"),
+        "md5_manifest": md5_manifest,
+        "md5_matches_manifest": None if md5_manifest is None else meta.get("md5") == md5_manifest,
+        "source_url": meta.get("source_url"), "image_url": (row or {}).get("image_url"),
+        "fetched_at": iso_time(meta.get("fetched_at")),
+        "bytes": meta.get("nbytes", entry.get("nbytes")), "truncated": bool(meta.get("truncated")),
+        "first_seen_as": {"dataset": meta.get("first_dataset"),
+                          "card_id": meta.get("first_card_id")},
+        "card_detail": card.get("detail") or "",
+        **_stamp_fields(meta), "key_check": check_link("raw", key, meta),
+    }
+    if verify:
+        section["verified"] = _verify_payload(store, key, raw=True)
+    return section
+
+
+def _layer_section(store: ContentStore, layer: str, key: str, entry: dict[str, Any] | None,
+                   expected_parent: tuple[str, str] | None, verify: bool,
+                   missing_reason: str) -> dict[str, Any]:
+    if entry is None:
+        return {"status": "missing", "key": key, "reason": missing_reason}
+    meta = entry["meta"]
+    section: dict[str, Any] = {"status": "present", "key": key}
+    if layer == "preprocessed":
+        p = meta.get("pipeline") or {}
+        section["pipeline"] = {k: p.get(k) for k in ("name", "class", "code_version",
+                                                     "parameters", "cache_key")}
+        section["shape"] = meta.get("shape")
+        section["dtype"] = meta.get("dtype")
+    elif layer == "tensor":
+        section["spec"] = meta.get("spec")
+    section["truncated"] = bool(meta.get("truncated"))
+    section.update(_stamp_fields(meta))
+    section["key_check"] = check_link(layer, key, meta)
+    if expected_parent is not None:
+        field_name, parent = expected_parent
+        if meta.get(field_name) != parent:
+            section["key_check"] = (f"mismatch: recorded {field_name} {meta.get(field_name)} "
+                                    f"is not this card's {parent}")
+    if verify:
+        section["verified"] = _verify_payload(store, key)
+    return section
+
+
+def _prediction_section(key: str, meta: dict[str, Any] | None, missing_reason: str,
+                        matched_by: str = "key") -> dict[str, Any]:
+    if meta is None:
+        return {"status": "missing", "key": key, "reason": missing_reason}
+    record = meta.get("record") or {}
+    section: dict[str, Any] = {
+        "status": "present", "key": key,
+        "record": {k: record.get(k) for k in _RECORD_FIELDS},
+        "context": meta.get("context") or {},
+        "model_signature": (meta.get("model") or {}).get("signature"),
+        "model": meta.get("model"),
+        "pipeline": (meta.get("pipeline") or {}).get("name"),
+        "truncated": bool(meta.get("truncated")),
+        "inference_seconds": meta.get("inference_seconds"),
+        **_stamp_fields(meta),
+        "run_id": meta.get("run_id"),
+        "key_check": check_link("prediction", key, meta),
+    }
+    if matched_by != "key":
+        section["matched_by"] = matched_by
+    return section
+
+
+def _model_sections(dataset: CachedDataset, adapter: ModelAdapter,
+                    preprocessing: PreprocessingPipeline | None, raw_key: str | None,
+                    row: dict[str, Any] | None, verify: bool) -> dict[str, Any]:
+    store = dataset.store
+    pipeline = preprocessing or adapter.get_required_preprocessing()
+    spec = adapter.get_tensor_spec()
+    signature = adapter.get_cache_signature()
+    out: dict[str, Any] = {"model": {"name": adapter.name, "class": type(adapter).__qualname__,
+                                     "signature": signature, "description": adapter.describe()}}
+    if raw_key is None:
+        why = "no raw image is cached for this card"
+        out["preprocessed"] = {"status": "missing", "reason": why,
+                               "pipeline": pipeline.describe()}
+        out["tensor"] = {"status": "missing", "reason": why, "spec": spec.as_dict()}
+        out["prediction"] = {"status": "missing", "reason": why}
+        return out
+    pre = preprocessed_key(raw_key, pipeline.get_cache_key())
+    ten = tensor_key(pre, spec.as_dict())
+    context = adapter.prediction_context(row) if row is not None else None
+    pred = prediction_key_for(ten, signature, context) if context is not None else None
+    entries = store.entries([k for k in (pre, ten, pred) if k])
+    out["preprocessed"] = _layer_section(
+        store, "preprocessed", pre, entries.get(pre), ("raw_key", raw_key), verify,
+        f"not cached: {pipeline.name} was never run on this image in this cache")
+    if out["preprocessed"]["status"] == "missing":
+        out["preprocessed"]["pipeline"] = pipeline.describe()
+    out["tensor"] = _layer_section(
+        store, "tensor", ten, entries.get(ten), ("preprocessed_key", pre), verify,
+        "not cached: no model with this tensor spec ran on this card here")
+    if out["tensor"]["status"] == "missing":
+        out["tensor"]["spec"] = spec.as_dict()
+    meta = entries[pred]["meta"] if pred and pred in entries else None
+    matched_by = "key"
+    if meta is None:
+        # Same image and model, but another context or pipeline (e.g. the card was not in
+        # the cached manifest, or a non-default preprocessing was used): say so.
+        others = {k: m for k, m in prediction_metas_for_raw(store, [raw_key]).items()
+                  if (m.get("model") or {}).get("signature") == signature}
+        if others:
+            pred, meta = sorted(others.items())[0]
+            matched_by = ("raw key + model signature (context or pipeline differ from the "
+                          "card's; see context/pipeline)")
+    reason = ("not cached: this model never predicted this card in this cache"
+              if context is not None else "card not in the cached manifest, so the "
+              "per-card context (e.g. the drug for PLS) and prediction key are unknown")
+    out["prediction"] = _prediction_section(pred or "", meta, reason, matched_by)
+    if meta is not None:
+        out["prediction"]["signature_matches_model"] = (
+            (meta.get("model") or {}).get("signature") == signature)
+    return out
+
+
+def card_lineage(dataset: CachedDataset, card_id: int,
+                 model_adapter: ModelAdapter | None = None, *,
+                 preprocessing: PreprocessingPipeline | None = None,
+                 verify: bool = False) -> dict[str, Any]:
+    """The provenance chain of one card, from the cache alone (no network, no compute).
+
+    Sections: ``manifest`` (row, manifest content key and fetch time), ``raw`` (sha256,
+    md5 vs manifest, source URL, fetch time, size, truncated flag), and with
+    ``model_adapter``: ``model`` (signature and description), ``preprocessed`` (pipeline
+    name, parameters, code version, key), ``tensor`` (spec, key) and ``prediction`` (record,
+    model signature and description, libraries, host, created_at, Dagster partitions).
+    Without a model, ``cached_predictions`` lists every model's cached prediction for the
+    image. A layer that is not cached has ``status: missing`` and a reason. Every present
+    layer has ``key_check`` (its recorded inputs re-hashed against its key); ``verify=True``
+    also reads and checksums the payloads.
+    """
+    cid = card_id_of(card_id)
+    store = dataset.store
+    manifest, row = _manifest_section(dataset, cid)
+    out: dict[str, Any] = {"dataset": dataset.name, "card_id": cid,
+                           "cache_dir": str(dataset.settings.cache_dir), "manifest": manifest}
+    card = store.cards(dataset.name).get(cid)
+    if card is None and row is None and manifest["status"] != "missing":
+        out["status"] = "unknown card"
+    raw = _raw_section(store, card, row, verify)
+    out["raw"] = raw
+    raw_key = raw.get("key") if raw["status"] in ("present", "evicted") else None
+    if model_adapter is not None:
+        out.update(_model_sections(dataset, model_adapter, preprocessing, raw_key, row, verify))
+    elif raw_key is not None:
+        preds = prediction_metas_for_raw(store, [raw_key])
+        out["cached_predictions"] = [
+            {"key": k, "model": model_summary(m), "pipeline": (m.get("pipeline") or {}).get("name"),
+             "context": m.get("context") or {},
+             "record": {f: (m.get("record") or {}).get(f) for f in _RECORD_FIELDS},
+             "created_at": iso_time(m.get("created_at")),
+             "key_check": check_link("prediction", k, m)}
+            for k, m in sorted(preds.items(), key=lambda kv: (
+                str((kv[1].get("model") or {}).get("name")), kv[0]))]
+    # Dagster partitions that recorded these items (cheap: one query on refs).
+    sections = [s for s in ("raw", "preprocessed", "tensor", "prediction") if s in out]
+    keys = [out[s].get("key") for s in sections if out[s].get("status") == "present"]
+    refs = dagster_refs(store, [k for k in keys if k], cid)
+    for s in sections:
+        k = out[s].get("key")
+        if k in refs:
+            out[s]["dagster"] = refs[k]
+            if s == "prediction" and not out[s].get("run_id"):
+                runs = [r["run_id"] for r in refs[k] if r.get("run_id")]
+                out[s]["run_id"] = runs[-1] if runs else None
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# readable text
+def _fmt_scalar(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, bool) or value is None:
+        return {True: "yes", False: "no", None: "-"}[value]
+    return str(value)
+
+
+def _render(lines: list[str], name: str, value: Any, indent: int) -> None:
+    pad = " " * indent
+    if isinstance(value, dict):
+        if not value:
+            lines.append(f"{pad}{name}: {{}}")
+            return
+        lines.append(f"{pad}{name}:")
+        for k, v in value.items():
+            _render(lines, str(k), v, indent + 2)
+    elif isinstance(value, list):
+        if all(not isinstance(v, (dict, list)) for v in value):
+            shown = ", ".join(_fmt_scalar(v) for v in value[:12])
+            more = f", ... (+{len(value) - 12} more)" if len(value) > 12 else ""
+            lines.append(f"{pad}{name}: [{shown}{more}]")
+        else:
+            lines.append(f"{pad}{name}:")
+            for i, v in enumerate(value):
+                _render(lines, f"- [{i}]", v, indent + 2)
+    else:
+        lines.append(f"{pad}{name}: {_fmt_scalar(value)}")
+
+
+def format_lineage(lineage: dict[str, Any]) -> str:
+    """The chain as indented text, one section per layer, top (manifest) to bottom."""
+    lines = [f"card {lineage['card_id']} of dataset {lineage['dataset']} "
+             f"(cache {lineage['cache_dir']})"]
+    if lineage.get("status"):
+        lines.append(f"  status: {lineage['status']}")
+    last_libraries: Any = None
+    for section in ("manifest", "raw", "model", "preprocessed", "tensor", "prediction"):
+        sec = lineage.get(section)
+        if sec is None:
+            continue
+        if sec.get("libraries") is not None:
+            # Printed once; later layers made with the same versions just say so.
+            if sec["libraries"] == last_libraries:
+                sec = {**sec, "libraries": "same as above"}
+            else:
+                last_libraries = sec["libraries"]
+        head = section.upper()
+        if "status" in sec:
+            head += f" [{sec['status']}]"
+        if sec.get("key"):
+            head += f" {sec['key']}"
+        lines.append(head)
+        for k, v in sec.items():
+            if k in ("status", "key") or v is None:
+                continue
+            if section == "model" and k == "description":
+                v = {dk: dv for dk, dv in v.items() if dk not in ("name", "class", "signature")}
+            _render(lines, k, v, 2)
+    if "cached_predictions" in lineage:
+        preds = lineage["cached_predictions"]
+        lines.append(f"CACHED PREDICTIONS [{len(preds)}]")
+        for p in preds:
+            r = p["record"]
+            lines.append(f"  {p['model']['name']} ({p['model']['signature']}): "
+                         f"{_fmt_scalar(r.get('prediction'))} p={_fmt_scalar(r.get('probability'))}"
+                         f" status={r.get('status')} key={p['key']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# model specs (CLI)
+def _labels_from_cache(store: ContentStore, weights_sha256: str) -> list[str] | None:
+    rows = store.index.query(
+        "SELECT meta FROM items WHERE layer='prediction' AND "
+        "json_extract(meta, '$.model.weights_sha256') = ? LIMIT 1", (weights_sha256,))
+    if not rows:
+        return None
+    labels = (json.loads(rows[0][0]).get("model") or {}).get("labels")
+    return list(labels) if labels else None
+
+
+def resolve_model_spec(spec: str, settings: Settings, store: ContentStore | None = None,
+                       labels: Sequence[str] | None = None) -> ModelAdapter:
+    """A model adapter from a CLI model spec (see ``MODEL_SPEC_HELP``).
+
+    A bare id looks at the (cached) model record's type, so ``18`` is the PLS model
+    without having to say ``pls:``. A ``.tflite`` path without ``labels`` reuses the labels
+    recorded with cached predictions of the same weights (by sha256), since a ``.tflite``
+    file does not carry its labels.
+    """
+    from ..store import ContentStore as _Store
+
+    text = str(spec).strip()
+    if not text:
+        raise InvalidInputError(f"empty model spec: expected {MODEL_SPEC_HELP}")
+    kind, sep, rest = text.partition(":")
+    if not sep or kind not in ("tflite", "pls", "custom"):
+        kind, rest = "", text
+    store = store or _Store(settings.cache_dir)
+    if re.fullmatch(r"\d{1,9}", rest):
+        model_id = int(rest)
+        if kind == "custom":
+            raise InvalidInputError(f"model spec {spec!r}: custom models are files, not ids")
+        if not kind:
+            from ..sources.model_artifacts import model_record
+
+            mtype = str(model_record(model_id, settings, store).get("type") or "tf_lite")
+            kind = {"tf_lite": "tflite", "pls": "pls"}.get(mtype, "")
+            if not kind:
+                raise ModelError(f"PAD model {model_id} has type {mtype!r}; pad_assets runs "
+                                 "'tf_lite' and 'pls' models")
+        if kind == "pls":
+            from ..models.pls import PLSModelAdapter
+
+            return PLSModelAdapter(model_id=model_id, settings=settings)
+        from ..models.tflite import PADTensorFlowAdapter
+
+        return PADTensorFlowAdapter(model_id=model_id, settings=settings,
+                                    labels=list(labels) if labels else None)
+    path = Path(rest).expanduser()
+    if not kind and path.suffix.lower() == ".tflite" and path.is_file():
+        kind = "tflite"
+    if kind == "tflite":
+        from ..models.tflite import PADTensorFlowAdapter, file_sha256
+
+        found = list(labels) if labels else _labels_from_cache(store, file_sha256(path))
+        if not found:
+            raise InvalidInputError(
+                f"model spec {spec!r}: a .tflite file carries no labels and no cached "
+                "prediction of these weights records them; pass --labels a,b,c")
+        return PADTensorFlowAdapter(model_path=path, labels=found)
+    if kind == "pls":
+        from ..models.pls import PLSModelAdapter
+
+        return PLSModelAdapter(coefficients_path=path)
+    if kind == "custom":
+        from ..models.custom import CustomModelAdapter
+
+        return CustomModelAdapter(path, labels=list(labels) if labels else None)
+    from ..orchestration.config import load_config
+
+    models = {m.name: m for m in load_config().models}
+    if text in models:
+        return models[text].build(settings)
+    raise InvalidInputError(
+        f"model spec {spec!r} is not understood: expected {MODEL_SPEC_HELP}; config models: "
+        f"{sorted(models) or 'none'}")
+
+
+__all__ = [
+    "CachedManifest",
+    "cached_manifest",
+    "cached_models",
+    "card_id_of",
+    "card_lineage",
+    "check_link",
+    "dagster_refs",
+    "dagster_run_records",
+    "format_lineage",
+    "iso_time",
+    "model_summary",
+    "models_of",
+    "prediction_metas_for_raw",
+    "resolve_model_spec",
+]
+

@@ -1,0 +1,1 @@
+"""Tests of pad_assets.maintenance."""

@@ -1,0 +1,118 @@
+"""The Dagster checks' failure paths, on a real store: a tensor off its spec fails
+``tensor_shape_dtype``, a deleted prediction fails ``prediction_status``, each with ERROR
+severity and the card named; the untouched store passes both (so a check that can never
+fail, or never pass, is caught).
+
+The checks run inside the image step (orchestration/images.py), which heals what it can
+(a rerun recomputes a deleted prediction), so their verdicts are tested here, on the
+store state they are given, and the graph tests (orchestration/test_graph.py) show that the
+step runs them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from pad_assets.hashing import array_digest, chain_key
+from pad_assets.orchestration import checks
+from pad_assets.orchestration.io_manager import PadStoreIOManager
+from pad_assets.store import CardRecord, ContentStore, NewItem
+
+DS = "checks_ds"
+CARDS = [62000, 62001, 62002, 62003]
+TENSOR = dg.AssetKey([DS, "tensor_tiny"])
+PRED = dg.AssetKey([DS, "prediction_tiny"])
+SPEC = {"shape": [6, 6, 3], "dtype": "float32", "storage_dtype": "uint8", "layout": "NHWC",
+        "scale": "raw"}
+
+
+def _tensor_item(card: int, arr: np.ndarray) -> NewItem:
+    return NewItem(array_digest(arr), "tensor", arr, {"spec": SPEC, "card_id": card})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ContentStore:
+    """Every card cached (raw ok), a tensor and an ok prediction per card, partition refs."""
+    s = ContentStore(tmp_path / "c")
+    raws, tensors, preds = {}, {}, {}
+    items: list[NewItem] = []
+    for i, c in enumerate(CARDS):
+        raw = bytes([i]) * 100
+        rk = chain_key("raw-for-test", c)
+        raws[c] = rk
+        items.append(NewItem(rk, "raw", raw, {}))
+        t = _tensor_item(c, np.full((6, 6, 3), i, dtype=np.uint8))
+        tensors[str(c)] = t.key
+        items.append(t)
+        record = {"prediction": "albendazole", "probability": 0.9, "status": "ok"}
+        pk = chain_key("prediction-for-test", c)
+        preds[str(c)] = pk
+        items.append(NewItem(pk, "prediction", None, {"record": record, "card_id": c}))
+    s.put(items, cards=[CardRecord(DS, c, raws[c], "ok") for c in CARDS])
+    PadStoreIOManager.record_partitions(s, TENSOR, tensors)
+    PadStoreIOManager.record_partitions(s, PRED, preds)
+    return s
+
+
+def _cards(store: ContentStore) -> dict:
+    return store.cards(DS)
+
+
+def test_untouched_store_passes_both_checks(store: ContentStore) -> None:
+    t = checks.tensor_specs(store, TENSOR, SPEC)
+    assert t.passed and t.metadata["checked"].value == len(CARDS)
+    p = checks.prediction_status(store, PRED, CARDS, _cards(store))
+    assert p.passed and p.metadata["checked"].value == len(CARDS)
+
+
+def test_a_tensor_off_its_spec_fails_tensor_shape_dtype(store: ContentStore) -> None:
+    # card 62002's tensor replaced by a corrupted one: a channel lost, float64 bytes
+    bad = _tensor_item(CARDS[2], np.zeros((6, 6), dtype=np.float64))
+    store.put([bad], refs=[(f"asset/{TENSOR.to_user_string()}/{CARDS[2]}", bad.key)])
+    res = checks.tensor_specs(store, TENSOR, SPEC)
+    assert res.passed is False and res.severity == dg.AssetCheckSeverity.ERROR
+    assert res.check_name == "tensor_shape_dtype"
+    listed = res.metadata["error_cards"].value
+    assert set(listed) == {str(CARDS[2])}
+    assert "shape (6, 6) dtype <f8, expected (6, 6, 3) uint8" in listed[str(CARDS[2])]
+
+    # and a partition whose tensor item is gone
+    with store.index.transaction() as con:
+        con.execute("DELETE FROM items WHERE key=?", (bad.key,))
+    res = checks.tensor_specs(store, TENSOR, SPEC)
+    assert res.passed is False
+    assert "missing" in res.metadata["error_cards"].value[str(CARDS[2])]
+
+
+def test_a_deleted_prediction_fails_prediction_status(store: ContentStore) -> None:
+    gone = CARDS[1]
+    with store.index.transaction() as con:
+        con.execute("DELETE FROM refs WHERE name=?",
+                    (f"asset/{PRED.to_user_string()}/{gone}",))
+    res = checks.prediction_status(store, PRED, CARDS, _cards(store))
+    assert res.passed is False and res.severity == dg.AssetCheckSeverity.ERROR
+    listed = res.metadata["error_cards"].value
+    assert set(listed) == {str(gone)}
+    assert "no prediction recorded although the image is cached" in listed[str(gone)]
+    assert res.metadata["status_counts"].value["ok"] == len(CARDS) - 1
+
+
+def test_explained_gaps_warn_and_name_the_cards(store: ContentStore) -> None:
+    """An unknown drug and a card whose download failed: WARN (known, explained)."""
+    unknown = NewItem(chain_key("prediction-for-test", "unknown"), "prediction", None,
+                      {"record": {"prediction": None, "status": "unknown_drug",
+                                  "detail": "drug 'x' not in coefficients"}})
+    store.put([unknown], refs=[(f"asset/{PRED.to_user_string()}/{CARDS[0]}", unknown.key)],
+              cards=[CardRecord(DS, CARDS[3], None, "failed", "HTTP 404")])
+    with store.index.transaction() as con:
+        con.execute("DELETE FROM refs WHERE name=?",
+                    (f"asset/{PRED.to_user_string()}/{CARDS[3]}",))
+    res = checks.prediction_status(store, PRED, CARDS, _cards(store))
+    assert res.passed is False and res.severity == dg.AssetCheckSeverity.WARN
+    warned = res.metadata["warning_cards"].value
+    assert set(warned) == {str(CARDS[0]), str(CARDS[3])}
+    assert "unknown_drug" in warned[str(CARDS[0])] and "HTTP 404" in warned[str(CARDS[3])]
