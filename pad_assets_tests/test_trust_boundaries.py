@@ -496,7 +496,7 @@ def _csv_cells(files: list[Path]) -> list[str]:
 
 def test_registry_text_is_escaped_in_audit_csvs(tmp_path: Path, tiny_tflite_path: Path
                                                 ) -> None:
-    from pad_assets.layers.stamp.audit import export_audit
+    from pad_assets.provenance.audit import export_audit
 
     from pad_assets.csv_safety import escape_cell
     from pad_assets.devtools.emulator.synthetic import CardAttributes
