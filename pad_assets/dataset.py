@@ -240,10 +240,15 @@ class CachedDataset:
     # ---- preprocessed layer ------------------------------------------------------------
     def get_preprocessed_batch(self, preprocessing_pipeline: PreprocessingPipeline,
                                batch_size: int = 32, split: Split = None,
+                               card_ids: Sequence[int] | None = None,
                                ) -> Iterator[PreprocessedBatch]:
         """Stream preprocessed arrays in manifest order, ``batch_size`` cards at a time.
 
         Each card once (its first published row), whatever the number of rows listing it.
+        ``card_ids`` (ints, decimal strings or a pandas column of ids) streams only those
+        cards, in the order given, as ``apply_model(card_ids=)`` selects them; an id that
+        is not in the manifest (of ``split``, if given) is an ``InvalidInputError`` naming
+        it, raised before any download or computation.
         Computes only what is missing; peak memory is a few batches whatever the dataset
         size. Cards whose image could not be fetched are skipped (``cards()`` says why);
         cards the pipeline failed on are skipped too, named with their reasons in a
@@ -252,7 +257,7 @@ class CachedDataset:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size {batch_size}: expected a positive integer")
-        rows, raw = self._rows_with_raw(split)
+        rows, raw = self._rows_with_raw(split, card_ids)
         ids = [int(c) for c in _unique_cards(rows)["card_id"] if int(c) in raw]
         self.preprocessing_failures = {}
         window = max(batch_size, 64)

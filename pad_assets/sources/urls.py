@@ -9,6 +9,7 @@ configured server (a mirror or the emulator); any other host or scheme is refuse
 
 from __future__ import annotations
 
+import numbers
 import re
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,16 +30,17 @@ def validate_name(value: str, what: str = "dataset name") -> str:
 
 
 def card_id_of(value: object) -> int:
-    """A card id from an int or a decimal string; anything else (``'../x'``) is refused.
+    """A card id from an integer (NumPy's too) or a decimal string; anything else
+    (``'../x'``, ``1.5``) is refused.
 
     Card ids arrive as Dagster partition keys and CLI arguments, i.e. as text, and become
     parts of paths and queries: only non-negative 64-bit integers pass.
     """
     if isinstance(value, bool):
         raise InvalidInputError(f"card id {value!r}: expected a non-negative integer")
-    if isinstance(value, int):
-        cid = value
-    elif isinstance(value, str) and re.fullmatch(r"\s*\d{1,18}\s*", value):
+    # an int, a NumPy integer (a value of an id column), or the text of one
+    if isinstance(value, numbers.Integral) or (
+            isinstance(value, str) and re.fullmatch(r"\s*\d{1,18}\s*", value)):
         cid = int(value)
     else:
         raise InvalidInputError(
