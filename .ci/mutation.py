@@ -1,0 +1,145 @@
+"""Repeatable mutation run over the core packages: one ``mutmut`` run per module group.
+
+A single ``mutmut run`` over every core module would first trace the whole selection of
+tests and then give each mutant every selected test that reaches its function: hours on
+two cores. Here each group mutates its own modules and lists only the fast, in-process
+test files that exercise them (``pytest_add_cli_args_test_selection`` of its own mutmut
+config); mutmut then runs, per mutant, only those of them that reach the mutated function.
+Subprocess tests (kill trials, the console script) import the unmutated code and could
+not kill anything, so they are left out.
+
+Each group works in ``build/mutation/<group>/`` (links to the sources and tests, and a
+``pyproject.toml`` made from the repository's: its pytest options, its ``[tool.mutmut]``
+options, and the group's ``only_mutate`` and test files). mutmut keeps its results there,
+so a second run re-tests only the mutants of changed code. Usage, at low priority::
+
+    nice -n 19 python .ci/mutation.py [GROUP ...] [--max-children N]
+    python .ci/mutation.py --report            # scores from the results so far
+    cd build/mutation/store && mutmut results  # survivors; then: mutmut show NAME
+
+Scores are printed per module and written to ``build/mutation/scores.json``:
+killed / (killed + survived + timeout); "no tests" (no selected test reaches the
+function) is counted separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "build" / "mutation"
+
+#: group -> (modules to mutate, fast test files that exercise them)
+GROUPS: dict[str, tuple[list[str], list[str]]] = {
+    "keys": (["pad_assets/hashing.py"],
+             ["pad_assets_tests/test_hashing.py"]),
+    "io_manager": (["pad_assets/orchestration/io_manager.py"],
+                   ["pad_assets_tests/orchestration/test_io_manager.py",
+                    "pad_assets_tests/orchestration/test_checks.py"]),
+    "gc": (["pad_assets/maintenance/collection.py"],
+           ["pad_assets_tests/maintenance/test_gc_guarantees.py",
+            "pad_assets_tests/maintenance/test_verify_repair_gc.py",
+            "-k", "gc or compaction or stats"]),
+    "store": (["pad_assets/store/index.py", "pad_assets/store/shards.py",
+               "pad_assets/store/store.py"],
+              ["pad_assets_tests/store/test_store.py", "pad_assets_tests/test_hashing.py",
+               "pad_assets_tests/maintenance/test_gc_guarantees.py"]),
+    "layers": (["pad_assets/layers/raw.py", "pad_assets/layers/derived.py",
+                "pad_assets/layers/predictions.py", "pad_assets/layers/model_names.py"],
+               ["pad_assets_tests/layers/test_predictions_after_gc.py",
+                "pad_assets_tests/layers/test_raw.py",
+                "pad_assets_tests/dataset/test_batch_card_ids.py",
+                "pad_assets_tests/dataset/test_user_paths.py", "-k", "not sigkill"]),
+}
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests",
+          34: "skipped", 36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout",
+          255: "timeout", -11: "segfault", -9: "segfault", None: "not checked"}
+
+
+def _section(text: str, name: str) -> str:
+    """One ``[name]`` table of a TOML file, verbatim (up to the next table header)."""
+    m = re.search(rf"^\[{re.escape(name)}\]\n(.*?)(?=^\[|\Z)", text, re.M | re.S)
+    return f"[{name}]\n{m.group(1).rstrip()}\n" if m else ""
+
+
+def _toml_list(values: list[str]) -> str:
+    return json.dumps(values)  # a JSON list of plain strings is a TOML array
+
+
+def prepare(group: str) -> Path:
+    """The group's folder: links to the code and tests, and its own mutmut config."""
+    modules, tests = GROUPS[group]
+    here = OUT / group
+    (here / "mutants").mkdir(parents=True, exist_ok=True)  # on PYTHONPATH from the start
+    for name in ("pad_assets", "pad_assets_tests", "workspace.yaml"):
+        link = here / name
+        if not link.is_symlink():
+            link.symlink_to(ROOT / name)
+    text = (ROOT / "pyproject.toml").read_text()
+    common = _section(text, "tool.mutmut")
+    common = re.sub(r"^(only_mutate|pytest_add_cli_args_test_selection)\s*=.*?\]\n", "",
+                    common, flags=re.M | re.S)
+    config = (_section(text, "tool.pytest.ini_options") + "\n" + common
+              + f"only_mutate = {_toml_list(modules)}\n"
+              + f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n")
+    (here / "pyproject.toml").write_text(config)
+    return here
+
+
+def run(group: str, max_children: int) -> int:
+    here = prepare(group)
+    env = dict(os.environ, PYTHONPATH=str(here / "mutants"))
+    print(f"== {group}: {' '.join(GROUPS[group][0])}", flush=True)
+    return subprocess.call([sys.executable, "-m", "mutmut", "run", "--max-children",
+                            str(max_children)], cwd=here, env=env)
+
+
+def scores() -> dict[str, dict[str, int | float]]:
+    """Per mutated module: counts per status and the score, from mutmut's result files."""
+    out: dict[str, dict[str, int | float]] = {}
+    for group in GROUPS:
+        for meta in sorted((OUT / group / "mutants").rglob("*.py.meta")):
+            module = str(meta.relative_to(OUT / group / "mutants"))[:-len(".meta")]
+            codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
+            counts = Counter(STATUS.get(c, "suspicious") for c in codes.values())
+            tried = counts["killed"] + counts["survived"] + counts["timeout"]
+            out[module] = {**counts, "mutants": len(codes),
+                           "score": round(100 * (counts["killed"] + counts["timeout"])
+                                          / tried, 1) if tried else 0.0}
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("groups", nargs="*", help=f"of {list(GROUPS)}; default: all")
+    ap.add_argument("--max-children", type=int, default=2)
+    ap.add_argument("--report", action="store_true", help="only print the scores so far")
+    args = ap.parse_args()
+    unknown = [g for g in args.groups if g not in GROUPS]
+    if unknown:
+        ap.error(f"unknown group(s) {unknown}: expected some of {list(GROUPS)}")
+    if not args.report:
+        for group in args.groups or GROUPS:
+            code = run(group, args.max_children)
+            if code:
+                print(f"mutmut run of {group} exited {code}", file=sys.stderr)
+    table = scores()
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "scores.json").write_text(json.dumps(table, indent=2))
+    for module, s in table.items():
+        print(f"{module:48} {s['score']:5}%  killed {s.get('killed', 0):4}  survived "
+              f"{s.get('survived', 0):4}  timeout {s.get('timeout', 0):3}  no tests "
+              f"{s.get('no tests', 0):4}  of {s['mutants']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
