@@ -38,7 +38,7 @@ OUT = ROOT / "build" / "mutation"
 
 #: group -> (modules to mutate, fast test files that exercise them)
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
-    "keys": (["pad_assets/hashing.py"],
+    "keys": (["pad_assets/keys.py", "pad_assets/hashing.py"],
              ["pad_assets_tests/test_hashing.py"]),
     "io_manager": (["pad_assets/orchestration/io_manager.py"],
                    ["pad_assets_tests/orchestration/test_io_manager.py",

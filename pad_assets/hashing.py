@@ -1,12 +1,7 @@
-"""Content keys: the Merkle chain that makes every cache layer content-addressed.
+"""Digests: sha256/md5 of bytes, canonical JSON, arrays and code.
 
-raw key          = sha256(image bytes)
-preprocessed key = H("preprocessed", raw key, pipeline cache key)
-model-ready key  = H("tensor", preprocessed key, tensor spec)
-prediction key   = H("prediction", model-ready key, model signature)
-
-A change anywhere up the chain changes every key below it and nothing else. Keys are
-hex sha256 strings, so they are safe as file and HDF5 names and identical on every machine.
+The primitives under the content keys; which digest keys which item, and how the chain of
+keys is derived and verified, is ``pad_assets.keys``.
 """
 
 from __future__ import annotations
@@ -44,33 +39,6 @@ def canonical_json(value: Any) -> str:
         )
 
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=default)
-
-
-def chain_key(kind: str, *parts: Any) -> str:
-    """Hash of a layer name and its parents' keys/parameters (a link of the chain)."""
-    return sha256_bytes(canonical_json([kind, *parts]).encode("utf-8"))
-
-
-def chain_keys(kind: str, firsts: list[str], *rest: Any) -> list[str]:
-    """``[chain_key(kind, f, *rest) for f in firsts]``, byte-identical, but the constant
-    tail is serialised once per batch instead of once per card (a warm lookup of 500
-    cards computes 1,500 keys)."""
-    tail = canonical_json(list(rest))[1:-1]
-    head = canonical_json([kind])[:-1] + ","
-    suffix = ("," + tail if tail else "") + "]"
-    return [sha256_bytes((head + json.dumps(f) + suffix).encode("utf-8")) for f in firsts]
-
-
-def preprocessed_key(raw_key: str, pipeline_key: str) -> str:
-    return chain_key("preprocessed", raw_key, pipeline_key)
-
-
-def tensor_key(preprocessed_key_: str, tensor_spec: dict[str, Any]) -> str:
-    return chain_key("tensor", preprocessed_key_, tensor_spec)
-
-
-def prediction_key(tensor_key_: str, model_signature: str) -> str:
-    return chain_key("prediction", tensor_key_, model_signature)
 
 
 def array_digest(array: np.ndarray) -> str:

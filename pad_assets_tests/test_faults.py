@@ -34,9 +34,10 @@ import pytest
 from pad_assets.dataset import CachedDataset
 from pad_assets.devtools.emulator import DatasetSpec, EdgeCases, Emulator, EmulatorConfig
 from pad_assets.hashing import sha256_bytes
+from pad_assets.keys import verify_link
 from pad_assets.maintenance import verify
 from pad_assets.models import PADTensorFlowAdapter
-from pad_assets.provenance.lineage import card_lineage, check_link
+from pad_assets.provenance.lineage import card_lineage
 from pad_assets.settings import Settings
 from pad_assets.store import ContentStore
 from pad_assets_tests.model_fixtures import TINY_DRUG_LABELS
@@ -171,7 +172,7 @@ def assert_store_consistent(cache: Path, datasets: tuple[str, ...] = (DATASET,),
                 elif layer == "manifest":
                     assert sha256_bytes(payloads[key]) == key
                 elif layer in ("preprocessed", "tensor", "prediction"):
-                    assert check_link(layer, key, meta) == "ok", (layer, key)
+                    assert verify_link(layer, key, meta) == "ok", (layer, key)
                     parent = {"preprocessed": "raw_key", "tensor": "preprocessed_key",
                               "prediction": "tensor_key"}[layer]
                     assert meta[parent] in keys or not parents, (

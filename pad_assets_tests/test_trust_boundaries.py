@@ -496,10 +496,9 @@ def _csv_cells(files: list[Path]) -> list[str]:
 
 def test_registry_text_is_escaped_in_audit_csvs(tmp_path: Path, tiny_tflite_path: Path
                                                 ) -> None:
-    from pad_assets.provenance.audit import export_audit
-
     from pad_assets.csv_safety import escape_cell
     from pad_assets.devtools.emulator.synthetic import CardAttributes
+    from pad_assets.provenance.audit import export_audit
 
     for bad in ("=HYPERLINK(\"http://x\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)",
                 "\tx", "\rx"):

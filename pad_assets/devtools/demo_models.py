@@ -56,7 +56,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import IntegrityError, ModelError
-from ..hashing import chain_key, code_digest, sha256_bytes
+from ..hashing import code_digest, sha256_bytes
+from ..keys import chain_key
 from ..models.base import standardize_label
 from ..models.runtime import available_cores, installed_version
 

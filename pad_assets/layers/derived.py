@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..hashing import chain_keys
+from ..keys import preprocessed_keys, tensor_keys
 from ..models.base import TensorSpec
 from ..preprocessing.base import PreprocessingPipeline
 from ..store import ContentStore, NewItem
@@ -101,10 +101,10 @@ class DerivedLayers:
     @staticmethod
     def keys_for(raw_keys: Sequence[str], pipeline: PreprocessingPipeline,
                  spec: TensorSpec | None) -> tuple[list[str], list[str] | None]:
-        pre = chain_keys("preprocessed", list(raw_keys), pipeline.get_cache_key())
+        pre = preprocessed_keys(raw_keys, pipeline.get_cache_key())
         if spec is None:
             return pre, None
-        return pre, chain_keys("tensor", pre, spec.as_dict())
+        return pre, tensor_keys(pre, spec.as_dict())
 
     # ---- building ----------------------------------------------------------------------
     def ensure(self, raw_keys: Sequence[str], pipeline: PreprocessingPipeline,

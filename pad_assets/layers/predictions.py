@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..hashing import canonical_json, chain_key, chain_keys
+from ..keys import prediction_keys
 from ..models.base import STATUS_FAILED, ModelAdapter, PredictionRecord
 from ..preprocessing.base import PreprocessingPipeline
 from ..store import ContentStore, NewItem
@@ -25,25 +25,6 @@ from .stamp import stamp
 
 PREDICT_CHUNK = 64  # cards prepared ahead of the model: bounds memory
 FIRST_CHUNK = 16  # the model starts after 16 cards are ready, not 64
-
-
-def prediction_key_for(tensor_key: str, signature: str, context: dict[str, Any]) -> str:
-    return chain_key("prediction", tensor_key, signature, context)
-
-
-def prediction_keys_for(tensor_keys: Sequence[str], signature: str,
-                        contexts: Sequence[dict[str, Any]]) -> list[str]:
-    """Prediction keys of a batch; cards with equal contexts share one serialisation."""
-    out: list[str | None] = [None] * len(tensor_keys)
-    groups: dict[str, list[int]] = {}
-    for i, c in enumerate(contexts):
-        groups.setdefault(canonical_json(c), []).append(i)
-    for idx in groups.values():
-        keys = chain_keys("prediction", [tensor_keys[i] for i in idx], signature,
-                          contexts[idx[0]])
-        for i, k in zip(idx, keys, strict=True):
-            out[i] = k
-    return out  # type: ignore[return-value]
 
 
 @dataclass
@@ -163,7 +144,7 @@ class PredictionLayer:
             return set()
         _, ten = self.derived.keys_for(list(raw_keys), pipeline, model.get_tensor_spec())
         assert ten is not None
-        preds = prediction_keys_for(ten, model.get_cache_signature(), contexts)
+        preds = prediction_keys(ten, model.get_cache_signature(), contexts)
         have = self.store.has(preds)
         return {i for i, k in enumerate(preds) if k in have}
 
@@ -174,7 +155,7 @@ class PredictionLayer:
         raws = [job.raw_keys[i] for i in positions]
         pre, ten = self.derived.keys_for(raws, job.pipeline, job.spec)  # type: ignore[arg-type]
         assert ten is not None
-        preds = prediction_keys_for(ten, job.signature, [job.contexts[i] for i in positions])
+        preds = prediction_keys(ten, job.signature, [job.contexts[i] for i in positions])
         for i, a, b, c in zip(positions, pre, ten, preds, strict=True):
             job.pre_keys[i], job.ten_keys[i], job.pred_keys[i] = a, b, c
         cached = (self.store.index.json_fields(preds, "$.record", "$.truncated")

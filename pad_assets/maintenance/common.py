@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import IntegrityError, InvalidInputError
-from ..hashing import array_digest, preprocessed_key, sha256_bytes, tensor_key
+from ..hashing import array_digest, sha256_bytes
+from ..keys import CONTENT_KEYED_LAYERS, DERIVED_LAYERS, expected_key
 from ..store import shards as shard_io
 from ..store.index import Index
 
@@ -49,9 +50,6 @@ CREATE TABLE IF NOT EXISTS ops_retired_shards (
     retired_at REAL NOT NULL, reason TEXT NOT NULL
 )"""
 
-#: Layers whose key is the digest of their own payload (sha256 of bytes, or array digest).
-CONTENT_KEYED_LAYERS = frozenset({"raw", "manifest", "model_record", "weights", "asset_value"})
-DERIVED_LAYERS = ("preprocessed", "tensor", "prediction")
 KNOWN_LAYERS = CONTENT_KEYED_LAYERS | frozenset(DERIVED_LAYERS)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SHARD_NAME = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{16}$")
@@ -89,36 +87,6 @@ def payload_digest(value: np.ndarray, kind: str) -> str:
     if kind == "bytes":
         return sha256_bytes(np.ascontiguousarray(value).tobytes())
     return array_digest(value)
-
-
-def expected_key(layer: str, blob: str | None, meta: dict[str, Any]) -> str | None:
-    """The key an item must have, re-derived from its payload or its recorded parents.
-
-    Content-keyed layers are keyed by their payload digest; derived layers by the Merkle
-    link of ``pad_assets.hashing`` over the parents and parameters their metadata records.
-    None when the metadata does not carry enough to re-derive the key.
-    """
-    if layer in CONTENT_KEYED_LAYERS:
-        return blob
-    if not isinstance(meta, dict):
-        return None
-    if layer == "preprocessed":
-        raw = meta.get("raw_key")
-        pipe = meta.get("pipeline")
-        ck = pipe.get("cache_key") if isinstance(pipe, dict) else None
-        return preprocessed_key(raw, ck) if raw and ck else None
-    if layer == "tensor":
-        pk, spec = meta.get("preprocessed_key"), meta.get("spec")
-        return tensor_key(pk, spec) if pk and spec is not None else None
-    if layer == "prediction":
-        from ..layers.predictions import prediction_key_for
-
-        model = meta.get("model")
-        sig = model.get("signature") if isinstance(model, dict) else None
-        tk = meta.get("tensor_key")
-        if tk and sig:
-            return prediction_key_for(tk, sig, meta.get("context") or {})
-    return None
 
 
 def key_problem(key: str, layer: str, blob: str | None, meta: dict[str, Any]) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..hashing import chain_key
+from ..keys import model_signature
 from ..preprocessing.base import PreprocessingPipeline
 
 STATUS_OK = "ok"
@@ -150,7 +150,7 @@ class ModelAdapter(ABC):
         return standardize_label(drug) if drug else None
 
     def signature_of(self, *parts: Any) -> str:
-        return chain_key("model", type(self).__qualname__, *parts)
+        return model_signature(type(self).__qualname__, *parts)
 
 
 def resolve_pad_model(model_id: int, expected_type: str, adapter: str, settings: Any = None,

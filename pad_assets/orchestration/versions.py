@@ -24,7 +24,7 @@ import functools
 from typing import Any
 
 from ..errors import PadAssetsError
-from ..hashing import chain_key
+from ..keys import chain_key
 from .config import ModelConfig
 
 RAW_CODE_VERSION = "raw-1"

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..hashing import canonical_json, chain_key
+from ..hashing import canonical_json
+from ..keys import pipeline_key
 from .decode import DecodedImage, decode_image
 
 
@@ -39,7 +40,7 @@ class PreprocessingPipeline(ABC):
         """The preprocessed array of one image."""
 
     def get_cache_key(self) -> str:
-        return chain_key("pipeline", self.name, self.get_parameters(), self.code_version)
+        return pipeline_key(self.name, self.get_parameters(), self.code_version)
 
     def describe(self) -> dict[str, Any]:
         """What lineage records of this pipeline: enough to rebuild it."""

@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 from ..csv_safety import escape_cell
 from ..errors import InvalidInputError
 from ..hashing import canonical_json, sha256_bytes
+from ..keys import verify_link
 from ..models.base import standardize_label
 from .lineage import (
     cached_manifest,
     cached_models,
-    check_link,
     iso_time,
     model_summary,
     models_of,
@@ -177,10 +177,10 @@ def _chain_check(chain: dict[str, Any]) -> tuple[list[str], str]:
         if entry is None:
             missing.append(layer)
             continue
-        res = check_link(layer, key, entry["meta"])
+        res = verify_link(layer, key, entry["meta"])
         if res != "ok":
             problems.append(f"{layer}: {res}")
-    res = check_link("prediction", chain["prediction_key"], pred)
+    res = verify_link("prediction", chain["prediction_key"], pred)
     if res != "ok":
         problems.append(f"prediction: {res}")
     pre = chain["preprocessed"]

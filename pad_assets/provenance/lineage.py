@@ -29,8 +29,8 @@ from ..errors import (
     InvalidInputError,
     ModelError,
 )
-from ..hashing import chain_key, preprocessed_key, sha256_bytes, tensor_key
-from ..layers.predictions import prediction_key_for
+from ..hashing import sha256_bytes
+from ..keys import chain_key, prediction_key, preprocessed_key, tensor_key, verify_link
 from ..sources.urls import card_id_of
 
 if TYPE_CHECKING:
@@ -88,37 +88,6 @@ def _clean(value: Any) -> Any:
 def _chunks(seq: Sequence[str], n: int = _SQL_CHUNK) -> Iterable[Sequence[str]]:
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
-
-
-def check_link(layer: str, key: str, meta: dict[str, Any]) -> str:
-    """Does the item's recorded input hash to its key? ``ok``, ``mismatch: ...`` or
-    ``unverifiable: ...``.
-
-    This is the Merkle property made checkable: the raw key is the sha256 the download
-    recorded; each derived key is H(parent key, parameters) over what the item itself
-    says its parent and parameters were. A mismatch means the metadata does not describe
-    the item (a bug, or a hand-edited index), so the item's lineage cannot be trusted.
-    """
-    try:
-        if layer == "raw":
-            expected = str(meta["sha256"])
-        elif layer == "preprocessed":
-            p = meta["pipeline"]
-            recomputed = chain_key("pipeline", p["name"], p["parameters"], p["code_version"])
-            if p.get("cache_key") not in (None, recomputed):
-                return ("mismatch: the pipeline's recorded cache key is not H(name, parameters, "
-                        "code_version) of its recorded parameters")
-            expected = preprocessed_key(meta["raw_key"], recomputed)
-        elif layer == "tensor":
-            expected = tensor_key(meta["preprocessed_key"], meta["spec"])
-        elif layer == "prediction":
-            expected = prediction_key_for(meta["tensor_key"], meta["model"]["signature"],
-                                          meta.get("context") or {})
-        else:
-            return f"unverifiable: no key rule for layer {layer!r}"
-    except (KeyError, TypeError) as exc:
-        return f"unverifiable: metadata lacks {exc}"
-    return "ok" if expected == key else f"mismatch: recorded inputs hash to {expected}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -370,7 +339,7 @@ def _raw_section(store: ContentStore, card: dict[str, Any] | None, row: dict[str
         "first_seen_as": {"dataset": meta.get("first_dataset"),
                           "card_id": meta.get("first_card_id")},
         "card_detail": card.get("detail") or "",
-        **_stamp_fields(meta), "key_check": check_link("raw", key, meta),
+        **_stamp_fields(meta), "key_check": verify_link("raw", key, meta),
     }
     if verify:
         section["verified"] = _verify_payload(store, key, raw=True)
@@ -394,7 +363,7 @@ def _layer_section(store: ContentStore, layer: str, key: str, entry: dict[str, A
         section["spec"] = meta.get("spec")
     section["truncated"] = bool(meta.get("truncated"))
     section.update(_stamp_fields(meta))
-    section["key_check"] = check_link(layer, key, meta)
+    section["key_check"] = verify_link(layer, key, meta)
     if expected_parent is not None:
         field_name, parent = expected_parent
         if meta.get(field_name) != parent:
@@ -421,7 +390,7 @@ def _prediction_section(key: str, meta: dict[str, Any] | None, missing_reason: s
         "inference_seconds": meta.get("inference_seconds"),
         **_stamp_fields(meta),
         "run_id": meta.get("run_id"),
-        "key_check": check_link("prediction", key, meta),
+        "key_check": verify_link("prediction", key, meta),
     }
     if matched_by != "key":
         section["matched_by"] = matched_by
@@ -447,7 +416,7 @@ def _model_sections(dataset: CachedDataset, adapter: ModelAdapter,
     pre = preprocessed_key(raw_key, pipeline.get_cache_key())
     ten = tensor_key(pre, spec.as_dict())
     context = adapter.prediction_context(row) if row is not None else None
-    pred = prediction_key_for(ten, signature, context) if context is not None else None
+    pred = prediction_key(ten, signature, context) if context is not None else None
     entries = store.entries([k for k in (pre, ten, pred) if k])
     out["preprocessed"] = _layer_section(
         store, "preprocessed", pre, entries.get(pre), ("raw_key", raw_key), verify,
@@ -516,7 +485,7 @@ def card_lineage(dataset: CachedDataset, card_id: int,
              "context": m.get("context") or {},
              "record": {f: (m.get("record") or {}).get(f) for f in _RECORD_FIELDS},
              "created_at": iso_time(m.get("created_at")),
-             "key_check": check_link("prediction", k, m)}
+             "key_check": verify_link("prediction", k, m)}
             for k, m in sorted(preds.items(), key=lambda kv: (
                 str((kv[1].get("model") or {}).get("name")), kv[0]))]
     # Dagster partitions that recorded these items (cheap: one query on refs).
@@ -691,7 +660,6 @@ __all__ = [
     "cached_models",
     "card_id_of",
     "card_lineage",
-    "check_link",
     "dagster_refs",
     "dagster_run_records",
     "format_lineage",

@@ -17,7 +17,8 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from pad_assets.hashing import array_digest, chain_key
+from pad_assets.hashing import array_digest
+from pad_assets.keys import chain_key
 from pad_assets.orchestration import checks
 from pad_assets.orchestration.io_manager import PadStoreIOManager
 from pad_assets.store import CardRecord, ContentStore, NewItem

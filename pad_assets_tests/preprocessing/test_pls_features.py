@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pad_assets.errors import InvalidInputError
-from pad_assets.hashing import chain_key
+from pad_assets.keys import chain_key
 from pad_assets.preprocessing import PADPLSPipeline
 from pad_assets.preprocessing.pls import (
     PLS_FEATURE_NAMES,

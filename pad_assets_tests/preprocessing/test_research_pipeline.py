@@ -18,7 +18,7 @@ from pad_assets.devtools.demo_models import demo_model_artifacts
 from pad_assets.devtools.emulator import DatasetSpec, Emulator, EmulatorConfig
 from pad_assets.devtools.emulator.synthetic import CardAttributes
 from pad_assets.errors import InvalidInputError
-from pad_assets.hashing import chain_key
+from pad_assets.keys import chain_key
 from pad_assets.models.tflite import PADTensorFlowAdapter
 from pad_assets.preprocessing import (
     PAD_NN_RESEARCH_PARAMS,

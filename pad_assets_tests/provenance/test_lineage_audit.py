@@ -264,7 +264,7 @@ def test_lineage_names_the_dagster_partition_and_run(emu: Emulator, warm: dict[s
     d.close()
 
 
-def test_check_link_detects_metadata_that_does_not_hash_to_its_key(
+def test_verify_link_detects_metadata_that_does_not_hash_to_its_key(
         ds: CachedDataset, warm: dict[str, Any]) -> None:
     row = warm["results"]["nn"].set_index("card_id").loc[52000]
     keys = {"raw": row["raw_key"], "preprocessed": row["preprocessed_key"],

@@ -158,16 +158,15 @@ def test_put_writes_again_a_payload_that_vanished_since_it_was_seen(tmp_path: Pa
 
 
 def test_batched_chain_keys_equal_one_by_one_keys() -> None:
-    from pad_assets.hashing import chain_key, chain_keys
-    from pad_assets.layers.predictions import prediction_key_for, prediction_keys_for
+    from pad_assets.keys import chain_key, chain_keys, prediction_key, prediction_keys
 
     firsts = ["0" * 64, "f" * 64, "a\\\"b"]
     rest = ({"shape": [454, 454, 3], "dtype": "float32"}, "sig", [1, 2.5, None])
     assert chain_keys("tensor", firsts, *rest) == [chain_key("tensor", f, *rest) for f in firsts]
     assert chain_keys("x", firsts) == [chain_key("x", f) for f in firsts]
     contexts = [{"drug": "amoxicillin"}, {}, {"drug": "amoxicillin"}]
-    assert prediction_keys_for(firsts, "s", contexts) == [
-        prediction_key_for(t, "s", c) for t, c in zip(firsts, contexts, strict=True)]
+    assert prediction_keys(firsts, "s", contexts) == [
+        prediction_key(t, "s", c) for t, c in zip(firsts, contexts, strict=True)]
 
 
 _OPEN_TOGETHER = textwrap.dedent("""
