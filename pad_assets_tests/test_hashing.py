@@ -12,16 +12,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from pad_assets.hashing import (
-    array_digest,
-    canonical_json,
-    chain_key,
-    chain_keys,
-    code_digest,
-    prediction_key,
-    preprocessed_key,
-    tensor_key,
-)
+from pad_assets.hashing import array_digest, canonical_json, code_digest
+from pad_assets.keys import chain_key, chain_keys, prediction_key, preprocessed_key, tensor_key
 
 
 def _sha(text: str) -> str:
@@ -36,7 +28,8 @@ def test_chain_keys_hash_exactly_this_text() -> None:
         '["preprocessed","abc",{"name":"pad_nn","size":[454,454]}]')
     assert preprocessed_key("r", "p") == _sha('["preprocessed","r","p"]')
     assert tensor_key("p", {"shape": [2]}) == _sha('["tensor","p",{"shape":[2]}]')
-    assert prediction_key("t", "sig") == _sha('["prediction","t","sig"]')
+    assert prediction_key("t", "sig", {"drug": "x"}) == _sha(
+        '["prediction","t","sig",{"drug":"x"}]')
     firsts = ["k1", "k2", "k\u00e9"]
     rest = ({"shape": [454, 454, 3], "dtype": "uint8"}, "v2")
     assert chain_keys("tensor", firsts, *rest) == [chain_key("tensor", f, *rest) for f in firsts]
