@@ -60,6 +60,7 @@ from ..hashing import code_digest, sha256_bytes
 from ..keys import chain_key
 from ..models.base import standardize_label
 from ..models.runtime import available_cores, installed_version
+from ..store.fs import flocked
 
 if TYPE_CHECKING:
     from .emulator.catalog import ModelArtifact
@@ -575,17 +576,8 @@ def _read_build(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
 def _file_lock(path: Path) -> Iterator[None]:
     """Exclusive lock across processes (pytest-xdist workers) so one of them trains."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as fh:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX: rely on the atomic rename alone
-            yield
-            return
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    with flocked(path):
+        yield
 
 
 def _write_build(folder: Path, manifest: dict[str, Any], files: dict[str, bytes]) -> None:

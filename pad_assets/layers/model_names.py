@@ -15,13 +15,13 @@ bundles) keeps its own labels while the signatures, which identify the models, a
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from ..store import ContentStore
+from ..store.fs import atomic_write_json
 
 FILE_NAME = "model_names.json"
 _LOCK = threading.Lock()
@@ -41,12 +41,6 @@ def _read(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _write(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)  # readers see the old or the new file, never half of one
-
-
 def record_name(store: ContentStore, signature: str, name: str) -> None:
     """Make ``name`` the current name of ``signature`` (a small write, only on change)."""
     path = _path(store)
@@ -56,7 +50,7 @@ def record_name(store: ContentStore, signature: str, name: str) -> None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         data[signature] = {"name": name, "named_at": time.time()}
-        _write(path, data)
+        atomic_write_json(path, data)
 
 
 def forget(store: ContentStore, signatures: set[str]) -> None:
@@ -65,7 +59,7 @@ def forget(store: ContentStore, signatures: set[str]) -> None:
     with _LOCK:
         data = _read(path)
         if signatures & set(data):
-            _write(path, {k: v for k, v in data.items() if k not in signatures})
+            atomic_write_json(path, {k: v for k, v in data.items() if k not in signatures})
 
 
 def current_names(store: ContentStore) -> dict[str, str]:

@@ -5,11 +5,8 @@ Also used by ``pad_assets.sharing``, which checks shards the same way on import.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +15,7 @@ from ..errors import IntegrityError, InvalidInputError
 from ..hashing import array_digest, sha256_bytes
 from ..keys import CONTENT_KEYED_LAYERS, DERIVED_LAYERS, expected_key
 from ..store import shards as shard_io
+from ..store.fs import fsync_dir  # noqa: F401  (maintenance's users import it from here)
 from ..store.index import Index
 
 #: Shards whose live payload falls below this fraction of their indexed payload are
@@ -146,15 +144,6 @@ def read_blob_checked(f: Any, blob_id: str) -> tuple[np.ndarray, str]:
 def blob_row(blob_id: str, arr: np.ndarray, kind: str) -> dict[str, Any]:
     return {"blob": blob_id, "kind": kind, "dtype": arr.dtype.str, "shape": list(arr.shape),
             "nbytes": int(arr.nbytes)}
-
-
-def fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def human_bytes(n: float) -> str:

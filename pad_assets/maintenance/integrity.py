@@ -562,13 +562,14 @@ def _repair_models(store: ContentStore, st: _CheckState, settings: Any,
 
     from ..settings import Settings
     from ..sources.listing import identity
-    from ..sources.model_artifacts import _write_atomic, artifact_problem, resolve_model
+    from ..sources.model_artifacts import artifact_problem, resolve_model
+    from ..store.fs import atomic_write
 
     for path in st.bad_artifacts:
         sha = path.name.split(".", 1)[0]
         try:
             if sha in store.has([sha]):
-                _write_atomic(path, store.get(sha))  # verified on read
+                atomic_write(path, store.get(sha))  # verified on read
                 rep.repaired.append(f"rewrote artifacts/{path.name} from the stored weights")
             else:
                 path.unlink(missing_ok=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import CacheBusyError
 from ..store import ContentStore
+from ..store.fs import try_flock
 
 # ---------------------------------------------------------------------------------------
 # the maintenance lock
@@ -47,29 +48,27 @@ def maintenance_lock(store: ContentStore, exclusive: bool, what: str,
                 _held[key][2] -= 1
         return
     try:
-        import fcntl
+        import fcntl  # noqa: F401  (try_flock's)
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
     path = store.root / "maintenance.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        flag = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         deadline = time.monotonic() + timeout
         while True:
             try:
-                fcntl.flock(fd, flag | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    holder = path.read_text(errors="replace").strip() or "another process"
-                    raise CacheBusyError(
-                        f"cache {store.root}: `{what}` waited {timeout:.0f} s for the "
-                        f"maintenance lock {path}, held by {holder}; expected it to be free"
-                    ) from None
-                time.sleep(0.05)
+                got = try_flock(fd, exclusive)
             except OSError:  # flock unsupported here: no cross-process exclusion
                 break
+            if got:
+                break
+            if time.monotonic() > deadline:
+                holder = path.read_text(errors="replace").strip() or "another process"
+                raise CacheBusyError(
+                    f"cache {store.root}: `{what}` waited {timeout:.0f} s for the "
+                    f"maintenance lock {path}, held by {holder}; expected it to be free")
+            time.sleep(0.05)
         if exclusive:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)

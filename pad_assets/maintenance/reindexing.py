@@ -15,9 +15,10 @@ from typing import Any
 from ..errors import CacheCorruptionError
 from ..store import ContentStore
 from ..store import shards as shard_io
+from ..store.fs import commit
 from ..store.index import Index
 from ..store.store import INDEX_NAME
-from .common import ensure_ops_schema, fsync_dir, retired_shards
+from .common import ensure_ops_schema, retired_shards
 from .locking import maintenance_lock
 
 
@@ -214,7 +215,6 @@ def _swap_file(store: ContentStore, tmp_path: Path, rep: ReindexReport) -> None:
         src = Path(f"{live}{suffix}")
         if src.exists():
             os.replace(src, Path(f"{aside}{suffix}"))
-    os.replace(tmp_path, live)
-    fsync_dir(store.root)
+    commit(tmp_path, live)
     rep.replaced_corrupt_index = aside.name
     store.index = Index(live)

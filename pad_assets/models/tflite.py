@@ -50,17 +50,13 @@ PAD_NN_TENSOR_SPEC = TensorSpec(
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, streamed (weights files can be hundreds of MB)."""
-    import hashlib
+    """sha256 of a model file's bytes; a missing file is a ``ModelError`` naming it."""
+    from ..store.fs import file_sha256 as _digest
 
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        return _digest(path)
     except FileNotFoundError as exc:
         raise ModelError(f"model file not found: {path}") from exc
-    return h.hexdigest()
 
 
 def safe_name(text: str) -> str:

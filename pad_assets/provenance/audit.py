@@ -34,6 +34,7 @@ from ..errors import InvalidInputError
 from ..hashing import canonical_json, sha256_bytes
 from ..keys import verify_link
 from ..models.base import standardize_label
+from ..store.fs import atomic_open
 from .lineage import (
     cached_manifest,
     cached_models,
@@ -529,17 +530,13 @@ def export_audit(dataset: CachedDataset, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / f"{dataset.name}_audit.csv"
     prov_path = out / f"{dataset.name}_prov.json"
-    tmp_csv = csv_path.with_name(csv_path.name + ".partial")
-    with open(tmp_csv, "w", newline="", encoding="utf-8") as fh:
+    with atomic_open(csv_path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()
         for chain in chains:
             writer.writerow({k: _cell(v) for k, v in chain_row(dataset.name, chain).items()})
-    tmp_csv.replace(csv_path)
-    tmp_prov = prov_path.with_name(prov_path.name + ".partial")
-    with open(tmp_prov, "w", encoding="utf-8") as fh:
+    with atomic_open(prov_path, "w", encoding="utf-8") as fh:
         _prov(dataset.name, chains).write(fh)
-    tmp_prov.replace(prov_path)
     return {"csv": csv_path, "prov": prov_path}
 
 

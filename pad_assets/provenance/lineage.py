@@ -32,6 +32,7 @@ from ..errors import (
 from ..hashing import sha256_bytes
 from ..keys import chain_key, prediction_key, preprocessed_key, tensor_key, verify_link
 from ..sources.urls import card_id_of
+from ..store.fs import SQL_IN_CHUNK, chunks
 
 if TYPE_CHECKING:
     from ..dataset import CachedDataset
@@ -50,7 +51,6 @@ ASSET_RUN_REF_PREFIX = "asset-run/"
 _MANIFEST_FIELDS = ("card_id", "split", "drug", "quantity", "sample_id", "camera", "md5",
                     "image_url", "image_name")
 _RECORD_FIELDS = ("prediction", "probability", "energy", "label_type", "status", "detail")
-_SQL_CHUNK = 500
 
 MODEL_SPEC_HELP = (
     "model spec: a PAD model id (e.g. 16; its record's type picks TF Lite or PLS), "
@@ -83,11 +83,6 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and value != value:  # NaN
         return None
     return value
-
-
-def _chunks(seq: Sequence[str], n: int = _SQL_CHUNK) -> Iterable[Sequence[str]]:
-    for i in range(0, len(seq), n):
-        yield seq[i:i + n]
 
 
 # ---------------------------------------------------------------------------------------
@@ -192,7 +187,7 @@ def dagster_refs(store: ContentStore, keys: Sequence[str], card_id: int
     found: dict[str, list[dict[str, Any]]] = {}
     suffix = f"/{card_id}"
     names: list[tuple[str, str, float]] = []
-    for part in _chunks(keys):
+    for part in chunks(keys):
         marks = ",".join("?" * len(part))
         names += store.index.query(
             f"SELECT name, key, updated FROM refs WHERE key IN ({marks}) AND name LIKE ?",
@@ -237,7 +232,7 @@ def prediction_metas_for_raw(store: ContentStore, raw_keys: Iterable[str]
 def _prediction_metas(store: ContentStore, raw_keys: Iterable[str]) -> dict[str, dict[str, Any]]:
     wanted = list(dict.fromkeys(k for k in raw_keys if k))
     out: dict[str, dict[str, Any]] = {}
-    if len(wanted) > _SQL_CHUNK:
+    if len(wanted) > SQL_IN_CHUNK:
         # A whole dataset: one pass over the prediction rows beats one scan per chunk.
         keep = set(wanted)
         for key, raw, meta in store.index.query(
@@ -246,7 +241,7 @@ def _prediction_metas(store: ContentStore, raw_keys: Iterable[str]) -> dict[str,
             if raw in keep:
                 out[key] = json.loads(meta)
         return out
-    for part in _chunks(wanted):
+    for part in chunks(wanted):
         marks = ",".join("?" * len(part))
         for key, meta in store.index.query(
                 "SELECT key, meta FROM items WHERE layer='prediction' AND "

@@ -25,7 +25,7 @@ from ..maintenance import (
 from ..sources.urls import validate_name
 from ..store import ContentStore
 from ..store import shards as shard_io
-from ..store.store import file_sha256
+from ..store.fs import file_sha256
 from . import limits
 from .checks import _bundle_rel_ok, _check_items, _inspect_shard, _load_json
 from .ingest import _ignored_lines, _move_in_and_index, _payload_reader, _rewrite_into

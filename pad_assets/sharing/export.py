@@ -27,7 +27,8 @@ from ..maintenance import (
 from ..sources.urls import validate_name
 from ..store import ContentStore
 from ..store import shards as shard_io
-from ..store.store import file_sha256, payload_blob
+from ..store.fs import file_sha256
+from ..store.store import payload_blob
 from . import limits
 from .partials import _hold, _write_json_atomic, clean_dead_partials
 from .selection import _select_dataset, _Selection, parse_layers

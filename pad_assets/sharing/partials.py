@@ -7,7 +7,6 @@ a later run can tell a killed writer's leftovers (removed) from a live writer's 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..store import shards as shard_io
+from ..store.fs import atomic_write_json
 
 #: ``.<name>.<8 hex>.partial``: the temporary names of exports and remote copies.
 _DEAD_PARTIAL = re.compile(r"^\.?.+\.[0-9a-f]{8}" + re.escape(shard_io.PARTIAL_SUFFIX) + "$")
@@ -62,9 +62,5 @@ def clean_dead_partials(folder: Path) -> list[str]:
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{shard_io.PARTIAL_SUFFIX}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, tmp=tmp)
 

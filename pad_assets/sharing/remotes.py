@@ -11,7 +11,6 @@ remote's ``index.json`` and file listing (no payload is read).
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 from ..errors import InvalidInputError
 from ..maintenance.common import human_bytes, retired_shards
 from ..store import ContentStore
+from ..store.fs import atomic_write_json
 
 CONFIG_NAME = "remotes.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -48,10 +48,7 @@ def load_config(cache_dir: str | Path) -> dict[str, Any]:
 
 def _save(cache_dir: str | Path, cfg: dict[str, Any]) -> None:
     path = config_path(cache_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, cfg, indent=2)
 
 
 def _check_url(url: str) -> str:

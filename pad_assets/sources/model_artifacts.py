@@ -10,7 +10,6 @@ model runtimes want a file path.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from ..errors import IntegrityError, ModelError, OfflineError
 from ..hashing import sha256_bytes
 from ..settings import Settings
 from ..store import ContentStore, NewItem
-from ..store.store import file_sha256
+from ..store.fs import atomic_write, file_sha256
 from .pad_api import PadApiClient
 
 
@@ -86,18 +85,8 @@ def _mirror(settings: Settings, store: ContentStore, sha: str, url: str) -> Path
     path = _artifact_path(settings, sha, url)
     if path.is_file() and path.stat().st_size > 0 and artifact_problem(path) is None:
         return path
-    _write_atomic(path, store.get(sha))  # verified on read
+    atomic_write(path, store.get(sha))  # verified on read
     return path
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _from_mirror(settings: Settings, sha: str, url: str, model_id: int) -> NewItem | None:
@@ -204,5 +193,5 @@ def resolve_model(model_id: int, settings: Settings | None = None, refresh: bool
                                                      "fetched_at": time.time()}))
     store.put(new_items, refs=refs)
     path = _artifact_path(settings, got, url)
-    _write_atomic(path, data)
+    atomic_write(path, data)
     return ResolvedModel(record, path, got)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CacheCorruptionError, CacheFullError
+from .fs import chunks
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS shards (
@@ -43,14 +44,6 @@ CREATE TABLE IF NOT EXISTS cards (
     PRIMARY KEY (dataset, card_id)
 );
 """
-
-_CHUNK = 500  # SQLite's default limit on bound parameters is 999+; stay well under
-
-
-def _chunks(seq: Sequence[str], n: int = _CHUNK) -> Iterator[Sequence[str]]:
-    for i in range(0, len(seq), n):
-        yield seq[i : i + n]
-
 
 _LOCK_WAIT_S = 60.0
 
@@ -262,7 +255,7 @@ class Index:
             return
         now = time.time()
         with self.transaction() as con:
-            for part in _chunks(list(keys)):
+            for part in chunks(list(keys)):
                 marks = ",".join("?" * len(part))
                 con.execute(
                     f"UPDATE items SET last_used=? WHERE key IN ({marks}) AND last_used < ?",
@@ -293,7 +286,7 @@ class Index:
         """Rows of ``sql`` (``params`` first, then one ``{marks}`` placeholder) for all
         values, in chunks."""
         con = self._connect()
-        for part in _chunks(list(dict.fromkeys(values))):
+        for part in chunks(list(dict.fromkeys(values))):
             yield from con.execute(sql.format(marks=",".join("?" * len(part))),
                                    (*params, *part))
 

@@ -30,9 +30,9 @@ import h5py
 import numpy as np
 
 from ..errors import CacheFullError
+from .fs import PARTIAL_SUFFIX, commit
 
 SHARD_SUFFIX = ".h5"
-PARTIAL_SUFFIX = ".partial"
 RECORDS_DATASET = "records"
 BLOBS_GROUP = "blobs"
 FORMAT_VERSION = 1
@@ -54,19 +54,6 @@ def new_shard_name() -> str:
 
 def shard_relpath(name: str) -> str:
     return f"shards/{name[:6]}/{name}{SHARD_SUFFIX}"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 #: Free bytes a shard write leaves on the disk for the index (SQLite WAL pages, journal).
@@ -149,8 +136,7 @@ def write_shard(
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        commit(tmp, final)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):

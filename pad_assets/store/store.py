@@ -9,8 +9,6 @@ re-computes the payload digest and refuses an item that does not match.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
 import shutil
 import sqlite3
 import time
@@ -264,11 +262,3 @@ class ContentStore:
 def _blob_row(b: shard_io.BlobPayload) -> dict[str, Any]:
     return {"blob": b.blob_id, "kind": b.kind, "dtype": b.array.dtype.str,
             "shape": list(b.array.shape), "nbytes": int(b.array.nbytes)}
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

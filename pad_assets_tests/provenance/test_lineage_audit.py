@@ -25,6 +25,7 @@ from pad_assets.cli import main as cli_main
 from pad_assets.dataset import CachedDataset, manifest_ref
 from pad_assets.devtools.emulator import DRUGS, DatasetSpec, EdgeCases, Emulator, ModelArtifact
 from pad_assets.errors import InvalidInputError
+from pad_assets.keys import verify_link
 from pad_assets.models import PADTensorFlowAdapter, PLSModelAdapter
 from pad_assets.provenance.audit import (
     CSV_COLUMNS,
@@ -33,7 +34,6 @@ from pad_assets.provenance.audit import (
 from pad_assets.provenance.lineage import (
     card_id_of,
     card_lineage,
-    check_link,
     dagster_run_records,
     format_lineage,
     resolve_model_spec,
@@ -271,14 +271,14 @@ def test_verify_link_detects_metadata_that_does_not_hash_to_its_key(
             "tensor": row["tensor_key"], "prediction": row["prediction_key"]}
     metas = ds.store.metas(list(keys.values()))
     for layer, key in keys.items():
-        assert check_link(layer, key, metas[key]) == "ok"
+        assert verify_link(layer, key, metas[key]) == "ok"
     pre = json.loads(json.dumps(metas[keys["preprocessed"]]))
     pre["pipeline"]["parameters"]["size"] = [224, 224]  # a lie about the parameters
-    assert check_link("preprocessed", keys["preprocessed"], pre).startswith("mismatch")
+    assert verify_link("preprocessed", keys["preprocessed"], pre).startswith("mismatch")
     pred = json.loads(json.dumps(metas[keys["prediction"]]))
     pred["model"]["signature"] = "0" * 64
-    assert check_link("prediction", keys["prediction"], pred).startswith("mismatch")
-    assert check_link("tensor", keys["tensor"], {}).startswith("unverifiable")
+    assert verify_link("prediction", keys["prediction"], pred).startswith("mismatch")
+    assert verify_link("tensor", keys["tensor"], {}).startswith("unverifiable")
 
 
 @pytest.mark.parametrize("bad", ["../x", "a/b", "..", "", "12; rm", "-3", 1.5, True, None])

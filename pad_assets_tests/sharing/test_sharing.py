@@ -22,7 +22,7 @@ from pad_assets.errors import IntegrityError, InvalidInputError
 from pad_assets.settings import Settings
 from pad_assets.sharing import export_bundle, import_bundle, pull, push
 from pad_assets.store import ContentStore
-from pad_assets.store.store import file_sha256
+from pad_assets.store.fs import file_sha256
 from pad_assets_tests.conftest import make_config
 from pad_assets_tests.model_fixtures import TINY_DRUG_LABELS
 

@@ -35,7 +35,7 @@ from pad_assets.devtools.emulator import DatasetSpec, Emulator, EmulatorConfig
 from pad_assets.maintenance import verify
 from pad_assets.settings import Settings
 from pad_assets.store import ContentStore
-from pad_assets.store.store import file_sha256
+from pad_assets.store.fs import file_sha256
 from pad_assets_tests.workers import wait_ready
 
 DATASET = "sharekill"

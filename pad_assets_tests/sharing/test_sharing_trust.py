@@ -37,7 +37,7 @@ from pad_assets.sharing import export_bundle, import_bundle, pull, push
 from pad_assets.sources.model_artifacts import record_ref
 from pad_assets.store import CardRecord, ContentStore
 from pad_assets.store import shards as shard_io
-from pad_assets.store.store import file_sha256
+from pad_assets.store.fs import file_sha256
 from pad_assets_tests.conftest import make_config
 from pad_assets_tests.model_fixtures import TINY_DRUG_LABELS
 

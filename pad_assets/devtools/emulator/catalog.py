@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,6 +40,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from ...store.fs import atomic_open
 from . import synthetic
 from .synthetic import CardAttributes
 
@@ -714,11 +714,8 @@ class Catalog:
                 {json.dumps(list(k)): v for k, v in _MD5_MEMO.items() if k[0] == "synthetic"}
             )
             self._disk_md5 = merged
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".md5-", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
+        with atomic_open(path, "w") as fh:
             json.dump(merged, fh)
-        os.replace(tmp, path)
 
     # ---------------------------------------------------------------- registry
     def registry_file(self, dataset_name: str, filename: str, base_url: str) -> bytes | None:
