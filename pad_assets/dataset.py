@@ -32,19 +32,15 @@ from .preprocessing.base import PreprocessingPipeline
 from .settings import Settings
 from .sources.http import HttpClient
 from .sources.listing import list_datasets as _list_datasets
-from .sources.listing import registry_identity
+from .sources.listing import manifest_ref
 from .sources.pad_api import PadApiClient, http_client_for
 from .sources.registry import Manifest, RegistryClient, leakage_of
 from .sources.urls import card_id_of, validate_name
 from .store import ContentStore, NewItem
+from .store import refs as refnames
 
 if TYPE_CHECKING:
     from .comparison import ComparisonReport
-
-
-def manifest_ref(settings: Settings, dataset: str) -> str:
-    """The cache ref of a dataset's manifest: registry identity (no port) + dataset name."""
-    return f"manifest/{registry_identity(settings)}/{dataset}"
 
 
 Split = str | Sequence[str] | None
@@ -144,11 +140,8 @@ class CachedDataset:
         return manifest
 
     def _newest_cached_manifest_ref(self) -> tuple[str, str] | None:
-        rows = self.store.index.query(
-            "SELECT name, key FROM refs WHERE name LIKE 'manifest/%' AND name LIKE ? "
-            "ORDER BY updated DESC", ("%/" + self.name,))
-        for name, key in rows:
-            if name.rsplit("/", 1)[-1] == self.name and self.store.has([key]):
+        for name, key in refnames.newest_for(self.store.index, refnames.MANIFEST, self.name):
+            if self.store.has([key]):
                 return name, key
         return None
 

@@ -17,7 +17,7 @@ from ._base import PadCommand, cache_dir_option, console, json_option, problem, 
 def _known_dataset(ds: Any) -> None:
     """Raise unless the cache holds a manifest or card records of ``ds`` (a misspelt name
     would otherwise give an empty answer and exit 0)."""
-    from ..dataset import manifest_ref
+    from ..sources.listing import manifest_ref
 
     if ds.store.ref(manifest_ref(ds.settings, ds.name)) or ds.store.cards(ds.name):
         return

@@ -24,6 +24,7 @@ from typing import Any
 from ..errors import PadAssetsError
 from ..hashing import md5_bytes
 from ..store import ContentStore
+from ..store import refs as refnames
 
 REF_KIND = "ref_contradicts_content"
 CARD_KIND = "card_contradicts_manifest"
@@ -68,15 +69,14 @@ def find_contradictions(store: ContentStore, skip: set[str]) -> list[tuple[str, 
                                         "updated > ?", (limit,)):
         out.append((FUTURE_KIND, f"{ds}/{cid}", f"card record stamped {_when(updated)}"))
     md5s: dict[str, list[dict[int, str]]] = defaultdict(list)
-    refs = index.query("SELECT name, key FROM refs WHERE name LIKE 'manifest/%' "
-                       "OR name LIKE 'model-record/%'")
+    refs = [*index.refs(refnames.MANIFEST).items(), *index.refs(refnames.MODEL_RECORD).items()]
     entries = index.items([k for _, k in refs])
     for name, key in refs:
         e = entries.get(key)
         if e is None or key in skip:
             continue  # dangling or damaged: reported by the main check
         tail = name.rsplit("/", 1)[-1]
-        want = "manifest" if name.startswith("manifest/") else "model_record"
+        want = "manifest" if name.startswith(refnames.MANIFEST) else "model_record"
         if e["layer"] != want:
             out.append((REF_KIND, name, f"points at {key}, a {e['layer']} item, not a "
                                         f"{want.replace('_', ' ')}"))
@@ -179,7 +179,7 @@ def repair_contradictions(store: ContentStore, findings: list[Any],
     for ds, cid in cards:
         by_ds[ds].append(int(cid))
     for name in refs:
-        if name.startswith("manifest/"):
+        if name.startswith(refnames.MANIFEST):
             by_ds.setdefault(name.rsplit("/", 1)[-1], [])
         else:
             repaired.append(f"ref {name}: the model's record is fetched again the next time "

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import CacheCorruptionError, IntegrityError, PadAssetsError
 from ..hashing import sha256_bytes
 from ..store import ContentStore, NewItem
+from ..store import refs as refnames
 from ..store import shards as shard_io
 from .common import (
     DEFAULT_GRACE_SECONDS,
@@ -523,9 +524,9 @@ def _repair(store: ContentStore, st: _CheckState, resolver: DatasetResolver | No
     for name, key in index.query("SELECT name, key FROM refs"):
         if key in items_now:
             continue
-        if name.startswith("model-record/"):
+        if name.startswith(refnames.MODEL_RECORD):
             continue  # reported by _repair_models
-        if name.startswith("manifest/") and resolver is not None:
+        if name.startswith(refnames.MANIFEST) and resolver is not None:
             ds = name.rsplit("/", 1)[-1]
             try:
                 resolver(ds).manifest(refresh=True)
@@ -533,7 +534,7 @@ def _repair(store: ContentStore, st: _CheckState, resolver: DatasetResolver | No
             except PadAssetsError as exc:
                 rep.unrepaired.append(f"ref {name}: manifest re-fetch failed: {exc}")
         else:
-            hint = ("re-materialize that partition in Dagster" if name.startswith("asset/")
+            hint = ("re-materialize that partition in Dagster" if name.startswith(refnames.ASSET)
                     else "run its producer again (download, or resolve the model)")
             rep.unrepaired.append(f"ref {name} points at {key}, which is not cached; {hint}")
     # 5b. refs and cards that contradict their content, or are stamped in the future
@@ -580,9 +581,8 @@ def _repair_models(store: ContentStore, st: _CheckState, settings: Any,
         if artifact_problem(path):
             rep.unrepaired.append(f"artifacts/{path.name} still fails its hash")
     base = settings or Settings.from_env(cache_dir=store.root)
-    for name, key in store.index.query(
-            "SELECT name, key FROM refs WHERE name LIKE 'model-record/%'"):
-        server, _, mid = name[len("model-record/"):].rpartition("/")
+    for name, key in store.index.refs(refnames.MODEL_RECORD).items():
+        server, _, mid = name[len(refnames.MODEL_RECORD):].rpartition("/")
         missing = _model_missing(store, key)
         if not missing:
             continue

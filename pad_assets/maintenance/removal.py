@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import InvalidInputError
 from ..layers.model_names import current_names, forget
 from ..store import ContentStore
+from ..store import refs as refnames
 from . import gc
 from .common import human_bytes
 from .locking import maintenance_lock
@@ -66,7 +67,7 @@ def _meta(store: ContentStore, layer: str, fields: dict[str, str]) -> list[tuple
 def _by_dataset(store: ContentStore, snap: _Snapshot, dataset: str
                 ) -> tuple[set[str], set[str], int, int]:
     datasets = {d for d, *_ in snap.cards} | {n.rsplit("/", 1)[-1] for n in snap.refs
-                                               if n.startswith("manifest/")}
+                                               if n.startswith(refnames.MANIFEST)}
     if dataset not in datasets:
         raise InvalidInputError(f"dataset {dataset!r} is not in the cache at {store.root}; "
                                 f"expected one of {sorted(datasets) or '(none cached)'}")
@@ -74,7 +75,7 @@ def _by_dataset(store: ContentStore, snap: _Snapshot, dataset: str
     others = {r for d, _, r, _, _ in snap.cards if d != dataset and r}
     drop_raw = mine - others
     keys = {k for k, it in snap.items.items() if it.raw_key in drop_raw}
-    refs = {n for n in snap.refs if n.startswith("manifest/") and n.rsplit("/", 1)[-1] == dataset}
+    refs = {n for n in snap.refs if n.startswith(refnames.MANIFEST) and refnames.last_segment(n) == dataset}
     # the manifest items those refs name, unless another ref names them too
     other_targets = {k for n, (k, _) in snap.refs.items() if n not in refs}
     keys |= {snap.refs[n][0] for n in refs} - other_targets

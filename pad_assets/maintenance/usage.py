@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..store import ContentStore
+from ..store import refs as refnames
 from .common import (
     human_bytes,
 )
@@ -200,9 +201,9 @@ def dataset_affinity(store: ContentStore) -> dict[str, set[str]]:
                         models[str(m)] |= dsets
     for name, key, shard in q("SELECT name, key, shard FROM refs"):
         dsets: set[str] = set()
-        if name.startswith("manifest/"):
+        if name.startswith(refnames.MANIFEST):
             dsets = {name.rsplit("/", 1)[-1]}
-        elif name.startswith("model-record/"):
+        elif name.startswith(refnames.MODEL_RECORD):
             dsets = models.get(name.rsplit("/", 1)[-1], set())
         for s in (shard, *item_shards.get(key, (None, None))):
             if s and dsets:

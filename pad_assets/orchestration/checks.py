@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import CacheCorruptionError, ImageDecodeError
 from ..hashing import md5_bytes
+from ..store import refs as refnames
 
 MAX_LISTED = 50
 WARN = dg.AssetCheckSeverity.WARN
@@ -132,7 +133,7 @@ def raw_downloaded(key: dg.AssetKey, manifest_ids: Sequence[int],
 
 def tensor_specs(store: Any, key: dg.AssetKey, spec: Mapping[str, Any] | None
                  ) -> dg.AssetCheckResult:
-    refs = store.index.refs(f"asset/{key.to_user_string()}/")
+    refs = store.index.refs(refnames.asset(key.to_user_string(), ""))
     entries = store.entries(list(set(refs.values())))
     errors: dict[str, str] = {}
     for name, ckey in refs.items():
@@ -153,7 +154,7 @@ def tensor_specs(store: Any, key: dg.AssetKey, spec: Mapping[str, Any] | None
 def prediction_status(store: Any, key: dg.AssetKey, manifest_ids: Sequence[int],
                       cards: Mapping[int, Mapping[str, Any]]) -> dg.AssetCheckResult:
     """Status of every manifest card's prediction, from the partition refs the step wrote."""
-    refs = store.index.refs(f"asset/{key.to_user_string()}/")
+    refs = store.index.refs(refnames.asset(key.to_user_string(), ""))
     by_card = {name.rsplit("/", 1)[-1]: ck for name, ck in refs.items()}
     entries = store.entries(list(set(by_card.values())))
     errors: dict[str, str] = {}

@@ -22,13 +22,14 @@ import pandas as pd
 from ..errors import InvalidInputError
 from ..hashing import sha256_bytes
 from ..store import ContentStore, NewItem
+from ..store import refs as refnames
 from .resources import PadResource
 
 UNPARTITIONED = "__all__"
 
 
 def asset_ref(asset_key: dg.AssetKey, partition: str | None) -> str:
-    return f"asset/{asset_key.to_user_string()}/{partition or UNPARTITIONED}"
+    return refnames.asset(asset_key.to_user_string(), partition or UNPARTITIONED)
 
 
 def encode_value(value: Any) -> tuple[bytes | np.ndarray, str]:

@@ -33,10 +33,7 @@ from typing import Any, Protocol
 
 from ..hashing import md5_bytes
 from ..store import ContentStore
-
-MANIFEST_PREFIX = "manifest/"
-MODEL_RECORD_PREFIX = "model-record/"
-ASSET_PREFIX = "asset/"
+from ..store import refs as refnames
 
 
 class ForeignShard(Protocol):
@@ -104,7 +101,7 @@ def vet(store: ContentStore, shards: Sequence[ForeignShard], read_payload: Paylo
         tail = name.rsplit("/", 1)[-1]
         if len(targets) > 1:
             why = f"proposes {len(targets)} different targets"
-        elif name.startswith(MANIFEST_PREFIX) and dataset is not None and tail != dataset:
+        elif name.startswith(refnames.MANIFEST) and dataset is not None and tail != dataset:
             why = f"names dataset {tail!r}, but this bundle is for {dataset!r}"
         elif local is not None:
             why = None if local in targets else f"this cache already names {local}; kept"
@@ -175,7 +172,7 @@ def _ref_problem(name: str, key: str, dataset: str | None,
     layer = layer_of(key)
     if layer is None:
         return f"its target {key} is neither in what arrived nor in this cache"
-    if name.startswith(MANIFEST_PREFIX):
+    if name.startswith(refnames.MANIFEST):
         if dataset is not None and tail != dataset:
             return f"names dataset {tail!r}, but this bundle is for {dataset!r}"
         if layer != "manifest":
@@ -185,7 +182,7 @@ def _ref_problem(name: str, key: str, dataset: str | None,
             got = doc.get("dataset") if isinstance(doc, dict) else None
             return f"its manifest is for dataset {got!r}, not {tail!r}"
         return None
-    if name.startswith(MODEL_RECORD_PREFIX):
+    if name.startswith(refnames.MODEL_RECORD):
         if layer != "model_record":
             return f"points at a {layer} item, expected a model record"
         doc = json_of(key)
@@ -201,7 +198,7 @@ def _ref_problem(name: str, key: str, dataset: str | None,
             return (f"its record's weights (sha256 {sha}) are neither in what arrived nor in "
                     "this cache, so the record cannot be checked against them")
         return None
-    if name.startswith(ASSET_PREFIX):
+    if name.startswith(refnames.ASSET):
         return None  # a Dagster materialization of content that is present and keyed
     return "unknown kind of ref (expected manifest/, model-record/ or asset/)"
 
@@ -213,8 +210,8 @@ def _manifest_md5s(store: ContentStore, datasets: set[str], accepted_refs: dict[
     out: dict[str, list[dict[int, str | None]]] = {}
     if not datasets:
         return out
-    names = dict(store.index.refs(MANIFEST_PREFIX))
-    names.update({n: k for n, k in accepted_refs.items() if n.startswith(MANIFEST_PREFIX)})
+    names = dict(store.index.refs(refnames.MANIFEST))
+    names.update({n: k for n, k in accepted_refs.items() if n.startswith(refnames.MANIFEST)})
     for name, key in names.items():
         ds = name.rsplit("/", 1)[-1]
         if ds not in datasets:

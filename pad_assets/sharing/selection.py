@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import InvalidInputError
 from ..store import ContentStore
+from ..store import refs as refnames
 from . import limits
 
 
@@ -77,8 +78,8 @@ def _select_dataset(store: ContentStore, dataset: str, layers: Sequence[str]) ->
     refs: list[tuple[str, str, float]] = []
     for name, key, updated in q("SELECT name, key, updated FROM refs"):
         tail = name.rsplit("/", 1)[-1]
-        if (name.startswith("manifest/") and tail == dataset) or (
-                name.startswith("model-record/") and tail in model_ids):
+        if (name.startswith(refnames.MANIFEST) and tail == dataset) or (
+                name.startswith(refnames.MODEL_RECORD) and tail in model_ids):
             refs.append((name, key, float(updated)))
     extra = {k for _, k, _ in refs} | weights
     for key, layer, blob, meta, created in _select_keys(store, extra):

@@ -25,6 +25,7 @@ import pandas as pd
 from ..errors import FetchError, ManifestError, NotFoundError, OfflineError
 from ..hashing import sha256_bytes
 from ..settings import Settings
+from ..store import refs as refnames
 from .http import HttpClient
 
 LISTING_COLUMNS = ["name", "version", "license", "records", "description", "source"]
@@ -49,8 +50,13 @@ def registry_identity(settings: Settings) -> str:
     return identity(settings.registry_url)
 
 
+def manifest_ref(settings: Settings, dataset: str) -> str:
+    """The cache ref of a dataset's manifest: registry identity (no port) + dataset name."""
+    return refnames.manifest(registry_identity(settings), dataset)
+
+
 def _listing_ref(settings: Settings) -> str:
-    return f"registry-listing/{registry_identity(settings)}"
+    return refnames.registry_listing(registry_identity(settings))
 
 
 def catalog_urls(registry_url: str) -> list[str]:
@@ -133,8 +139,7 @@ def list_datasets(settings: Settings, http: HttpClient, store: Any,
     if (settings.offline and not local) or (not refresh and store.ref(ref)):
         key = store.ref(ref)
         if key is None:
-            rows = store.index.query("SELECT name, key FROM refs WHERE name LIKE "
-                                     "'registry-listing/%' ORDER BY updated DESC")
+            rows = store.index.refs_newest_first(refnames.REGISTRY_LISTING)
             if not rows:
                 raise OfflineError("dataset listing", [f"catalog of {settings.registry_url}"])
             key = rows[0][1]

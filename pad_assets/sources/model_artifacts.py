@@ -21,6 +21,7 @@ from ..errors import IntegrityError, ModelError, OfflineError
 from ..hashing import sha256_bytes
 from ..settings import Settings
 from ..store import ContentStore, NewItem
+from ..store import refs as refnames
 from ..store.fs import atomic_write, file_sha256
 from .pad_api import PadApiClient
 
@@ -37,7 +38,7 @@ def record_ref(settings: Settings, model_id: int) -> str:
     cached from an emulator on one port is found when it runs on another."""
     from .listing import identity
 
-    return f"model-record/{identity(settings.api_url)}/{int(model_id)}"
+    return refnames.model_record(identity(settings.api_url), model_id)
 
 
 def _artifact_path(settings: Settings, sha: str, url: str) -> Path:
@@ -108,10 +109,8 @@ def _cached_record(model_id: int, settings: Settings, store: ContentStore
     key = store.ref(record_ref(settings, model_id))
     if key is None and settings.offline:
         # Offline with another server configured: the newest record of this model id.
-        for name, k in store.index.query(
-                "SELECT name, key FROM refs WHERE name LIKE 'model-record/%' AND name LIKE ? "
-                "ORDER BY updated DESC", ("%/" + str(int(model_id)),)):
-            if name.rsplit("/", 1)[-1] == str(int(model_id)) and store.has([k]):
+        for _, k in refnames.newest_for(store.index, refnames.MODEL_RECORD, str(int(model_id))):
+            if store.has([k]):
                 key = k
                 break
     if not key:

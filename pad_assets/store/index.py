@@ -314,6 +314,19 @@ class Index:
             "SELECT name, key FROM refs WHERE name LIKE ? ORDER BY name", (prefix + "%",))
         return dict(rows.fetchall())
 
+    def refs_newest_first(self, prefix: str) -> list[tuple[str, str]]:
+        """``(name, key)`` of the refs under ``prefix``, most recently moved first."""
+        return self._connect().execute(
+            "SELECT name, key FROM refs WHERE name LIKE ? ORDER BY updated DESC",
+            (prefix + "%",)).fetchall()
+
+    def refs_ending(self, prefix: str, last: str) -> list[tuple[str, str]]:
+        """``(name, key)`` of refs under ``prefix`` whose name ends with ``/last``, newest
+        first (``LIKE`` may over-match on ``_``; ``refs.newest_for`` compares exactly)."""
+        return self._connect().execute(
+            "SELECT name, key FROM refs WHERE name LIKE ? AND name LIKE ? ORDER BY updated DESC",
+            (prefix + "%", "%/" + last)).fetchall()
+
     def refs_for(self, names: Sequence[str]) -> dict[str, str]:
         return dict(self._select_in("SELECT name, key FROM refs WHERE name IN ({marks})", names))
 
