@@ -162,8 +162,10 @@ def resolve_pad_model(model_id: int, expected_type: str, adapter: str, settings:
     resolved = resolve_model(int(model_id), settings=settings, refresh=refresh)
     kind = str(resolved.record.get("type", expected_type))
     if kind != expected_type:
-        runs = {"tf_lite": "PADTensorFlowAdapter", "pls": "PLSModelAdapter"}.get(kind)
-        hint = f" (use {runs} for {kind!r})" if runs else ""
+        from .kinds import by_pad_type
+
+        runs = by_pad_type(kind)
+        hint = f" (use {runs.adapter.rpartition(':')[2]} for {kind!r})" if runs else ""
         raise ModelError(f"PAD model {model_id} ({resolved.record.get('name')}) has type "
                          f"{kind!r}; {adapter} runs {expected_type!r} models{hint}")
     return resolved

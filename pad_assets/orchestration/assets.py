@@ -23,6 +23,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from ..models.kinds import default_label_type
 from ..settings import Settings
 from . import versions
 from .checks import (
@@ -37,22 +38,6 @@ from .config import DatasetConfig, ModelConfig, ProjectConfig
 from .resources import PadResource
 
 OWNERS = ["team:pad-lab"]
-_PIPELINE_CLASSES = {
-    "pad_nn": ("pad_assets.preprocessing.nn", "PADNeuralNetworkPipeline"),
-    "pad_pls": ("pad_assets.preprocessing.pls", "PADPLSPipeline"),
-}
-
-
-def make_pipeline(name: str) -> Any:
-    import importlib
-
-    if name in _PIPELINE_CLASSES:
-        module, cls = _PIPELINE_CLASSES[name]
-    else:
-        module, _, cls = name.rpartition(".")
-    return getattr(importlib.import_module(module), cls)()
-
-
 @dataclass(frozen=True)
 class DatasetAssetKeys:
     """Every asset key of one dataset's group, derived from the config alone."""
@@ -273,8 +258,7 @@ def compare_from_partitions(context: dg.AssetExecutionContext, pad: PadResource,
                 "actual": _actual(rec.get("label_type"), r, m),
                 "prediction": rec.get("prediction"), "probability": rec.get("probability"),
                 "energy": rec.get("energy"),
-                "label_type": rec.get("label_type") or ("concentration" if m.adapter == "pls"
-                                                        else "drug"),
+                "label_type": rec.get("label_type") or default_label_type(m.adapter),
                 "status": rec.get("status", "failed") if meta else "failed",
                 "detail": rec.get("detail", "") if meta else "not materialized",
                 "truncated": bool((meta or {}).get("truncated")),
@@ -352,7 +336,7 @@ def _table(df: pd.DataFrame) -> dg.MetadataValue:
 def _actual(label_type: str | None, row: dict[str, Any], m: ModelConfig) -> Any:
     from ..models.base import standardize_label
 
-    lt = label_type or ("concentration" if m.adapter == "pls" else "drug")
+    lt = label_type or default_label_type(m.adapter)
     if lt == "concentration":
         q = row.get("quantity")
         return None if q is None or pd.isna(q) else float(q)

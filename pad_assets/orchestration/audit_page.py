@@ -16,18 +16,19 @@ from __future__ import annotations
 import base64
 import io
 import math
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
 import dagster as dg
 
+from ..settings import dagster_ui_url
+
 PREVIEW_PX = 160  # longest side of the inline preview: ~4 KB of JPEG per card
 
 
 def ui_base() -> str:
-    return os.environ.get("PAD_DAGSTER_UI_URL", "").rstrip("/")
+    return dagster_ui_url()
 
 
 def asset_url(key: dg.AssetKey, partition: str | None = None) -> str:

@@ -17,11 +17,13 @@ from typing import Any
 import yaml
 
 from ..errors import InvalidInputError
+from ..models import kinds
+from ..settings import config_file_from_env
 from ..sources.urls import validate_name
 
 DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
 _ASSET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
-ADAPTER_KINDS = ("pad_tflite", "pls", "custom")
+ADAPTER_KINDS = tuple(kinds.KINDS)
 
 
 @dataclass(frozen=True)
@@ -35,26 +37,16 @@ class ModelConfig:
 
     def build(self, settings: Any) -> Any:
         """The adapter (may fetch the model record and weights once; cached afterwards)."""
-        if self.adapter == "pad_tflite":
-            from ..models.tflite import PADTensorFlowAdapter
-
-            return PADTensorFlowAdapter(model_id=self.model_id, model_path=self.path,
-                                        labels=list(self.labels) if self.labels else None,
-                                        settings=settings, name=self.name)
-        if self.adapter == "pls":
-            from ..models.pls import PLSModelAdapter
-
-            return PLSModelAdapter(model_id=self.model_id, coefficients_path=self.path,
-                                   settings=settings, name=self.name)
-        from ..models.custom import CustomModelAdapter
-
-        return CustomModelAdapter(self.path, labels=list(self.labels or []) or None,
-                                  name=self.name)
+        return kinds.kind(self.adapter).build(model_id=self.model_id, path=self.path,
+                                              labels=self.labels, settings=settings,
+                                              name=self.name)
 
     @property
     def tensor_group(self) -> str:
         """Models that share a pipeline and tensor spec share one tensor asset."""
-        return self.pipeline if self.adapter != "custom" else f"{self.pipeline}_{self.name}"
+        if kinds.kind(self.adapter).tensor_spec is not None:
+            return self.pipeline
+        return f"{self.pipeline}_{self.name}"  # the model file declares its own input
 
 
 @dataclass(frozen=True)
@@ -85,16 +77,17 @@ def _model(entry: Any, where: str) -> ModelConfig:
         raise InvalidInputError(f"{where}: model name {name!r} must be letters, digits and "
                                 "underscores, starting with a letter (it names Dagster assets)")
     kind = entry.get("adapter")
-    if kind not in ADAPTER_KINDS:
+    found = kinds.KINDS.get(kind) if isinstance(kind, str) else None
+    if found is None:
         raise InvalidInputError(f"{where}: adapter {kind!r} of model {name!r}: expected one of "
                                 f"{ADAPTER_KINDS}")
     model_id = entry.get("model_id")
     path = entry.get("path")
-    if kind in ("pad_tflite", "pls") and model_id is None and path is None:
+    if found.takes_model_id and model_id is None and path is None:
         raise InvalidInputError(f"{where}: model {name!r} needs model_id or path")
-    if kind == "custom" and not path:
-        raise InvalidInputError(f"{where}: custom model {name!r} needs a path")
-    pipeline = {"pad_tflite": "pad_nn", "pls": "pad_pls"}.get(kind, entry.get("pipeline", "pad_nn"))
+    if not found.takes_model_id and not path:
+        raise InvalidInputError(f"{where}: {kind} model {name!r} needs a path")
+    pipeline = found.pipeline or entry.get("pipeline", "pad_nn")
     labels = entry.get("labels")
     return ModelConfig(name, kind, int(model_id) if model_id is not None else None,
                        str(path) if path else None, tuple(labels) if labels else None,
@@ -103,7 +96,7 @@ def _model(entry: Any, where: str) -> ModelConfig:
 
 def load_config(path: str | os.PathLike[str] | None = None) -> ProjectConfig:
     """Config from ``path``, else ``$PAD_ASSETS_CONFIG``, else the packaged default."""
-    source = Path(path or os.environ.get("PAD_ASSETS_CONFIG") or DEFAULT_CONFIG)
+    source = Path(path or config_file_from_env() or DEFAULT_CONFIG)
     try:
         doc = yaml.safe_load(source.read_text())
     except (OSError, yaml.YAMLError) as exc:

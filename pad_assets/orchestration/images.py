@@ -18,8 +18,9 @@ import dagster as dg
 
 from ..errors import PadAssetsError
 from ..layers.stamp import library_versions
+from ..models.kinds import make_pipeline
 from . import checks, versions
-from .assets import DatasetAssetKeys, make_pipeline, small_record
+from .assets import DatasetAssetKeys, small_record
 from .audit_page import asset_url, chain_markdown
 from .config import DatasetConfig
 from .events import ChangeRecorder

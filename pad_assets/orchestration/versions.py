@@ -52,22 +52,16 @@ def prediction_version_of(signature: str) -> str:
 
 @functools.cache
 def pipeline_describe(name: str) -> dict[str, Any]:
-    from .assets import make_pipeline
+    from ..models.kinds import make_pipeline
 
     return make_pipeline(name).describe()
 
 
 def static_tensor_spec(m: ModelConfig) -> dict[str, Any] | None:
-    """The tensor spec of PAD adapters (fixed by their kind); None for custom models."""
-    if m.adapter == "pad_tflite":
-        from ..models.tflite import PAD_NN_TENSOR_SPEC
+    """The tensor spec fixed by the model's kind; None when the model file declares it."""
+    from ..models.kinds import kind
 
-        return PAD_NN_TENSOR_SPEC.as_dict()
-    if m.adapter == "pls":
-        from ..models.pls import PLS_TENSOR_SPEC
-
-        return PLS_TENSOR_SPEC.as_dict()
-    return None
+    return kind(m.adapter).tensor_spec_dict()
 
 
 def cached_adapter(m: ModelConfig, settings: Any) -> Any | None:

@@ -31,7 +31,10 @@ from ..errors import (
 )
 from ..hashing import sha256_bytes
 from ..keys import chain_key, prediction_key, preprocessed_key, tensor_key, verify_link
+from ..models import kinds
+from ..sources.listing import manifest_ref
 from ..sources.urls import card_id_of
+from ..store import refs as refnames
 from ..store.fs import SQL_IN_CHUNK, chunks
 
 if TYPE_CHECKING:
@@ -43,10 +46,10 @@ if TYPE_CHECKING:
     from ..store import ContentStore, NewItem
 
 #: Refs the IO manager writes for each image-layer partition: ``asset/<asset key>/<card>``.
-ASSET_REF_PREFIX = "asset/"
+ASSET_REF_PREFIX = refnames.ASSET
 #: Refs naming the Dagster run that materialized a partition: ``asset-run/<asset>/<card>``
 #: -> a meta-only ``dagster_run`` item holding the run id (see ``dagster_run_records``).
-ASSET_RUN_REF_PREFIX = "asset-run/"
+ASSET_RUN_REF_PREFIX = refnames.ASSET_RUN
 
 _MANIFEST_FIELDS = ("card_id", "split", "drug", "quantity", "sample_id", "camera", "md5",
                     "image_url", "image_name")
@@ -104,17 +107,13 @@ def cached_manifest(dataset: CachedDataset) -> CachedManifest | None:
     another registry (an emulator on a new port, a mirror), the newest cached manifest of
     a dataset of that name is used, and its ref says which registry that was.
     """
-    from ..dataset import manifest_ref
     from ..sources.registry import Manifest
 
     store = dataset.store
     ref = manifest_ref(dataset.settings, dataset.name)
     key = store.ref(ref)
     if key is None:
-        rows = store.index.query(
-            "SELECT name, key FROM refs WHERE name LIKE 'manifest/%' AND name LIKE ? "
-            "ORDER BY updated DESC", ("%/" + dataset.name,))
-        rows = [(n, k) for n, k in rows if n.rsplit("/", 1)[-1] == dataset.name]
+        rows = refnames.newest_for(store.index, refnames.MANIFEST, dataset.name)
         if not rows:
             return None
         ref, key = rows[0]
@@ -595,50 +594,41 @@ def resolve_model_spec(spec: str, settings: Settings, store: ContentStore | None
     text = str(spec).strip()
     if not text:
         raise InvalidInputError(f"empty model spec: expected {MODEL_SPEC_HELP}")
-    kind, sep, rest = text.partition(":")
-    if not sep or kind not in ("tflite", "pls", "custom"):
-        kind, rest = "", text
+    prefix, sep, rest = text.partition(":")
+    kind = kinds.by_spec_prefix(prefix) if sep else None
+    if kind is None:
+        rest = text
     store = store or _Store(settings.cache_dir)
     if re.fullmatch(r"\d{1,9}", rest):
         model_id = int(rest)
-        if kind == "custom":
-            raise InvalidInputError(f"model spec {spec!r}: custom models are files, not ids")
-        if not kind:
+        if kind is not None and not kind.takes_model_id:
+            raise InvalidInputError(f"model spec {spec!r}: {kind.spec_prefix} models are "
+                                    "files, not ids")
+        if kind is None:
             from ..sources.model_artifacts import model_record
 
             mtype = str(model_record(model_id, settings, store).get("type") or "tf_lite")
-            kind = {"tf_lite": "tflite", "pls": "pls"}.get(mtype, "")
-            if not kind:
+            kind = kinds.by_pad_type(mtype)
+            if kind is None:
+                runs = [k.pad_type for k in kinds.KINDS.values() if k.pad_type]
                 raise ModelError(f"PAD model {model_id} has type {mtype!r}; pad_assets runs "
-                                 "'tf_lite' and 'pls' models")
-        if kind == "pls":
-            from ..models.pls import PLSModelAdapter
-
-            return PLSModelAdapter(model_id=model_id, settings=settings)
-        from ..models.tflite import PADTensorFlowAdapter
-
-        return PADTensorFlowAdapter(model_id=model_id, settings=settings,
-                                    labels=list(labels) if labels else None)
+                                 + " and ".join(f"'{t}'" for t in runs) + " models")
+        return kind.build(model_id=model_id, settings=settings, labels=labels)
     path = Path(rest).expanduser()
-    if not kind and path.suffix.lower() == ".tflite" and path.is_file():
-        kind = "tflite"
-    if kind == "tflite":
-        from ..models.tflite import PADTensorFlowAdapter, file_sha256
+    tflite = kinds.KINDS["pad_tflite"]
+    if kind is None and path.suffix.lower() == ".tflite" and path.is_file():
+        kind = tflite
+    if kind is tflite:
+        from ..models.tflite import file_sha256
 
         found = list(labels) if labels else _labels_from_cache(store, file_sha256(path))
         if not found:
             raise InvalidInputError(
                 f"model spec {spec!r}: a .tflite file carries no labels and no cached "
                 "prediction of these weights records them; pass --labels a,b,c")
-        return PADTensorFlowAdapter(model_path=path, labels=found)
-    if kind == "pls":
-        from ..models.pls import PLSModelAdapter
-
-        return PLSModelAdapter(coefficients_path=path)
-    if kind == "custom":
-        from ..models.custom import CustomModelAdapter
-
-        return CustomModelAdapter(path, labels=list(labels) if labels else None)
+        return kind.build(path=path, labels=found)
+    if kind is not None:
+        return kind.build(path=path, labels=labels)
     from ..orchestration.config import load_config
 
     models = {m.name: m for m in load_config().models}
