@@ -58,3 +58,14 @@ class Settings:
     def api_base(self) -> str:
         """Root of the versioned REST API (``{api_url}/api/v2``)."""
         return f"{self.api_url}/api/v2"
+
+
+def config_file_from_env() -> Path | None:
+    """``$PAD_ASSETS_CONFIG``: the Dagster code location's config file, when one is set."""
+    value = os.environ.get("PAD_ASSETS_CONFIG")
+    return Path(value) if value else None
+
+
+def dagster_ui_url() -> str:
+    """``$PAD_DAGSTER_UI_URL``: where the Dagster UI is served, for links in reports."""
+    return os.environ.get("PAD_DAGSTER_UI_URL", "").rstrip("/")

@@ -172,13 +172,32 @@ def _compact(value: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _restored_environ() -> Iterator[None]:
+    """The demo points ``PAD_*`` and ``DAGSTER_HOME`` at its emulator and instance; a
+    caller (a notebook, a test) gets its own environment back afterwards."""
+    saved = os.environ.copy()
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def run(dataset: str, cards: int, external: bool, port: int, dagster_home: Path,
         out: Any = sys.stdout) -> dict[str, Any]:
     """Run the main job; returns what it did (for tests and the printed summary).
 
     Runs go through the persistent instance in ``dagster_home`` and carry the code
     location's tag, so ``dagster dev`` lists them in Overview and on the jobs' pages.
+    The process environment is the caller's again when it returns.
     """
+    with _restored_environ():
+        return _run(dataset, cards, external, port, dagster_home, out)
+
+
+def _run(dataset: str, cards: int, external: bool, port: int, dagster_home: Path,
+         out: Any) -> dict[str, Any]:
     home = _prepare_home(dagster_home)
     _quiet_libraries()
     os.environ["DAGSTER_HOME"] = str(home)

@@ -110,6 +110,9 @@ def world(demo_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
             with open(os.devnull, "w") as devnull:
                 first = demo.run(DS, 0, True, 0, home, out=devnull)
                 second = demo.run(DS, 0, True, 0, home, out=devnull)
+            assert "DAGSTER_HOME" not in os.environ or os.environ["DAGSTER_HOME"] != str(
+                home.resolve()), "demo.run must give the caller its environment back"
+            os.environ["DAGSTER_HOME"] = str(home.resolve())  # the daemon's instance below
             sync = _sensor_tick_and_chain(emu)
             yield {"emu": emu, "home": home, "root": root, "first": first, "second": second,
                    "sync": sync, "env": dict(os.environ)}
