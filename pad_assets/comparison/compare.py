@@ -47,6 +47,30 @@ from .statistics import (
 )
 
 
+def _model_scores(m: str, s: Any, n_scored: int, exclusions: pd.DataFrame, boot: Any,
+                  classes: tuple[float, ...]
+                  ) -> tuple[dict[str, Any], tuple[pd.DataFrame, pd.DataFrame] | None]:
+    """One model's summary row, and for a classifier its confusion matrix and per-class
+    table (recall with Wilson intervals)."""
+    row: dict[str, Any] = {"model": m, "label_type": s.label_type, "kind": s.kind,
+                           "n_scored": n_scored}
+    row.update(_with_ci("accuracy", _accuracy(s), _accuracy_ci(s)))
+    row.update(_with_ci("rmse", _rmse(s), boot.rmse(s)))
+    row["mae"] = (float(np.mean(np.abs(s.y_pred - s.y_true)))
+                  if s.sqerr is not None else math.nan)
+    row["n_excluded"] = int(exclusions.set_index("model").loc[m, "n_excluded"])
+    row["signature"] = s.signature
+    if s.kind != "classifier":
+        return row, None
+    confusion = _confusion(s, _class_labels(s, classes))
+    per_class = _per_class(confusion)
+    cis = [wilson_interval(int(confusion.iloc[i, i]), int(n_true))
+           for i, n_true in enumerate(per_class["support"])]
+    per_class["recall_ci_low"] = [lo for lo, _ in cis]
+    per_class["recall_ci_high"] = [hi for _, hi in cis]
+    return row, (confusion, per_class)
+
+
 def compare_results(results: dict[str, pd.DataFrame], dataset: str, n_bootstrap: int = 2000,
                     seed: int = 0,
                     quantity_classes: Sequence[float] = QUANTITY_CLASSES,
@@ -99,24 +123,10 @@ def compare_results(results: dict[str, pd.DataFrame], dataset: str, n_bootstrap:
     boot = _Bootstrap(int(n_bootstrap), seed)
     summary_rows, per_class, confusion = [], {}, {}
     for m in names:
-        s = scored[m]
-        row: dict[str, Any] = {"model": m, "label_type": s.label_type, "kind": s.kind,
-                               "n_scored": len(common)}
-        row.update(_with_ci("accuracy", _accuracy(s), _accuracy_ci(s)))
-        row.update(_with_ci("rmse", _rmse(s), boot.rmse(s)))
-        row["mae"] = (float(np.mean(np.abs(s.y_pred - s.y_true)))
-                      if s.sqerr is not None else math.nan)
-        row["n_excluded"] = int(exclusions.set_index("model").loc[m, "n_excluded"])
-        row["signature"] = s.signature
+        row, tables = _model_scores(m, scored[m], len(common), exclusions, boot, classes)
         summary_rows.append(row)
-        if s.kind == "classifier":
-            labels = _class_labels(s, classes)
-            confusion[m] = _confusion(s, labels)
-            per_class[m] = _per_class(confusion[m])
-            cis = [wilson_interval(int(confusion[m].iloc[i, i]), int(n_true))
-                   for i, n_true in enumerate(per_class[m]["support"])]
-            per_class[m]["recall_ci_low"] = [lo for lo, _ in cis]
-            per_class[m]["recall_ci_high"] = [hi for _, hi in cis]
+        if tables is not None:
+            confusion[m], per_class[m] = tables
     summary = pd.DataFrame(summary_rows, columns=list(SUMMARY_COLUMNS))
     pairwise = _pairwise(names, scored, boot, classes)
     items = pd.DataFrame(common, columns=["card_id", "raw_key"])

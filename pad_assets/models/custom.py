@@ -241,36 +241,43 @@ class CustomModelAdapter(ModelAdapter):
             self.labels = [standardize_label(x) for x in found] if found else []
             self._label_type = label_type_of(self.labels) if found else CLASS_INDEX_LABEL_TYPE
 
-        self.torch_format: str | None = None
-        self._module_identity: list[str] | None = None
-        if self.kind == "torch":
-            self.torch_format = torch_file_format(self.path)
-            if self.torch_format == "state_dict":
-                if module is None:
-                    raise ModelError(
-                        f"{self.path}: this is a PyTorch state dict (torch.save output), not "
-                        "TorchScript; pass module= (an nn.Module of the right architecture) "
-                        "to load it into, or save the model with torch.jit.script/trace"
-                    )
-                cls = type(module)
-                self._module_identity = [
-                    f"{cls.__module__}.{cls.__qualname__}",
-                    sha256_bytes(repr(module).encode("utf-8")),
-                ]
-            elif module is not None:
-                warnings.warn(
-                    f"{self.path} is {self.torch_format} (it carries its own code); "
-                    "module= is ignored",
-                    stacklevel=2,
-                )
-                module = None
-        elif module is not None:
-            raise ModelError(f"{self.path}: module= only applies to PyTorch state dict files")
-        self._module = module
+        self._module = self._torch_module(module)
         self._model: Any = None
         self._dynamic_batch = True
         if self.class_indices:
             self._warn_unlabelled()
+
+    def _torch_module(self, module: torch.nn.Module | None) -> torch.nn.Module | None:
+        """The ``nn.Module`` a state dict loads into (its class and repr join the model's
+        identity); refused where it cannot apply, ignored with a warning for TorchScript."""
+        self.torch_format: str | None = None
+        self._module_identity: list[str] | None = None
+        if self.kind != "torch":
+            if module is not None:
+                raise ModelError(f"{self.path}: module= only applies to PyTorch state dict "
+                                 "files")
+            return None
+        self.torch_format = torch_file_format(self.path)
+        if self.torch_format != "state_dict":
+            if module is not None:
+                warnings.warn(
+                    f"{self.path} is {self.torch_format} (it carries its own code); "
+                    "module= is ignored",
+                    stacklevel=3,
+                )
+            return None
+        if module is None:
+            raise ModelError(
+                f"{self.path}: this is a PyTorch state dict (torch.save output), not "
+                "TorchScript; pass module= (an nn.Module of the right architecture) "
+                "to load it into, or save the model with torch.jit.script/trace"
+            )
+        cls = type(module)
+        self._module_identity = [
+            f"{cls.__module__}.{cls.__qualname__}",
+            sha256_bytes(repr(module).encode("utf-8")),
+        ]
+        return module
 
     @classmethod
     def from_pad_model(
