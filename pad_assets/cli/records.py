@@ -18,10 +18,11 @@ def _known_dataset(ds: Any) -> None:
     """Raise unless the cache holds a manifest or card records of ``ds`` (a misspelt name
     would otherwise give an empty answer and exit 0)."""
     from ..sources.listing import manifest_ref
+    from ..store.queries import each, select
 
     if ds.store.ref(manifest_ref(ds.settings, ds.name)) or ds.store.cards(ds.name):
         return
-    known = sorted({d for (d,) in ds.store.index.query("SELECT DISTINCT dataset FROM cards")})
+    known = sorted(each(select(ds.store.index, "cards", "dataset", distinct=True)))
     close = difflib.get_close_matches(ds.name, known, n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise InvalidInputError(f"dataset {ds.name!r} is not in the cache at "

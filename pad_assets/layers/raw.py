@@ -25,6 +25,7 @@ from ..preprocessing.decode import check_image
 from ..settings import Settings
 from ..sources.pad_api import PadApiClient
 from ..store import CardRecord, ContentStore, NewItem
+from ..store.queries import OneOf, select
 from .stamp import stamp
 
 WRITE_BATCH_ITEMS = 16
@@ -111,12 +112,8 @@ class RawLayer:
     # ---- lookups -----------------------------------------------------------------------
     def known_raw_by_md5(self, md5s: Sequence[str] | None = None) -> dict[str, str]:
         """md5 -> raw key of the raw items any dataset holds (only these ``md5s`` if given)."""
-        sql = "SELECT key, json_extract(meta, '$.md5') FROM items WHERE layer='raw'"
-        if md5s is None:
-            rows = self.store.index.query(sql)
-        else:
-            rows = list(self.store.index._select_in(
-                sql + " AND json_extract(meta, '$.md5') IN ({marks})", md5s))
+        where = {} if md5s is None else {"meta.md5": OneOf(md5s)}
+        rows = select(self.store.index, "items", "key", "meta.md5", layer="raw", **where)
         return {md5: key for key, md5 in rows if md5}
 
     def raw_keys(self, dataset: str, card_ids: Iterable[int]) -> dict[int, str]:

@@ -18,8 +18,9 @@ rules that keep a shared cache safe are written down once:
   re-fetched from their recorded ``source_url`` (md5 and sha256 checked); derived items are
   removed so the next ``apply_model`` / ``get_preprocessed_batch`` recomputes them.
 
-The index columns are documented in ``pad_assets.store.index``; this module adds one
-table, ``ops_retired_shards`` (shards whose content moved and whose file awaits deletion).
+The index columns are documented in ``pad_assets.store.index``; the table of retired shards
+(shards whose content moved and whose file awaits deletion) and every other write
+maintenance makes to the index are in ``pad_assets.store.index_admin``: no SQL here.
 """
 
 from __future__ import annotations
@@ -42,11 +43,9 @@ from .common import (
     MERGE_MIN_SHARDS,
     RECENT_ORPHAN_SECONDS,
     RECORD_OVERHEAD,
-    RETIRED_DDL,
     SHARD_OVERHEAD,
     SMALL_SHARD_BYTES,
     blob_row,
-    ensure_ops_schema,
     expected_key,
     fsync_dir,
     human_bytes,
@@ -106,7 +105,6 @@ __all__ = [
     "PROBLEM_HELP",
     "RECENT_ORPHAN_SECONDS",
     "RECORD_OVERHEAD",
-    "RETIRED_DDL",
     "ReindexReport",
     "RewriteOutcome",
     "SHARD_OVERHEAD",
@@ -115,7 +113,6 @@ __all__ = [
     "blob_row",
     "clean_partials",
     "dataset_affinity",
-    "ensure_ops_schema",
     "expected_key",
     "fsync_dir",
     "gc",

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CacheFullError, IntegrityError, InvalidInputError, PadAssetsError
-from ..store import ContentStore
+from ..store import ContentStore, index_admin
+from ..store.index_admin import BlobInUse
+from ..store.queries import items_with_payload_in, select
 from . import footprint
 from .common import (
     DEFAULT_COMPACT_THRESHOLD,
@@ -26,7 +28,7 @@ from .common import (
     parse_size,
 )
 from .locking import maintenance_lock
-from .rewrite import _Conflict, clean_partials, purge_retired, rewrite_shards
+from .rewrite import clean_partials, purge_retired, rewrite_shards
 from .snapshot import _Snapshot
 
 
@@ -228,8 +230,7 @@ def gc(store: ContentStore, max_size: int | str | None = None,
                                         f" cache gc` at {stamp_} UTC; the next download "
                                         "fetches it again") for d, c, r in mark])
         if evict:
-            with store.index.transaction() as con:
-                con.executemany("DELETE FROM items WHERE key=?", [(k,) for k in evict])
+            index_admin.delete_items(store.index, evict)
         snap = _Snapshot.load(store)
         plan = _plan_compaction(snap, set(), compact_threshold, limit)
         _fill_plan(rep, snap, set(), plan)
@@ -243,7 +244,7 @@ def gc(store: ContentStore, max_size: int | str | None = None,
             try:
                 out = _rewrite_on_tight_disk(store, group, f"gc: {why}", prot, limit,
                                              grace_seconds, rep, now)
-            except (IntegrityError, _Conflict, OSError) as exc:
+            except (IntegrityError, BlobInUse, OSError) as exc:
                 rep.skipped.append(f"shards {group}: {exc}")
                 continue
             if out.new_shard:
@@ -288,8 +289,8 @@ def _rewrite_on_tight_disk(store: ContentStore, group: list[str], reason: str,
                              "only protected data (refs, kept datasets)")
     entries = store.index.items(marks)
     evicted_raw = {k for k, e in entries.items() if e["layer"] == "raw"}
-    cards = [(d, int(c), r) for d, c, r, st in store.index.query(
-        "SELECT dataset, card_id, raw_key, status FROM cards WHERE status='ok'")
+    cards = [(d, int(c), r) for d, c, r, st in select(
+        store.index, "cards", "dataset", "card_id", "raw_key", "status", status="ok")
         if r in evicted_raw]
     if cards:
         from ..store import CardRecord
@@ -299,8 +300,7 @@ def _rewrite_on_tight_disk(store: ContentStore, group: list[str], reason: str,
                                     f"cache gc` at {stamp_} UTC (disk full); the next "
                                     "download fetches it again") for d, c, r in cards])
         rep.cards_marked_evicted += len(cards)
-    with store.index.transaction() as con:
-        con.executemany("DELETE FROM items WHERE key=?", [(k,) for k in entries])
+    index_admin.delete_items(store.index, entries)
     for e in entries.values():
         rep.evicted[e["layer"]] = rep.evicted.get(e["layer"], 0) + 1
     rep.skipped.append(f"shards {group}: the disk could not take their rewrite, so their "
@@ -310,11 +310,7 @@ def _rewrite_on_tight_disk(store: ContentStore, group: list[str], reason: str,
 
 def _unprotected_in(store: ContentStore, group: list[str], prot: dict[str, str]
                     ) -> list[str]:
-    marks = ",".join("?" * len(group))
-    rows = store.index.query(
-        f"SELECT i.key FROM items i JOIN blobs b ON b.blob = i.blob WHERE b.shard IN ({marks})",
-        group)
-    return [k for (k,) in rows if k not in prot]
+    return [k for k in items_with_payload_in(store.index, group) if k not in prot]
 
 
 def _plan_evictions(snap: _Snapshot, prot: dict[str, str], limit: int | None,

@@ -16,7 +16,7 @@ from ..hashing import array_digest, sha256_bytes
 from ..keys import CONTENT_KEYED_LAYERS, DERIVED_LAYERS, expected_key
 from ..store import shards as shard_io
 from ..store.fs import fsync_dir  # noqa: F401  (maintenance's users import it from here)
-from ..store.index import Index
+from ..store.index_admin import retired_shards  # noqa: F401  (maintenance's users import it here)
 
 #: Shards whose live payload falls below this fraction of their indexed payload are
 #: rewritten by ``gc``. 0.5 bounds the dead space at the size of the live data while
@@ -42,12 +42,6 @@ SHARD_OVERHEAD = 64 << 10
 MAX_BLOB_BYTES = 4 << 30
 EXAMPLES = 10
 
-RETIRED_DDL = """
-CREATE TABLE IF NOT EXISTS ops_retired_shards (
-    shard TEXT PRIMARY KEY, path TEXT NOT NULL, disposition TEXT NOT NULL,
-    retired_at REAL NOT NULL, reason TEXT NOT NULL
-)"""
-
 KNOWN_LAYERS = CONTENT_KEYED_LAYERS | frozenset(DERIVED_LAYERS)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SHARD_NAME = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{16}$")
@@ -62,22 +56,6 @@ def is_hex_key(value: Any) -> bool:
 def is_shard_name(value: Any) -> bool:
     """Names ``write_shard`` produces; anything else is refused as a path component."""
     return isinstance(value, str) and bool(_SHARD_NAME.match(value))
-
-
-def ensure_ops_schema(index: Index) -> None:
-    index.query(RETIRED_DDL)
-
-
-def retired_shards(index: Index) -> dict[str, dict[str, Any]]:
-    """Retired shards (read-only: a cache that never retired one has no table, and a
-    check must not create one: on a full disk that write is what failed)."""
-    if not index.query("SELECT 1 FROM sqlite_master WHERE type='table' AND "
-                       "name='ops_retired_shards'"):
-        return {}
-    rows = index.query("SELECT shard, path, disposition, retired_at, reason "
-                       "FROM ops_retired_shards")
-    return {s: {"path": p, "disposition": d, "retired_at": t, "reason": r}
-            for s, p, d, t, r in rows}
 
 
 def payload_digest(value: np.ndarray, kind: str) -> str:

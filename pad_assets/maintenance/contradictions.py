@@ -25,6 +25,8 @@ from ..errors import PadAssetsError
 from ..hashing import md5_bytes
 from ..store import ContentStore
 from ..store import refs as refnames
+from ..store.index_admin import drop_pointers
+from ..store.queries import Above, NotNull, select
 
 REF_KIND = "ref_contradicts_content"
 CARD_KIND = "card_contradicts_manifest"
@@ -62,11 +64,10 @@ def find_contradictions(store: ContentStore, skip: set[str]) -> list[tuple[str, 
     index = store.index
     out: list[tuple[str, str, str]] = []
     limit = time.time() + FUTURE_SLACK_SECONDS
-    for name, updated in index.query("SELECT name, updated FROM refs WHERE updated > ?",
-                                     (limit,)):
+    for name, updated in select(index, "refs", "name", "updated", updated=Above(limit)):
         out.append((FUTURE_KIND, name, f"ref stamped {_when(updated)}"))
-    for ds, cid, updated in index.query("SELECT dataset, card_id, updated FROM cards WHERE "
-                                        "updated > ?", (limit,)):
+    for ds, cid, updated in select(index, "cards", "dataset", "card_id", "updated",
+                                   updated=Above(limit)):
         out.append((FUTURE_KIND, f"{ds}/{cid}", f"card record stamped {_when(updated)}"))
     md5s: dict[str, list[dict[int, str]]] = defaultdict(list)
     refs = [*index.refs(refnames.MANIFEST).items(), *index.refs(refnames.MODEL_RECORD).items()]
@@ -106,8 +107,8 @@ def find_contradictions(store: ContentStore, skip: set[str]) -> list[tuple[str, 
     # cards: the raw image's md5, computed from its bytes, against every manifest naming it
     todo: list[tuple[str, int, str, set[str]]] = []
     for ds, tables in md5s.items():
-        for cid, raw in index.query("SELECT card_id, raw_key FROM cards WHERE dataset=? AND "
-                                    "status='ok' AND raw_key IS NOT NULL", (ds,)):
+        for cid, raw in select(index, "cards", "card_id", "raw_key", dataset=ds, status="ok",
+                               raw_key=NotNull()):
             listed = {t[int(cid)] for t in tables if int(cid) in t}
             if listed and raw not in skip:
                 todo.append((ds, int(cid), raw, listed))
@@ -144,23 +145,7 @@ def repair_contradictions(store: ContentStore, findings: list[Any],
     if not refs and not cards and not any(f.kind == FUTURE_KIND for f in findings):
         return repaired, unrepaired
     limit = now + FUTURE_SLACK_SECONDS
-    with index.transaction() as con:
-        shards = {r[0] for r in con.execute("SELECT shard FROM refs WHERE updated > ?",
-                                            (limit,))}
-        shards |= {r[0] for r in con.execute("SELECT shard FROM cards WHERE updated > ?",
-                                             (limit,))}
-        future = con.execute("UPDATE refs SET updated=? WHERE updated > ?", (now, limit)
-                             ).rowcount
-        future += con.execute("UPDATE cards SET updated=? WHERE updated > ?", (now, limit)
-                              ).rowcount
-        for name in refs:
-            shards |= {r[0] for r in con.execute("SELECT shard FROM refs WHERE name=?",
-                                                 (name,))}
-            con.execute("DELETE FROM refs WHERE name=?", (name,))
-        for ds, cid in cards:
-            shards |= {r[0] for r in con.execute(
-                "SELECT shard FROM cards WHERE dataset=? AND card_id=?", (ds, int(cid)))}
-            con.execute("DELETE FROM cards WHERE dataset=? AND card_id=?", (ds, int(cid)))
+    shards, future = drop_pointers(index, refs, cards, now, limit)
     for s in sorted(shards & set(index.shard_paths())):
         try:
             rewrite_shards(store, [s], disposition="delete",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..store import ContentStore
+from ..store.queries import NotNull, each, item_payload_bytes, select
 
 FOLDERS = ("artifacts", "reports", "demo_models")
 
@@ -29,7 +30,7 @@ def _tree_bytes(path: Path) -> tuple[int, int]:
 
 
 def _weights_keys(store: ContentStore) -> set[str]:
-    return {k for (k,) in store.index.query("SELECT key FROM items WHERE layer='weights'")}
+    return set(each(select(store.index, "items", "key", layer="weights")))
 
 
 def stale_artifacts(store: ContentStore) -> list[Path]:
@@ -91,9 +92,9 @@ def shared_payloads(store: ContentStore) -> tuple[int, dict[str, int]]:
     """(bytes of payloads referenced by more than one layer, per layer the part of its
     bytes that another layer also references)."""
     layers_of: dict[str, set[str]] = defaultdict(set)
-    for layer, blob in store.index.query("SELECT layer, blob FROM items WHERE blob IS NOT NULL"):
+    for layer, blob in select(store.index, "items", "layer", "blob", blob=NotNull()):
         layers_of[blob].add(layer)
-    sizes = dict(store.index.query("SELECT blob, nbytes FROM blobs"))
+    sizes = dict(select(store.index, "blobs", "blob", "nbytes"))
     total = 0
     per: dict[str, int] = defaultdict(int)
     for blob, layers in layers_of.items():
@@ -110,24 +111,22 @@ def models(store: ContentStore) -> dict[str, dict[str, Any]]:
 
     names = current_names(store)
     ds_of_raw: dict[str, set[str]] = defaultdict(set)
-    for d, r in store.index.query("SELECT dataset, raw_key FROM cards WHERE raw_key IS NOT NULL"):
+    for d, r in select(store.index, "cards", "dataset", "raw_key", raw_key=NotNull()):
         ds_of_raw[r].add(d)
     out: dict[str, dict[str, Any]] = {}
-    for sig, name, raw, wsha in store.index.query(
-            "SELECT json_extract(meta, '$.model.signature'), json_extract(meta, '$.model.name'),"
-            " json_extract(meta, '$.raw_key'), coalesce(json_extract(meta, "
-            "'$.model.weights_sha256'), json_extract(meta, '$.model.coefficients_sha256'), "
-            "json_extract(meta, '$.model.sha256')) FROM items WHERE layer='prediction'"):
+    for sig, name, raw, *files in select(
+            store.index, "items", "meta.model.signature", "meta.model.name", "meta.raw_key",
+            "meta.model.weights_sha256", "meta.model.coefficients_sha256", "meta.model.sha256",
+            layer="prediction"):
         if not sig:
             continue
+        wsha = next((f for f in files if f is not None), None)
         m = out.setdefault(str(sig), {"name": names.get(str(sig), str(name)), "predictions": 0,
                                       "datasets": set(), "weights_sha256": wsha})
         m["predictions"] += 1
         m["datasets"] |= ds_of_raw.get(raw, set())
     wanted = [m["weights_sha256"] for m in out.values() if m["weights_sha256"]]
-    sizes = dict(store.index._select_in(  # noqa: SLF001 - one IN query over the index
-        "SELECT i.key, b.nbytes FROM items i JOIN blobs b ON b.blob = i.blob "
-        "WHERE i.key IN ({marks})", wanted)) if wanted else {}
+    sizes = item_payload_bytes(store.index, wanted) if wanted else {}
     for m in out.values():
         m["datasets"] = sorted(m["datasets"])
         m["weights_bytes"] = int(sizes.get(m["weights_sha256"], 0) or 0)

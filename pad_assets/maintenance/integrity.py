@@ -19,9 +19,11 @@ import numpy as np
 
 from ..errors import CacheCorruptionError, IntegrityError, PadAssetsError
 from ..hashing import sha256_bytes
-from ..store import ContentStore, NewItem
+from ..store import ContentStore, NewItem, index_admin
 from ..store import refs as refnames
 from ..store import shards as shard_io
+from ..store.index_admin import BlobInUse
+from ..store.queries import NotNull, OneOf, each, orphan_blobs, select
 from .common import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_PARTIAL_MAX_AGE,
@@ -36,7 +38,7 @@ from .common import (
 from .contradictions import HELP as CONTRADICTION_HELP
 from .contradictions import find_contradictions, repair_contradictions
 from .locking import maintenance_lock
-from .rewrite import _Conflict, _partials, _rows, clean_partials, purge_retired, rewrite_shards
+from .rewrite import _partials, clean_partials, purge_retired, rewrite_shards
 
 
 # ---------------------------------------------------------------------------------------
@@ -184,7 +186,7 @@ def _check(store: ContentStore, progress: Callable[[int, int], None] | None = No
     rep = st.report
     index = store.index
     retired = retired_shards(index)
-    shards = {s: p for s, p in index.query("SELECT shard, path FROM shards") if s not in retired}
+    shards = {s: p for s, p in select(index, "shards", "shard", "path") if s not in retired}
     files = store.shard_files()
     for s in retired:
         rep.notes.append(Finding("retired_shard", s, retired[s]["reason"]))
@@ -203,7 +205,7 @@ def _check(store: ContentStore, progress: Callable[[int, int], None] | None = No
             f" and is damaged ({why})" if why else " (readable; --repair indexes it)")))
     # payloads, shard by shard
     blobs_by_shard: dict[str, list[str]] = defaultdict(list)
-    for b, s in index.query("SELECT blob, shard FROM blobs"):
+    for b, s in select(index, "blobs", "blob", "shard"):
         blobs_by_shard[s].append(b)
     for s, blist in blobs_by_shard.items():
         if s not in shards and s not in retired:
@@ -258,10 +260,10 @@ def _check(store: ContentStore, progress: Callable[[int, int], None] | None = No
                     rep.problems.append(Finding("corrupt_blob", b, f"shard {s}: "
                                                 f"{type(exc).__name__}: {exc}"))
     # items
-    present_blobs = {b for (b,) in index.query("SELECT blob FROM blobs")}
+    present_blobs = set(each(select(index, "blobs", "blob")))
     items: set[str] = set()
-    for key, layer, blob, meta, shard in index.query(
-            "SELECT key, layer, blob, meta, shard FROM items"):
+    for key, layer, blob, meta, shard in select(index, "items", "key", "layer", "blob", "meta",
+                                                "shard"):
         rep.items_checked += 1
         items.add(key)
         try:
@@ -285,7 +287,7 @@ def _check(store: ContentStore, progress: Callable[[int, int], None] | None = No
             st.record_missing_shards.add(shard)
             rep.problems.append(Finding("record_missing", key, f"item row points at shard "
                                         f"{shard}, whose records do not list it"))
-    for name, key, shard in index.query("SELECT name, key, shard FROM refs"):
+    for name, key, shard in select(index, "refs", "name", "key", "shard"):
         if key not in items or key in st.bad_items:
             rep.problems.append(Finding("dangling_ref", name, f"target {key} is "
                                         + ("damaged" if key in items else "not cached")))
@@ -294,8 +296,8 @@ def _check(store: ContentStore, progress: Callable[[int, int], None] | None = No
             st.record_missing_shards.add(shard)
             rep.problems.append(Finding("record_missing", name, f"ref row points at shard "
                                         f"{shard}, whose records do not list it"))
-    for ds, cid, raw, status, shard in index.query(
-            "SELECT dataset, card_id, raw_key, status, shard FROM cards"):
+    for ds, cid, raw, status, shard in select(index, "cards", "dataset", "card_id", "raw_key",
+                                              "status", "shard"):
         if status == "evicted":
             rep.notes.append(Finding("evicted_card", f"{ds}/{cid}", f"raw {raw}"))
         elif status == "ok" and raw and (raw not in items or raw in st.bad_items):
@@ -306,8 +308,7 @@ def _check(store: ContentStore, progress: Callable[[int, int], None] | None = No
             st.record_missing_shards.add(shard)
             rep.problems.append(Finding("record_missing", f"{ds}/{cid}", f"card row points "
                                         f"at shard {shard}, whose records do not list it"))
-    for (b,) in index.query("SELECT blob FROM blobs WHERE blob NOT IN "
-                            "(SELECT blob FROM items WHERE blob IS NOT NULL)"):
+    for b in orphan_blobs(index):
         if b not in st.bad_blobs:
             rep.notes.append(Finding("orphan_blob", b, "no item references it"))
     for name, size, mtime in _partials(store):
@@ -440,27 +441,25 @@ def _repair(store: ContentStore, st: _CheckState, resolver: DatasetResolver | No
     other = Counter(e["layer"] for e in entries.values()
                     if e["layer"] not in DERIVED_LAYERS and e["layer"] != "raw")
     record_shards = {e["shard"] for e in entries.values()}
-    record_shards |= {s for (s,) in _rows(index, "SELECT DISTINCT shard FROM items WHERE key "
-                                                 "IN ({marks})", list(drop))}
+    record_shards |= set(each(select(index, "items", "shard", distinct=True,
+                                     key=OneOf(list(drop)))))
     if drop:
-        with index.transaction() as con:
-            con.executemany("DELETE FROM items WHERE key=?", [(k,) for k in drop])
-    with index.transaction() as con:  # payload rows of shards the index does not know
-        con.execute("DELETE FROM blobs WHERE shard NOT IN (SELECT shard FROM shards)")
+        index_admin.delete_items(index, drop)
+    index_admin.delete_blobs_of_unknown_shards(index)
     # 3. rewrite every shard that holds damaged data or records of dropped items
-    damaged = ({s for (b, s) in index.query("SELECT blob, shard FROM blobs")
+    damaged = ({s for (b, s) in select(index, "blobs", "blob", "shard")
                 if b in st.bad_blobs} | st.missing_shards | st.unreadable_shards)
     affected = (damaged | st.record_missing_shards | record_shards) - set(
         retired_shards(index))
     known = set(index.shard_paths())
     for s in sorted(affected & known):
-        bad_here = [b for (b,) in index.query("SELECT blob FROM blobs WHERE shard=?", (s,))
+        bad_here = [b for b in each(select(index, "blobs", "blob", shard=s))
                     if b in st.bad_blobs]
         disposition = "quarantine" if s in damaged else "delete"
         try:
             out = rewrite_shards(store, [s], disposition=disposition, drop_blobs=bad_here,
                                  reason="verify --repair")
-        except (IntegrityError, _Conflict, OSError) as exc:
+        except (IntegrityError, BlobInUse, OSError) as exc:
             rep.unrepaired.append(f"shard {s}: could not rewrite its good content ({exc})")
             continue
         what = {"quarantine": "quarantined", "delete": "retired"}[disposition]
@@ -484,12 +483,11 @@ def _repair(store: ContentStore, st: _CheckState, resolver: DatasetResolver | No
     # 4. restore raw images from their recorded source
     unrestored = _restore_raw(store, raw_meta, settings, rep) if raw_meta else {}
     # 5. cards still without raw images, and dangling manifest refs
-    present = set(store.has([r for (r,) in index.query(
-        "SELECT raw_key FROM cards WHERE status='ok' AND raw_key IS NOT NULL")]))
+    ok_cards = select(index, "cards", "dataset", "card_id", "raw_key", status="ok",
+                      raw_key=NotNull())
+    present = set(store.has([r for _, _, r in ok_cards]))
     missing_cards: dict[str, list[int]] = defaultdict(list)
-    for ds, cid, raw in index.query(
-            "SELECT dataset, card_id, raw_key FROM cards WHERE status='ok' AND raw_key IS NOT "
-            "NULL"):
+    for ds, cid, raw in ok_cards:
         if raw not in present:
             missing_cards[ds].append(int(cid))
     for ds, ids in sorted(missing_cards.items()):
@@ -510,7 +508,7 @@ def _repair(store: ContentStore, st: _CheckState, resolver: DatasetResolver | No
         if summary.failed:
             rep.unrepaired.append(f"{ds}: {len(summary.failed)} cards could not be fetched, "
                                   f"e.g. {sorted(summary.failed.items())[:2]}")
-    still_used = {r for (r,) in index.query("SELECT raw_key FROM cards WHERE status='ok'")}
+    still_used = set(each(select(index, "cards", "raw_key", status="ok")))
     present_now = store.has(list(unrestored))
     for key, why in sorted(unrestored.items()):
         if key in present_now:
@@ -520,8 +518,9 @@ def _repair(store: ContentStore, st: _CheckState, resolver: DatasetResolver | No
         else:
             rep.repaired.append(f"removed raw item {key} ({why}; no card uses it any more)")
     _repair_models(store, st, settings, rep)
-    items_now = store.has([k for (k,) in index.query("SELECT key FROM refs")])
-    for name, key in index.query("SELECT name, key FROM refs"):
+    ref_rows = select(index, "refs", "name", "key")
+    items_now = store.has([k for _, k in ref_rows])
+    for name, key in ref_rows:
         if key in items_now:
             continue
         if name.startswith(refnames.MODEL_RECORD):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
@@ -13,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CacheCorruptionError
-from ..store import ContentStore
+from ..store import ContentStore, index_admin
 from ..store import shards as shard_io
 from ..store.fs import commit
 from ..store.index import Index
+from ..store.index_admin import retired_shards
+from ..store.queries import count, items_without_blob
 from ..store.store import INDEX_NAME
-from .common import ensure_ops_schema, retired_shards
 from .locking import maintenance_lock
 
 
@@ -57,14 +57,6 @@ class ReindexReport:
 _shard_contents = shard_io.read_shard_contents
 
 
-_TABLES = {
-    "shards": "shard, path, nbytes, created",
-    "blobs": "blob, shard, kind, dtype, shape, nbytes",
-    "items": "key, layer, blob, shard, meta, created, last_used",
-    "refs": "name, key, updated, shard",
-    "cards": "dataset, card_id, raw_key, status, detail, updated, shard",
-    "ops_retired_shards": "shard, path, disposition, retired_at, reason",
-}
 
 
 def reindex(store: ContentStore) -> ReindexReport:
@@ -90,16 +82,16 @@ def reindex(store: ContentStore) -> ReindexReport:
         tmp_path = store.root / f"{INDEX_NAME}.rebuild-{uuid.uuid4().hex[:12]}"
         fresh = Index(tmp_path)
         try:
-            ensure_ops_schema(fresh)
+            index_admin.ensure_retired_table(fresh)
             indexed = _index_files(store, fresh, retired, rep)
             if old_ok:
                 try:
-                    ensure_ops_schema(store.index)  # the swap copies this table too
-                    _carry_usage(store, fresh)
+                    index_admin.ensure_retired_table(store.index)  # the swap copies it too
+                    index_admin.carry_usage(store.index, fresh)
                 except sqlite3.DatabaseError:
                     old_ok = False
             _drop_dangling(fresh, rep)
-            fresh.query("PRAGMA wal_checkpoint(TRUNCATE)")
+            index_admin.checkpoint(fresh)
             fresh.close()
             swapped = False
             if old_ok:
@@ -114,11 +106,8 @@ def reindex(store: ContentStore) -> ReindexReport:
             fresh.close()
             for suffix in ("", "-wal", "-shm", "-journal"):
                 Path(f"{tmp_path}{suffix}").unlink(missing_ok=True)
-        q = store.index.query
-        rep.shards = q("SELECT COUNT(*) FROM shards")[0][0]
-        rep.items = q("SELECT COUNT(*) FROM items")[0][0]
-        rep.refs = q("SELECT COUNT(*) FROM refs")[0][0]
-        rep.cards = q("SELECT COUNT(*) FROM cards")[0][0]
+        rep.shards, rep.items, rep.refs, rep.cards = (
+            count(store.index, t) for t in ("shards", "items", "refs", "cards"))
     rep.seconds = time.time() - t0
     return rep
 
@@ -129,12 +118,8 @@ def _index_files(store: ContentStore, fresh: Index, retired: dict[str, dict[str,
     for name, rel in sorted(store.shard_files().items()):
         path = store.root / rel
         if name in retired:  # content already moved: keep it known so recover skips it
-            r = retired[name]
-            with fresh.transaction() as con:
-                con.execute("INSERT OR IGNORE INTO shards(shard, path, nbytes, created) "
-                            "VALUES (?,?,?,?)", (name, rel, path.stat().st_size, time.time()))
-                con.execute("INSERT OR REPLACE INTO ops_retired_shards VALUES (?,?,?,?,?)",
-                            (name, r["path"], r["disposition"], r["retired_at"], r["reason"]))
+            index_admin.index_retired_shard(fresh, name, rel, path.stat().st_size,
+                                            retired[name])
             indexed.add(name)
             continue
         try:
@@ -147,62 +132,18 @@ def _index_files(store: ContentStore, fresh: Index, retired: dict[str, dict[str,
     return indexed
 
 
-def _carry_usage(store: ContentStore, fresh: Index) -> None:
-    old = store.index.query("SELECT key, last_used FROM items")
-    created = store.index.query("SELECT shard, created FROM shards")
-    with fresh.transaction() as con:
-        con.executemany("UPDATE items SET last_used=MAX(last_used, ?) WHERE key=?",
-                        [(lu, k) for k, lu in old])
-        con.executemany("UPDATE shards SET created=? WHERE shard=?",
-                        [(c, s) for s, c in created])
-
-
 def _drop_dangling(fresh: Index, rep: ReindexReport) -> None:
-    rows = fresh.query("SELECT key FROM items WHERE blob IS NOT NULL AND blob NOT IN "
-                       "(SELECT blob FROM blobs)")
-    rep.dropped_items = [k for (k,) in rows]
-    if rows:
-        with fresh.transaction() as con:
-            con.executemany("DELETE FROM items WHERE key=?", rows)
+    rep.dropped_items = items_without_blob(fresh)
+    if rep.dropped_items:
+        index_admin.delete_items(fresh, rep.dropped_items)
 
 
 def _swap_content(store: ContentStore, tmp_path: Path, indexed: set[str],
                   rep: ReindexReport) -> None:
-    con = sqlite3.connect(store.root / INDEX_NAME, timeout=60.0, isolation_level=None)
-    try:
-        con.execute("PRAGMA busy_timeout=60000")
-        con.execute("ATTACH DATABASE ? AS fresh", (str(tmp_path),))
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            # shards indexed by a writer after the scan: keep them (read inside the lock)
-            late = [(s, p) for s, p in con.execute("SELECT shard, path FROM main.shards")
-                    if s not in indexed and (store.root / p).is_file()]
-            for table, cols in _TABLES.items():
-                con.execute(f"DELETE FROM main.{table}")
-                con.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM "
-                            f"fresh.{table}")
-            for s, p in late:
-                try:
-                    records, blobs = _shard_contents(store.root / p)
-                except Exception:
-                    rep.unreadable.append(f"{s} (indexed during the rebuild, unreadable)")
-                    continue
-                now = time.time()
-                con.execute("INSERT OR IGNORE INTO shards(shard, path, nbytes, created) VALUES "
-                            "(?,?,?,?)", (s, p, (store.root / p).stat().st_size, now))
-                con.executemany(
-                    "INSERT OR IGNORE INTO blobs(blob, shard, kind, dtype, shape, nbytes) "
-                    "VALUES (?,?,?,?,?,?)",
-                    [(b["blob"], s, b["kind"], b["dtype"], json.dumps(b["shape"]), b["nbytes"])
-                     for b in blobs])
-                Index._apply_records(con, s, records, now)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("DETACH DATABASE fresh")
-    finally:
-        con.close()
+    index_admin.swap_content(store.root / INDEX_NAME, tmp_path, indexed,
+                             lambda rel: _shard_contents(store.root / rel),
+                             lambda rel: (store.root / rel).stat().st_size,
+                             lambda rel: (store.root / rel).is_file(), rep.unreadable)
 
 
 def _swap_file(store: ContentStore, tmp_path: Path, rep: ReindexReport) -> None:

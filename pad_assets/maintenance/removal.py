@@ -20,6 +20,8 @@ from ..errors import InvalidInputError
 from ..layers.model_names import current_names, forget
 from ..store import ContentStore
 from ..store import refs as refnames
+from ..store.index_admin import remove_rows
+from ..store.queries import select
 from . import gc
 from .common import human_bytes
 from .locking import maintenance_lock
@@ -60,8 +62,8 @@ class RemovalReport:
 
 
 def _meta(store: ContentStore, layer: str, fields: dict[str, str]) -> list[tuple[Any, ...]]:
-    cols = ", ".join(f"json_extract(meta, '{p}')" for p in fields.values())
-    return store.index.query(f"SELECT key, {cols} FROM items WHERE layer=?", (layer,))
+    cols = ["meta." + p.removeprefix("$.") for p in fields.values()]
+    return select(store.index, "items", "key", *cols, layer=layer)
 
 
 def _by_dataset(store: ContentStore, snap: _Snapshot, dataset: str
@@ -156,11 +158,8 @@ def remove(store: ContentStore, *, dataset: str | None = None, model: str | None
         if dry_run:
             rep.seconds = time.time() - t0
             return rep
-        with store.index.transaction() as con:
-            con.executemany("DELETE FROM items WHERE key=?", [(k,) for k in sorted(keys)])
-            con.executemany("DELETE FROM refs WHERE name=?", [(r,) for r in sorted(refs)])
-            if kind == "dataset":
-                con.execute("DELETE FROM cards WHERE dataset=?", (value,))
+        remove_rows(store.index, sorted(keys), sorted(refs),
+                    dataset_cards=value if kind == "dataset" else None)
         if signatures:
             forget(store, signatures)
         # compaction rewrites the shards that held the rows: the bytes come back and a

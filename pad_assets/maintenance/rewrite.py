@@ -16,23 +16,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import IntegrityError
-from ..store import ContentStore
+from ..store import ContentStore, index_admin
 from ..store import shards as shard_io
-from ..store.index import Index
+from ..store.index_admin import retired_shards
+from ..store.queries import OneOf, rows_in_shard, select
 from .common import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_PARTIAL_MAX_AGE,
-    ensure_ops_schema,
     fsync_dir,
     read_blob_checked,
-    retired_shards,
 )
-
-
-# ---------------------------------------------------------------------------------------
-# rewriting shards (compaction, repair) and retiring the old ones
-class _Conflict(Exception):
-    """A concurrent writer started using data this rewrite meant to drop: skip the shard."""
 
 
 @dataclass
@@ -43,17 +36,6 @@ class RewriteOutcome:
     carried_blobs: int
     dropped_blobs: int
     carried_bytes: int
-
-
-def _rows(index: Index, sql: str, values: Sequence[str], extra: Sequence[Any] = ()
-          ) -> list[tuple]:
-    out: list[tuple] = []
-    values = list(values)
-    for i in range(0, len(values), 500):
-        part = values[i:i + 500]
-        marks = ",".join("?" * len(part))
-        out += index.query(sql.format(marks=marks), (*part, *extra))
-    return out
 
 
 def rewrite_shards(store: ContentStore, sources: Sequence[str], *,
@@ -67,30 +49,30 @@ def rewrite_shards(store: ContentStore, sources: Sequence[str], *,
     from the index rows (with their original timestamps, so "newest wins" still holds on a
     rebuild). Items whose payload lived in a source but is not carried are removed from the
     index in the same transaction. Raises ``IntegrityError`` if a payload to carry fails its
-    check (nothing changes), ``_Conflict`` if a concurrent writer began to use a blob that
+    check (nothing changes), ``BlobInUse`` if a concurrent writer began to use a blob that
     was about to be dropped (nothing changes).
     """
     import h5py
 
     index = store.index
-    ensure_ops_schema(index)
+    index_admin.ensure_retired_table(index)
     srcs = list(dict.fromkeys(sources))
-    paths = dict(_rows(index, "SELECT shard, path FROM shards WHERE shard IN ({marks})", srcs))
+    paths = dict(select(index, "shards", "shard", "path", shard=OneOf(srcs)))
     drop = set(drop_blobs)
-    blob_rows = _rows(index, "SELECT blob, shard, kind, dtype, shape, nbytes FROM blobs "
-                             "WHERE shard IN ({marks})", srcs)
+    blob_rows = select(index, "blobs", "blob", "shard", "kind", "dtype", "shape", "nbytes",
+                       shard=OneOf(srcs))
     src_blobs = {b[0]: b for b in blob_rows}
-    referenced = {r[0] for r in _rows(index, "SELECT DISTINCT blob FROM items WHERE blob IN "
-                                             "({marks})", list(src_blobs))}
+    referenced = {r[0] for r in select(index, "items", "blob", distinct=True,
+                                       blob=OneOf(list(src_blobs)))}
     carry = {b: row for b, row in src_blobs.items() if b in referenced and b not in drop}
     dead = [b for b in src_blobs if b not in carry]
     # items that lose their payload with this rewrite (corrupt or explicitly dropped blobs)
-    lose = {r[0] for r in _rows(index, "SELECT key FROM items WHERE blob IN ({marks})", dead)}
-    item_rows = _rows(index, "SELECT key, layer, blob, meta, created FROM items "
-                             "WHERE shard IN ({marks})", srcs)
-    ref_rows = _rows(index, "SELECT name, key, updated FROM refs WHERE shard IN ({marks})", srcs)
-    card_rows = _rows(index, "SELECT dataset, card_id, raw_key, status, detail, updated "
-                             "FROM cards WHERE shard IN ({marks})", srcs)
+    lose = {r[0] for r in select(index, "items", "key", blob=OneOf(dead))}
+    item_rows = select(index, "items", "key", "layer", "blob", "meta", "created",
+                       shard=OneOf(srcs))
+    ref_rows = select(index, "refs", "name", "key", "updated", shard=OneOf(srcs))
+    card_rows = select(index, "cards", "dataset", "card_id", "raw_key", "status", "detail",
+                       "updated", shard=OneOf(srcs))
     records: list[dict[str, Any]] = []
     for key, layer, blob, meta, created in item_rows:
         if key in lose:
@@ -130,36 +112,11 @@ def rewrite_shards(store: ContentStore, sources: Sequence[str], *,
                 f.close()
     now = time.time()
     try:
-        with index.transaction() as con:
-            # A put() that deduplicated against a blob we are about to drop makes it live.
-            for i in range(0, len(dead), 500):
-                part = dead[i:i + 500]
-                marks = ",".join("?" * len(part))
-                for (key,) in con.execute(f"SELECT key FROM items WHERE blob IN ({marks})",
-                                          part):
-                    if key not in lose:
-                        raise _Conflict(f"item {key} started to use a blob of {srcs}")
-            marks = ",".join("?" * len(srcs))
-            if new is not None:
-                name, rel, nbytes = new
-                con.execute("INSERT OR IGNORE INTO shards(shard, path, nbytes, created) "
-                            "VALUES (?,?,?,?)", (name, rel, nbytes, now))
-                con.executemany("UPDATE blobs SET shard=? WHERE blob=? AND shard=?",
-                                [(name, b, row[1]) for b, row in carry.items()])
-            con.execute(f"DELETE FROM blobs WHERE shard IN ({marks})", srcs)
-            con.executemany("DELETE FROM items WHERE key=?", [(k,) for k in lose])
-            if new is not None:
-                for table in ("items", "refs", "cards"):
-                    con.execute(f"UPDATE {table} SET shard=? WHERE shard IN ({marks})",
-                                (new[0], *srcs))
-            for s in srcs:
-                rel = paths.get(s)
-                if rel is not None and (store.root / rel).exists():
-                    con.execute("INSERT OR REPLACE INTO ops_retired_shards(shard, path, "
-                                "disposition, retired_at, reason) VALUES (?,?,?,?,?)",
-                                (s, rel, disposition, now, reason))
-                else:  # the file is already gone: nothing to wait for
-                    con.execute("DELETE FROM shards WHERE shard=?", (s,))
+        # A put() that deduplicated against a blob we are about to drop makes it live.
+        index_admin.commit_rewrite(index, srcs, paths, new,
+                                   {b: row[1] for b, row in carry.items()}, dead, lose,
+                                   disposition, reason,
+                                   lambda rel: (store.root / rel).exists(), now)
     except BaseException:
         if new is not None:
             # The new file is already under shards/, where another process's recover() may
@@ -197,12 +154,8 @@ def purge_retired(store: ContentStore, grace_seconds: float = DEFAULT_GRACE_SECO
     for shard, r in sorted(retired.items()):
         if r["retired_at"] + grace_seconds > now:
             continue
-        still = store.index.query(
-            "SELECT (SELECT COUNT(*) FROM blobs WHERE shard=?) + (SELECT COUNT(*) FROM items "
-            "WHERE shard=?) + (SELECT COUNT(*) FROM refs WHERE shard=?) + (SELECT COUNT(*) "
-            "FROM cards WHERE shard=?)", (shard,) * 4)[0][0]
-        if still:  # something points here again (should not happen): keep it, un-retire
-            store.index.query("DELETE FROM ops_retired_shards WHERE shard=?", (shard,))
+        if rows_in_shard(store.index, shard):  # something points here again (should not
+            index_admin.unretire(store.index, shard)  # happen): keep it, un-retire
             continue
         path = store.root / r["path"]
         store._reader.close(r["path"])
@@ -214,9 +167,7 @@ def purge_retired(store: ContentStore, grace_seconds: float = DEFAULT_GRACE_SECO
             else:
                 path.unlink(missing_ok=True)
             fsync_dir(path.parent)
-        with store.index.transaction() as con:
-            con.execute("DELETE FROM shards WHERE shard=?", (shard,))
-            con.execute("DELETE FROM ops_retired_shards WHERE shard=?", (shard,))
+        index_admin.forget_shard(store.index, shard)
         done.append(shard)
     return done
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..store import ContentStore
+from ..store.queries import select
 from .common import RECORD_OVERHEAD, SHARD_OVERHEAD, retired_shards
 
 
@@ -38,19 +39,20 @@ class _Snapshot:
 
     @classmethod
     def load(cls, store: ContentStore) -> _Snapshot:
-        q = store.index.query
+        index = store.index
         items = {}
-        for key, layer, blob, shard, raw, lu, cr, mlen in q(
-                "SELECT key, layer, blob, shard, json_extract(meta, '$.raw_key'), last_used, "
-                "created, length(meta) FROM items"):
+        for key, layer, blob, shard, raw, lu, cr, mlen in select(
+                index, "items", "key", "layer", "blob", "shard", "meta.raw_key", "last_used",
+                "created", "len(meta)"):
             raw_key = key if layer == "raw" else (raw if isinstance(raw, str) else None)
             items[key] = _Item(key, layer, blob, shard, raw_key, float(lu), float(cr),
                                int(mlen or 0))
-        blobs = {b: (s, int(n)) for b, s, n in q("SELECT blob, shard, nbytes FROM blobs")}
-        shards = {s: (p, int(n)) for s, p, n in q("SELECT shard, path, nbytes FROM shards")}
-        refs = {n: (k, s) for n, k, s in q("SELECT name, key, shard FROM refs")}
+        blobs = {b: (s, int(n)) for b, s, n in select(index, "blobs", "blob", "shard", "nbytes")}
+        shards = {s: (p, int(n)) for s, p, n in select(index, "shards", "shard", "path",
+                                                       "nbytes")}
+        refs = {n: (k, s) for n, k, s in select(index, "refs", "name", "key", "shard")}
         cards = [(d, int(c), r, st, s) for d, c, r, st, s in
-                 q("SELECT dataset, card_id, raw_key, status, shard FROM cards")]
+                 select(index, "cards", "dataset", "card_id", "raw_key", "status", "shard")]
         return cls(items, blobs, shards, refs, cards, retired_shards(store.index))
 
     def live_shards(self) -> dict[str, tuple[str, int]]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..store import ContentStore
 from ..store import refs as refnames
+from ..store.queries import select
 from .common import (
     human_bytes,
 )
@@ -173,21 +174,20 @@ def stats(store: ContentStore) -> CacheStats:
 def dataset_affinity(store: ContentStore) -> dict[str, set[str]]:
     """shard -> datasets whose cards, raw images, derived items, manifests or models it
     holds (push records this so ``pull --dataset`` fetches only what a dataset needs)."""
-    q = store.index.query
+    index = store.index
     ds_of_raw: dict[str, set[str]] = defaultdict(set)
     out: dict[str, set[str]] = defaultdict(set)
-    for d, r, s in q("SELECT dataset, raw_key, shard FROM cards"):
+    for d, r, s in select(index, "cards", "dataset", "raw_key", "shard"):
         out[s].add(d)
         if r:
             ds_of_raw[r].add(d)
-    blob_shard = dict(q("SELECT blob, shard FROM blobs"))
+    blob_shard = dict(select(index, "blobs", "blob", "shard"))
     item_shards: dict[str, tuple[str, str | None]] = {}
     models: dict[str, set[str]] = defaultdict(set)  # model id / weights sha -> datasets
-    for key, layer, blob, shard, raw, mid, wsha, csha in q(
-            "SELECT key, layer, blob, shard, json_extract(meta, '$.raw_key'), "
-            "json_extract(meta, '$.model.model_id'), json_extract(meta, "
-            "'$.model.weights_sha256'), json_extract(meta, '$.model.coefficients_sha256') "
-            "FROM items"):
+    for key, layer, blob, shard, raw, mid, wsha, csha in select(
+            index, "items", "key", "layer", "blob", "shard", "meta.raw_key",
+            "meta.model.model_id", "meta.model.weights_sha256",
+            "meta.model.coefficients_sha256"):
         item_shards[key] = (shard, blob_shard.get(blob) if blob else None)
         rk = key if layer == "raw" else raw
         dsets = ds_of_raw.get(rk, set()) if rk else set()
@@ -199,7 +199,7 @@ def dataset_affinity(store: ContentStore) -> dict[str, set[str]]:
                 for m in (mid, wsha, csha):
                     if m is not None:
                         models[str(m)] |= dsets
-    for name, key, shard in q("SELECT name, key, shard FROM refs"):
+    for name, key, shard in select(index, "refs", "name", "key", "shard"):
         dsets: set[str] = set()
         if name.startswith(refnames.MANIFEST):
             dsets = {name.rsplit("/", 1)[-1]}

@@ -35,7 +35,8 @@ from ..models import kinds
 from ..sources.listing import manifest_ref
 from ..sources.urls import card_id_of
 from ..store import refs as refnames
-from ..store.fs import SQL_IN_CHUNK, chunks
+from ..store.fs import SQL_IN_CHUNK
+from ..store.queries import OneOf, Prefix, select
 
 if TYPE_CHECKING:
     from ..dataset import CachedDataset
@@ -185,13 +186,9 @@ def dagster_refs(store: ContentStore, keys: Sequence[str], card_id: int
         return {}
     found: dict[str, list[dict[str, Any]]] = {}
     suffix = f"/{card_id}"
-    names: list[tuple[str, str, float]] = []
-    for part in chunks(keys):
-        marks = ",".join("?" * len(part))
-        names += store.index.query(
-            f"SELECT name, key, updated FROM refs WHERE key IN ({marks}) AND name LIKE ?",
-            (*part, ASSET_REF_PREFIX + "%"))
-    names = [n for n in names if n[0].endswith(suffix)]
+    names = [n for n in select(store.index, "refs", "name", "key", "updated",
+                               key=OneOf(keys), name=Prefix(ASSET_REF_PREFIX))
+             if n[0].endswith(suffix)]
     runs = store.index.refs_for(
         [ASSET_RUN_REF_PREFIX + n[len(ASSET_REF_PREFIX):] for n, _, _ in names]) if names else {}
     run_metas = store.metas(sorted(set(runs.values()))) if runs else {}
@@ -234,18 +231,14 @@ def _prediction_metas(store: ContentStore, raw_keys: Iterable[str]) -> dict[str,
     if len(wanted) > SQL_IN_CHUNK:
         # A whole dataset: one pass over the prediction rows beats one scan per chunk.
         keep = set(wanted)
-        for key, raw, meta in store.index.query(
-                "SELECT key, json_extract(meta, '$.raw_key'), meta FROM items "
-                "WHERE layer='prediction'"):
+        for key, raw, meta in select(store.index, "items", "key", "meta.raw_key", "meta",
+                                     layer="prediction"):
             if raw in keep:
                 out[key] = json.loads(meta)
         return out
-    for part in chunks(wanted):
-        marks = ",".join("?" * len(part))
-        for key, meta in store.index.query(
-                "SELECT key, meta FROM items WHERE layer='prediction' AND "
-                f"json_extract(meta, '$.raw_key') IN ({marks})", part):
-            out[key] = json.loads(meta)
+    for key, meta in select(store.index, "items", "key", "meta", layer="prediction",
+                            **{"meta.raw_key": OneOf(wanted)}):
+        out[key] = json.loads(meta)
     return out
 
 
@@ -571,9 +564,8 @@ def format_lineage(lineage: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------
 # model specs (CLI)
 def _labels_from_cache(store: ContentStore, weights_sha256: str) -> list[str] | None:
-    rows = store.index.query(
-        "SELECT meta FROM items WHERE layer='prediction' AND "
-        "json_extract(meta, '$.model.weights_sha256') = ? LIMIT 1", (weights_sha256,))
+    rows = select(store.index, "items", "meta", layer="prediction", limit=1,
+                  **{"meta.model.weights_sha256": weights_sha256})
     if not rows:
         return None
     labels = (json.loads(rows[0][0]).get("model") or {}).get("labels")

@@ -28,6 +28,7 @@ from ..sources.urls import validate_name
 from ..store import ContentStore
 from ..store import shards as shard_io
 from ..store.fs import file_sha256
+from ..store.queries import select
 from ..store.store import payload_blob
 from . import limits
 from .partials import _hold, _write_json_atomic, clean_dead_partials
@@ -138,7 +139,7 @@ def _write_bundle_shards(store: ContentStore, sel: _Selection, work: Path
     metaonly: list[str] = []
     for k, v in sel.items.items():
         (by_blob[v["blob"]] if v["blob"] else metaonly).append(k)
-    sizes = dict(store.index.query("SELECT blob, nbytes FROM blobs")) if by_blob else {}
+    sizes = dict(select(store.index, "blobs", "blob", "nbytes")) if by_blob else {}
     groups: list[list[str]] = [[]]
     size = 0
     for b in sorted(by_blob):

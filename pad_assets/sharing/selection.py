@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import InvalidInputError
 from ..store import ContentStore
 from ..store import refs as refnames
+from ..store.queries import OneOf, each, select
 from . import limits
 
 
@@ -43,11 +44,11 @@ class _Selection:
 
 
 def _select_dataset(store: ContentStore, dataset: str, layers: Sequence[str]) -> _Selection:
-    q = store.index.query
-    cards = q("SELECT card_id, raw_key, status, detail, updated FROM cards WHERE dataset=?",
-              (dataset,))
+    index = store.index
+    cards = select(index, "cards", "card_id", "raw_key", "status", "detail", "updated",
+                   dataset=dataset)
     if not cards:
-        known = sorted({d for (d,) in q("SELECT DISTINCT dataset FROM cards")})
+        known = sorted(each(select(index, "cards", "dataset", distinct=True)))
         raise InvalidInputError(
             f"dataset {dataset!r} has no cards in the cache at {store.root}; expected one of "
             f"{known or '(none: run `pad-assets download DATASET` first)'}")
@@ -61,9 +62,9 @@ def _select_dataset(store: ContentStore, dataset: str, layers: Sequence[str]) ->
 
     model_ids: set[str] = set()
     weights: set[str] = set()
-    for key, layer, blob, meta, created, rk in q(
-            "SELECT key, layer, blob, meta, created, json_extract(meta, '$.raw_key') "
-            "FROM items WHERE layer IN ('raw', 'preprocessed', 'tensor', 'prediction')"):
+    for key, layer, blob, meta, created, rk in select(
+            index, "items", "key", "layer", "blob", "meta", "created", "meta.raw_key",
+            layer=OneOf(("raw", "preprocessed", "tensor", "prediction"))):
         rkey = key if layer == "raw" else rk
         if layer not in want or rkey not in raw:
             continue
@@ -76,7 +77,7 @@ def _select_dataset(store: ContentStore, dataset: str, layers: Sequence[str]) ->
                 if model.get(f):
                     weights.add(str(model[f]))
     refs: list[tuple[str, str, float]] = []
-    for name, key, updated in q("SELECT name, key, updated FROM refs"):
+    for name, key, updated in select(index, "refs", "name", "key", "updated"):
         tail = name.rsplit("/", 1)[-1]
         if (name.startswith(refnames.MANIFEST) and tail == dataset) or (
                 name.startswith(refnames.MODEL_RECORD) and tail in model_ids):
@@ -91,11 +92,6 @@ def _select_dataset(store: ContentStore, dataset: str, layers: Sequence[str]) ->
 
 
 def _select_keys(store: ContentStore, keys: set[str]) -> list[tuple]:
-    out: list[tuple] = []
-    ks = sorted(keys)
-    for i in range(0, len(ks), 500):
-        part = ks[i:i + 500]
-        out += store.index.query("SELECT key, layer, blob, meta, created FROM items WHERE key "
-                                 f"IN ({','.join('?' * len(part))})", part)
-    return out
+    return select(store.index, "items", "key", "layer", "blob", "meta", "created",
+                  key=OneOf(sorted(keys)))
 
