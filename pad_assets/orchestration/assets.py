@@ -17,7 +17,6 @@ parameters, model); an ``Output`` gives every partition of a run the same metada
 
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -26,6 +25,7 @@ import pandas as pd
 from ..models.kinds import default_label_type
 from ..settings import Settings
 from . import versions
+from .asset_keys import DatasetAssetKeys, manifest_version, partitions_for
 from .checks import (
     COMPARISON_COVERAGE,
     DESCRIPTIONS,
@@ -38,56 +38,6 @@ from .config import DatasetConfig, ModelConfig, ProjectConfig
 from .resources import PadResource
 
 OWNERS = ["team:pad-lab"]
-@dataclass(frozen=True)
-class DatasetAssetKeys:
-    """Every asset key of one dataset's group, derived from the config alone."""
-
-    ds: DatasetConfig
-    models: tuple[ModelConfig, ...]
-
-    @property
-    def manifest(self) -> dg.AssetKey:
-        return dg.AssetKey([self.ds.key, "manifest"])
-
-    @property
-    def raw(self) -> dg.AssetKey:
-        return dg.AssetKey([self.ds.key, "raw_image"])
-
-    def preprocessed(self, pipeline: str) -> dg.AssetKey:
-        return dg.AssetKey([self.ds.key, f"preprocessed_{pipeline.rsplit('.', 1)[-1]}"])
-
-    def tensor(self, m: ModelConfig) -> dg.AssetKey:
-        return dg.AssetKey([self.ds.key, f"tensor_{m.tensor_group.rsplit('.', 1)[-1]}"])
-
-    def prediction(self, m: ModelConfig) -> dg.AssetKey:
-        return dg.AssetKey([self.ds.key, f"prediction_{m.name}"])
-
-    @property
-    def comparison(self) -> dg.AssetKey:
-        return dg.AssetKey([self.ds.key, "model_comparison"])
-
-    @property
-    def pipelines(self) -> list[str]:
-        return list(dict.fromkeys(m.pipeline for m in self.models))
-
-    @property
-    def tensor_models(self) -> dict[dg.AssetKey, ModelConfig]:
-        """Each tensor asset and the first model that reads it (models sharing a pipeline
-        and tensor spec share one tensor asset)."""
-        out: dict[dg.AssetKey, ModelConfig] = {}
-        for m in self.models:
-            out.setdefault(self.tensor(m), m)
-        return out
-
-    @property
-    def image_keys(self) -> list[dg.AssetKey]:
-        keys = [self.raw] + [self.preprocessed(p) for p in self.pipelines]
-        keys += list(self.tensor_models)
-        return keys + [self.prediction(m) for m in self.models]
-
-
-def partitions_for(ds: DatasetConfig) -> dg.DynamicPartitionsDefinition:
-    return dg.DynamicPartitionsDefinition(name=f"{ds.key}_cards")
 
 
 def _tags(ds: DatasetConfig, layer: str) -> dict[str, str]:
@@ -181,9 +131,9 @@ def build_dataset_assets(ds: DatasetConfig, project: ProjectConfig,
             "published_rows": len(rows), "unique_cards": len(m.card_ids),
             "leakage": m.leakage["count"],
             "leakage_card_ids": dg.MetadataValue.json(m.leakage["card_ids"]),
-            "manifest_version": _manifest_version(m),
+            "manifest_version": manifest_version(m),
             "dagster/row_count": len(rows),
-        }, data_version=dg.DataVersion(_manifest_version(m)))
+        }, data_version=dg.DataVersion(manifest_version(m)))
 
     specs, check_specs = image_specs(ds, project, settings)
 
@@ -218,20 +168,6 @@ def build_dataset_assets(ds: DatasetConfig, project: ProjectConfig,
                                            predictions)
 
     return [manifest, images, model_comparison]
-
-
-def _manifest_version(m: Any) -> str:
-    from ..hashing import sha256_bytes
-
-    return sha256_bytes(m.to_json_bytes())[:16]
-
-
-def small_record(desc: dict[str, Any]) -> dict[str, Any]:
-    """The model facts an auditor needs on every prediction partition (labels omitted)."""
-    keep = ("name", "class", "signature", "model_id", "record_name", "version",
-            "weights_sha256", "weights_url", "coefficients_sha256", "path", "file_sha256",
-            "runtime", "label_type")
-    return {k: desc[k] for k in keep if k in desc and desc[k] is not None}
 
 
 def compare_from_partitions(context: dg.AssetExecutionContext, pad: PadResource,

@@ -20,7 +20,7 @@ from ..errors import PadAssetsError
 from ..layers.stamp import library_versions
 from ..models.kinds import make_pipeline
 from . import checks, versions
-from .assets import DatasetAssetKeys, small_record
+from .asset_keys import DatasetAssetKeys, manifest_version, small_record
 from .audit_page import asset_url, chain_markdown
 from .config import DatasetConfig
 from .events import ChangeRecorder
@@ -40,9 +40,7 @@ def materialize_images(context: dg.AssetExecutionContext, pad: PadResource, ds: 
         manifest = dataset.manifest()
         if not set(card_ids) <= set(manifest.card_ids) and not dataset.settings.offline:
             manifest = dataset.manifest(refresh=True)  # new cards from a sensor tick
-        from .assets import _manifest_version
-
-        manifest_version = _manifest_version(manifest)
+        version = manifest_version(manifest)
         rows = {int(r["card_id"]): r for r in manifest.rows.to_dict("records")}
         unknown = [c for c in card_ids if c not in rows]
         if unknown:
@@ -128,7 +126,7 @@ def materialize_images(context: dg.AssetExecutionContext, pad: PadResource, ds: 
                 "fetched_at": meta.get("fetched_at"), "bytes": meta.get("nbytes"),
                 "truncated": bool(meta.get("truncated")), "drug": rows[c].get("drug"),
                 "quantity": rows[c].get("quantity"), "split": rows[c].get("split"),
-                "manifest_version": manifest_version,
+                "manifest_version": version,
                 "manifest_url": asset_url(keys.manifest),
             }
 
