@@ -66,7 +66,8 @@ def lineage(cache_dir: Path | None, as_json: bool, dataset: str, card_id: str,
             model: str | None, labels: str | None, verify: bool) -> None:
     """The provenance chain of one card: a short tree, or the full chain with --verify."""
     from ..dataset import CachedDataset
-    from ..provenance.lineage import card_id_of, card_lineage, format_lineage, resolve_model_spec
+    from ..provenance.lineage import card_id_of, card_lineage, format_lineage
+    from ..provenance.model_spec import resolve_model_spec
     from .views import lineage_tree
 
     ds = CachedDataset(dataset, settings=settings(cache_dir), progress=False)

@@ -101,7 +101,7 @@ class PadStoreIOManager(dg.ConfigurableIOManager):
         refs = [(asset_ref(asset_key, p), k) for p, k in content_keys.items()]
         items: list[NewItem] = []
         if run_id:
-            from ..provenance.lineage import dagster_run_records
+            from ..provenance.chain import dagster_run_records
 
             items, run_refs = dagster_run_records(asset_key.to_user_string(), content_keys,
                                                   run_id)

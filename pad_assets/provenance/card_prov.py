@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, PadAssetsError
 from ..sources.urls import card_id_of
-from .audit import _prov, _prov_raw, collect_chains
-from .lineage import cached_manifest
+from .chain import cached_manifest, collect_chains
+from .prov_json import prov_doc, prov_raw
 
 if TYPE_CHECKING:
     import prov.model
@@ -144,10 +144,10 @@ def card_prov(dataset: CachedDataset, card_id: int | str,
 
     cid = card_id_of(card_id)
     chains = collect_chains(dataset, models, card_ids=[cid])
-    doc = _prov(dataset.name, chains)
+    doc = prov_doc(dataset.name, chains)
     if not chains:
         chain = _image_only_chain(dataset, cid)
-        _prov_raw(doc, dataset.name, chain)
+        prov_raw(doc, dataset.name, chain)
     content = _label_activities(doc.to_json())
     document = ProvDocument.deserialize(content=json.dumps(content), format="json")
     return CardProvenance(dataset.name, cid, document, len(chains))

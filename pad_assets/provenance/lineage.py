@@ -15,120 +15,41 @@ Used by ``CachedDataset.lineage`` and the ``pad-assets lineage DATASET CARD_ID``
 
 from __future__ import annotations
 
-import contextlib
-import json
-import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     CacheCorruptionError,
-    InvalidInputError,
-    ModelError,
 )
 from ..hashing import sha256_bytes
-from ..keys import chain_key, prediction_key, preprocessed_key, tensor_key, verify_link
-from ..models import kinds
-from ..sources.listing import manifest_ref
+from ..keys import prediction_key, preprocessed_key, tensor_key, verify_link
 from ..sources.urls import card_id_of
-from ..store import refs as refnames
-from ..store.fs import SQL_IN_CHUNK
-from ..store.queries import OneOf, Prefix, select
+from .chain import (
+    cached_manifest,
+    dagster_refs,
+    iso_time,
+    json_safe,
+    model_summary,
+    prediction_metas_for_raw,
+)
 
 if TYPE_CHECKING:
     from ..dataset import CachedDataset
     from ..models.base import ModelAdapter
     from ..preprocessing.base import PreprocessingPipeline
-    from ..settings import Settings
-    from ..sources.registry import Manifest
-    from ..store import ContentStore, NewItem
+    from ..store import ContentStore
 
-#: Refs the IO manager writes for each image-layer partition: ``asset/<asset key>/<card>``.
-ASSET_REF_PREFIX = refnames.ASSET
-#: Refs naming the Dagster run that materialized a partition: ``asset-run/<asset>/<card>``
-#: -> a meta-only ``dagster_run`` item holding the run id (see ``dagster_run_records``).
-ASSET_RUN_REF_PREFIX = refnames.ASSET_RUN
 
 _MANIFEST_FIELDS = ("card_id", "split", "drug", "quantity", "sample_id", "camera", "md5",
                     "image_url", "image_name")
 _RECORD_FIELDS = ("prediction", "probability", "energy", "label_type", "status", "detail")
 
-MODEL_SPEC_HELP = (
-    "model spec: a PAD model id (e.g. 16; its record's type picks TF Lite or PLS), "
-    "'tflite:16', 'pls:18', 'tflite:/path/model.tflite', 'pls:/path/coefs.csv', "
-    "'custom:/path/model.onnx', or a model name from the pad_assets config (e.g. nn_drug)"
-)
-
 
 # ---------------------------------------------------------------------------------------
 # small helpers (shared with pad_assets.provenance.audit)
-def iso_time(ts: Any) -> str | None:
-    """Epoch seconds as ISO 8601 UTC with microseconds (``None`` stays ``None``)."""
-    if ts is None:
-        return None
-    try:
-        value = float(ts)
-    except (TypeError, ValueError):
-        return str(ts)
-    return datetime.fromtimestamp(value, tz=timezone.utc).isoformat(timespec="microseconds"
-                                                                    ).replace("+00:00", "Z")
-
-
-def _clean(value: Any) -> Any:
-    """NaN (pandas' missing value) to None, NumPy scalars to Python ones: JSON-safe."""
-    if value is None:
-        return None
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        with contextlib.suppress(TypeError, ValueError):
-            value = value.item()
-    if isinstance(value, float) and value != value:  # NaN
-        return None
-    return value
 
 
 # ---------------------------------------------------------------------------------------
 # cached manifest
-@dataclass
-class CachedManifest:
-    """The manifest a dataset's cache holds: its content key, ref, metadata and rows."""
-
-    key: str
-    ref: str
-    meta: dict[str, Any]
-    manifest: Manifest
-
-
-def cached_manifest(dataset: CachedDataset) -> CachedManifest | None:
-    """The dataset's manifest from the cache only (no network), or None.
-
-    The manifest ref names the registry it came from; when the current settings point at
-    another registry (an emulator on a new port, a mirror), the newest cached manifest of
-    a dataset of that name is used, and its ref says which registry that was.
-    """
-    from ..sources.registry import Manifest
-
-    store = dataset.store
-    ref = manifest_ref(dataset.settings, dataset.name)
-    key = store.ref(ref)
-    if key is None:
-        rows = refnames.newest_for(store.index, refnames.MANIFEST, dataset.name)
-        if not rows:
-            return None
-        ref, key = rows[0]
-    entry = store.entries([key]).get(key)
-    if entry is None:
-        return None
-    try:
-        data = store.get_many([key], touch=False).get(key)
-        if data is None:
-            return None
-        manifest = Manifest.from_json_bytes(data)  # type: ignore[arg-type]
-    except (CacheCorruptionError, ValueError, KeyError):
-        return None
-    return CachedManifest(key, ref, entry["meta"], manifest)
 
 
 def _manifest_section(dataset: CachedDataset, card_id: int
@@ -149,129 +70,17 @@ def _manifest_section(dataset: CachedDataset, card_id: int
         section["warnings"] = list(cm.meta["warnings"])
     if not len(match):
         return section, None
-    row = {k: _clean(v) for k, v in match.iloc[0].to_dict().items()}
+    row = {k: json_safe(v) for k, v in match.iloc[0].to_dict().items()}
     section["row"] = {k: row.get(k) for k in _MANIFEST_FIELDS}
     return section, row
 
 
 # ---------------------------------------------------------------------------------------
 # Dagster partitions that point at an item (refs written by the IO manager)
-def dagster_run_records(asset_key: str, partitions: Iterable[str], run_id: str
-                        ) -> tuple[list[NewItem], list[tuple[str, str]]]:
-    """What to ``store.put`` so lineage can name the Dagster run behind each partition.
-
-    One meta-only ``dagster_run`` item per run (key = H("dagster-run", run id), so every
-    asset of the run shares it) and one ``asset-run/<asset key>/<partition>`` ref per
-    partition pointing at it. Refs point at a real item, so cache verification sees no
-    dangling ref, and the newest run of a partition wins like every ref.
-    ``asset_key`` is ``AssetKey.to_user_string()`` (e.g. ``FHI2020/prediction_nn_drug``).
-    """
-    from ..store import NewItem
-
-    key = chain_key("dagster-run", str(run_id))
-    items = [NewItem(key, "dagster_run", None, {"run_id": str(run_id)})]
-    refs = [(f"{ASSET_RUN_REF_PREFIX}{asset_key}/{p}", key) for p in partitions]
-    return items, refs
-
-
-def dagster_refs(store: ContentStore, keys: Sequence[str], card_id: int
-                 ) -> dict[str, list[dict[str, Any]]]:
-    """content key -> Dagster partitions of ``card_id`` recorded as pointing at it.
-
-    Best effort and cheap: one query on the refs table, no Dagster import. The run id is
-    given when the run was recorded (``dagster_run_records``); otherwise None.
-    """
-    keys = [k for k in dict.fromkeys(keys) if k]
-    if not keys:
-        return {}
-    found: dict[str, list[dict[str, Any]]] = {}
-    suffix = f"/{card_id}"
-    names = [n for n in select(store.index, "refs", "name", "key", "updated",
-                               key=OneOf(keys), name=Prefix(ASSET_REF_PREFIX))
-             if n[0].endswith(suffix)]
-    runs = store.index.refs_for(
-        [ASSET_RUN_REF_PREFIX + n[len(ASSET_REF_PREFIX):] for n, _, _ in names]) if names else {}
-    run_metas = store.metas(sorted(set(runs.values()))) if runs else {}
-    for name, key, updated in sorted(names):
-        asset = name[len(ASSET_REF_PREFIX):-len(suffix)]
-        run_key = runs.get(ASSET_RUN_REF_PREFIX + name[len(ASSET_REF_PREFIX):])
-        run_id = (run_metas.get(run_key) or {}).get("run_id") if run_key else None
-        found.setdefault(key, []).append({
-            "asset_key": asset, "partition": str(card_id), "recorded_at": iso_time(updated),
-            "run_id": run_id,
-        })
-    return found
 
 
 # ---------------------------------------------------------------------------------------
 # predictions cached for raw keys, and the models behind them
-def prediction_metas_for_raw(store: ContentStore, raw_keys: Iterable[str]
-                             ) -> dict[str, dict[str, Any]]:
-    """prediction key -> metadata, for every cached prediction made from these raw keys.
-
-    The model's name is its current one (``pad_assets.layers.model_names``): a rename shows
-    at once; the name the prediction was made under stays in ``model.recorded_name``.
-    """
-    from ..layers.model_names import current_names
-
-    out = _prediction_metas(store, raw_keys)
-    names = current_names(store)
-    for meta in out.values():
-        model = meta.get("model")
-        if isinstance(model, dict) and names.get(str(model.get("signature"))) not in (
-                None, model.get("name")):
-            model["recorded_name"] = model.get("name")
-            model["name"] = names[str(model["signature"])]
-    return out
-
-
-def _prediction_metas(store: ContentStore, raw_keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-    wanted = list(dict.fromkeys(k for k in raw_keys if k))
-    out: dict[str, dict[str, Any]] = {}
-    if len(wanted) > SQL_IN_CHUNK:
-        # A whole dataset: one pass over the prediction rows beats one scan per chunk.
-        keep = set(wanted)
-        for key, raw, meta in select(store.index, "items", "key", "meta.raw_key", "meta",
-                                     layer="prediction"):
-            if raw in keep:
-                out[key] = json.loads(meta)
-        return out
-    for key, meta in select(store.index, "items", "key", "meta", layer="prediction",
-                            **{"meta.raw_key": OneOf(wanted)}):
-        out[key] = json.loads(meta)
-    return out
-
-
-def model_summary(meta: dict[str, Any]) -> dict[str, Any]:
-    """What identifies the model of a prediction (from its recorded description)."""
-    m = meta.get("model") or {}
-    return {
-        "name": m.get("name"), "class": m.get("class"), "signature": m.get("signature"),
-        "model_id": m.get("model_id"), "record_name": m.get("record_name"),
-        "version": m.get("version"),
-        "weights_sha256": (m.get("weights_sha256") or m.get("coefficients_sha256")
-                           or m.get("sha256")),
-        "weights_url": m.get("weights_url"), "runtime": m.get("runtime"),
-    }
-
-
-def cached_models(store: ContentStore, raw_keys: Iterable[str]) -> list[dict[str, Any]]:
-    """Distinct models (by signature) with cached predictions for these raw keys.
-
-    Sorted by name then signature, each with the number of predictions found.
-    """
-    return models_of(prediction_metas_for_raw(store, raw_keys).values())
-
-
-def models_of(prediction_metas: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``cached_models`` of prediction metadata already read (no second index scan)."""
-    by_sig: dict[str, dict[str, Any]] = {}
-    for meta in prediction_metas:
-        s = model_summary(meta)
-        sig = s["signature"] or ""
-        entry = by_sig.setdefault(sig, {**s, "predictions": 0})
-        entry["predictions"] += 1
-    return sorted(by_sig.values(), key=lambda m: (str(m["name"]), str(m["signature"])))
 
 
 # ---------------------------------------------------------------------------------------
@@ -563,87 +372,6 @@ def format_lineage(lineage: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------------------
 # model specs (CLI)
-def _labels_from_cache(store: ContentStore, weights_sha256: str) -> list[str] | None:
-    rows = select(store.index, "items", "meta", layer="prediction", limit=1,
-                  **{"meta.model.weights_sha256": weights_sha256})
-    if not rows:
-        return None
-    labels = (json.loads(rows[0][0]).get("model") or {}).get("labels")
-    return list(labels) if labels else None
 
 
-def resolve_model_spec(spec: str, settings: Settings, store: ContentStore | None = None,
-                       labels: Sequence[str] | None = None) -> ModelAdapter:
-    """A model adapter from a CLI model spec (see ``MODEL_SPEC_HELP``).
-
-    A bare id looks at the (cached) model record's type, so ``18`` is the PLS model
-    without having to say ``pls:``. A ``.tflite`` path without ``labels`` reuses the labels
-    recorded with cached predictions of the same weights (by sha256), since a ``.tflite``
-    file does not carry its labels.
-    """
-    from ..store import ContentStore as _Store
-
-    text = str(spec).strip()
-    if not text:
-        raise InvalidInputError(f"empty model spec: expected {MODEL_SPEC_HELP}")
-    prefix, sep, rest = text.partition(":")
-    kind = kinds.by_spec_prefix(prefix) if sep else None
-    if kind is None:
-        rest = text
-    store = store or _Store(settings.cache_dir)
-    if re.fullmatch(r"\d{1,9}", rest):
-        model_id = int(rest)
-        if kind is not None and not kind.takes_model_id:
-            raise InvalidInputError(f"model spec {spec!r}: {kind.spec_prefix} models are "
-                                    "files, not ids")
-        if kind is None:
-            from ..sources.model_artifacts import model_record
-
-            mtype = str(model_record(model_id, settings, store).get("type") or "tf_lite")
-            kind = kinds.by_pad_type(mtype)
-            if kind is None:
-                runs = [k.pad_type for k in kinds.KINDS.values() if k.pad_type]
-                raise ModelError(f"PAD model {model_id} has type {mtype!r}; pad_assets runs "
-                                 + " and ".join(f"'{t}'" for t in runs) + " models")
-        return kind.build(model_id=model_id, settings=settings, labels=labels)
-    path = Path(rest).expanduser()
-    tflite = kinds.KINDS["pad_tflite"]
-    if kind is None and path.suffix.lower() == ".tflite" and path.is_file():
-        kind = tflite
-    if kind is tflite:
-        from ..models.tflite import file_sha256
-
-        found = list(labels) if labels else _labels_from_cache(store, file_sha256(path))
-        if not found:
-            raise InvalidInputError(
-                f"model spec {spec!r}: a .tflite file carries no labels and no cached "
-                "prediction of these weights records them; pass --labels a,b,c")
-        return kind.build(path=path, labels=found)
-    if kind is not None:
-        return kind.build(path=path, labels=labels)
-    from ..orchestration.config import load_config
-
-    models = {m.name: m for m in load_config().models}
-    if text in models:
-        return models[text].build(settings)
-    raise InvalidInputError(
-        f"model spec {spec!r} is not understood: expected {MODEL_SPEC_HELP}; config models: "
-        f"{sorted(models) or 'none'}")
-
-
-__all__ = [
-    "CachedManifest",
-    "cached_manifest",
-    "cached_models",
-    "card_id_of",
-    "card_lineage",
-    "dagster_refs",
-    "dagster_run_records",
-    "format_lineage",
-    "iso_time",
-    "model_summary",
-    "models_of",
-    "prediction_metas_for_raw",
-    "resolve_model_spec",
-]
-
+__all__ = ["card_id_of", "card_lineage", "format_lineage"]

@@ -31,13 +31,13 @@ from pad_assets.provenance.audit import (
     CSV_COLUMNS,
     export_audit,
 )
+from pad_assets.provenance.chain import dagster_run_records
 from pad_assets.provenance.lineage import (
     card_id_of,
     card_lineage,
-    dagster_run_records,
     format_lineage,
-    resolve_model_spec,
 )
+from pad_assets.provenance.model_spec import resolve_model_spec
 from pad_assets.settings import Settings
 from pad_assets.store import ContentStore
 from pad_assets_tests.conftest import make_config, point_env_at
