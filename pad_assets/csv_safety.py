@@ -9,7 +9,7 @@ Markdown reports escape separately.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pandas as pd
 
@@ -34,18 +34,3 @@ def escape_frame(df: pd.DataFrame) -> pd.DataFrame:
     out.columns = out.columns.map(escape_cell)
     out.index = out.index.map(escape_cell)
     return out
-
-
-def escape_report_tables(report: Any) -> Any:
-    """A shallow copy of a ``ComparisonReport`` whose tables are escaped for CSV."""
-    from dataclasses import fields, replace
-
-    changes: dict[str, Any] = {}
-    for f in fields(report):
-        value = getattr(report, f.name)
-        if isinstance(value, pd.DataFrame):
-            changes[f.name] = escape_frame(value)
-        elif isinstance(value, dict) and value and all(
-                isinstance(v, pd.DataFrame) for v in value.values()):
-            changes[f.name] = {k: escape_frame(v) for k, v in value.items()}
-    return replace(report, **changes)

@@ -122,7 +122,7 @@ def dagster_run_records(asset_key: str, partitions: Iterable[str], run_id: str
 
     key = chain_key("dagster-run", str(run_id))
     items = [NewItem(key, "dagster_run", None, {"run_id": str(run_id)})]
-    refs = [(f"{ASSET_RUN_REF_PREFIX}{asset_key}/{p}", key) for p in partitions]
+    refs = [(refnames.asset_run(asset_key, p), key) for p in partitions]
     return items, refs
 
 
