@@ -26,7 +26,7 @@ from .hashing import sha256_bytes
 from .layers.derived import DerivedLayers
 from .layers.model_names import record_name
 from .layers.predictions import CardPrediction, PredictionLayer
-from .layers.raw import DownloadSummary, RawLayer
+from .layers.raw import DownloadSummary, RawLayer, RawPayload
 from .models.base import STATUS_FAILED, ModelAdapter
 from .preprocessing.base import PreprocessingPipeline
 from .settings import Settings
@@ -392,12 +392,15 @@ class CachedDataset:
             if len(needed):
                 self.raw.sync(self.name, needed)  # raises one OfflineError listing them all
 
-        def fetch(positions: list[int]) -> dict[int, str | None]:
-            """Download these cards now (inside the prediction pipeline), return raw keys."""
-            ids = [int(cards[i]["card_id"]) for i in positions]
-            self.raw.sync(self.name, _unique_cards(pd.DataFrame([cards[i] for i in positions])))
+        def fetch(positions: list[int]) -> tuple[dict[int, str | None], dict[str, RawPayload]]:
+            """Download these cards now (inside the prediction pipeline): their raw keys,
+            and the verified bytes just downloaded (preprocessed without a read back)."""
+            ids = [int(c["card_id"]) for c in (cards[i] for i in positions)]
+            fresh: dict[str, RawPayload] = {}
+            self.raw.sync(self.name, _unique_cards(pd.DataFrame([cards[i] for i in positions])),
+                          keep=fresh)
             got = self.raw.raw_keys(self.name, ids)
-            return {i: got.get(c) for i, c in zip(positions, ids, strict=True)}
+            return {i: got.get(c) for i, c in zip(positions, ids, strict=True)}, fresh
 
         from tqdm.auto import tqdm
 

@@ -16,8 +16,8 @@ import multiprocessing
 import os
 import pickle
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,14 +28,21 @@ from ..keys import preprocessed_keys, tensor_keys
 from ..models.base import TensorSpec
 from ..preprocessing.base import PreprocessingPipeline
 from ..store import ContentStore, NewItem
+from .raw import RawPayload
 from .stamp import stamp
 
 CHUNK = 64
 
 
-def _run_pipeline(pipeline: PreprocessingPipeline, data: bytes, source: str
-                  ) -> tuple[np.ndarray, bool]:
-    return pipeline.run(data, source)
+def _run_pipeline(pipeline: PreprocessingPipeline, data: bytes, source: str,
+                  truncated: bool | None = None) -> tuple[np.ndarray, bool]:
+    return pipeline.run(data, source, truncated)
+
+
+def _raw_truncated(entry: dict[str, Any] | None) -> bool | None:
+    """The raw layer's truncated flag (set at download), or None when it is not recorded."""
+    flag = (entry or {}).get("meta", {}).get("truncated")
+    return flag if isinstance(flag, bool) else None
 
 
 @dataclass
@@ -48,6 +55,9 @@ class ChainResult:
     failed: dict[int, str] = field(default_factory=dict)  # position -> reason
     computed_preprocessed: int = 0
     computed_tensors: int = 0
+    #: Stored tensors computed by this call, by tensor key (only with ``keep_arrays``):
+    #: the model can use them without reading them back from the shard just written.
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class DerivedLayers:
@@ -91,11 +101,11 @@ class DerivedLayers:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def _run_from_store(self, pipeline: PreprocessingPipeline, raw_key: str
-                        ) -> tuple[np.ndarray, bool]:
+    def _run_from_store(self, pipeline: PreprocessingPipeline, raw_key: str,
+                        truncated: bool | None = None) -> tuple[np.ndarray, bool]:
         # touch=False: the chunk's raw keys are touched once (one index write, not one per card)
         data = self.store.get_many([raw_key], touch=False)[raw_key]
-        return _run_pipeline(pipeline, data, f"raw {raw_key}")  # type: ignore[arg-type]
+        return _run_pipeline(pipeline, data, f"raw {raw_key}", truncated)  # type: ignore[arg-type]
 
     # ---- keys --------------------------------------------------------------------------
     @staticmethod
@@ -109,8 +119,16 @@ class DerivedLayers:
     # ---- building ----------------------------------------------------------------------
     def ensure(self, raw_keys: Sequence[str], pipeline: PreprocessingPipeline,
                spec: TensorSpec | None = None, recompute: bool = False,
-               on_chunk: Callable[[int], None] | None = None) -> ChainResult:
-        """Make preprocessed items (and tensors, if ``spec``) exist for every raw key."""
+               on_chunk: Callable[[int], None] | None = None,
+               payloads: MutableMapping[str, RawPayload] | None = None,
+               keep_arrays: bool = False) -> ChainResult:
+        """Make preprocessed items (and tensors, if ``spec``) exist for every raw key.
+
+        ``payloads``: raw images just downloaded in this run (verified bytes by raw key),
+        used instead of reading them back; each is removed from the mapping once taken,
+        so memory is released as the chunk goes. ``keep_arrays``: return the stored
+        tensors computed here in ``ChainResult.arrays``.
+        """
         pre_keys, ten_keys = self.keys_for(raw_keys, pipeline, spec)
         result = ChainResult(preprocessed=list(pre_keys),
                              tensors=list(ten_keys) if ten_keys else [],
@@ -124,7 +142,7 @@ class DerivedLayers:
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start:start + CHUNK]
             self._build_chunk(chunk, raw_keys, pre_keys, ten_keys, pipeline, spec, entries,
-                              recompute, result)
+                              recompute, result, payloads, keep_arrays)
             if on_chunk:
                 on_chunk(len(chunk))
         for pos in result.failed:
@@ -136,7 +154,8 @@ class DerivedLayers:
     def _build_chunk(self, chunk: list[int], raw_keys: Sequence[str], pre_keys: list[str],
                      ten_keys: list[str] | None, pipeline: PreprocessingPipeline,
                      spec: TensorSpec | None, entries: dict[str, Any], recompute: bool,
-                     result: ChainResult) -> None:
+                     result: ChainResult, payloads: MutableMapping[str, RawPayload] | None = None,
+                     keep_arrays: bool = False) -> None:
         arrays: dict[int, np.ndarray] = {}
         new_items: list[NewItem] = []
         have_pre = [i for i in chunk if pre_keys[i] in entries and not recompute]
@@ -153,24 +172,50 @@ class DerivedLayers:
                 result.truncated[i] = bool(entries[pre_keys[i]]["meta"].get("truncated", False))
         if need_pre:
             pool = self._executor_for(pipeline, len(need_pre))
-            present = self.store.has([raw_keys[i] for i in need_pre])
+            fresh = payloads if payloads is not None else {}
+            # One index query for presence and the raw layer's truncated flags (set at
+            # download: with it a pipeline may decode only the rows it reads).
+            raw_entries = self.store.entries([raw_keys[i] for i in need_pre
+                                              if raw_keys[i] not in fresh])
             in_process = not isinstance(pool, ProcessPoolExecutor)
-            futures = {}
+            jobs = []
             for i in need_pre:
-                if raw_keys[i] not in present:
-                    result.failed[i] = f"raw item {raw_keys[i]} is not in the cache"
+                key = raw_keys[i]
+                if key not in fresh and (key not in raw_entries
+                                         or raw_entries[key]["blob"] is None):
+                    result.failed[i] = f"raw item {key} is not in the cache"
                     continue
-                source = f"raw {raw_keys[i]}"
+                jobs.append(i)
+            self.store.index.touch([raw_keys[i] for i in jobs])  # LRU sees the reads
+            desc = pipeline.describe()
+
+            def submit(i: int) -> Future[tuple[np.ndarray, bool]]:
+                key = raw_keys[i]
+                source = f"raw {key}"
+                taken = fresh.pop(key, None)
+                if taken is not None:  # just downloaded: its verified bytes, no read back
+                    return pool.submit(_run_pipeline, pipeline, taken.data, source,
+                                       taken.truncated)
+                truncated = _raw_truncated(raw_entries.get(key))
                 if in_process:
                     # Each thread reads its own image: ~workers images in memory, not 64.
-                    futures[i] = pool.submit(self._run_from_store, pipeline, raw_keys[i])
-                else:
-                    futures[i] = pool.submit(
-                        _run_pipeline, pipeline,
-                        self.store.get_many([raw_keys[i]], touch=False)[raw_keys[i]], source)
-            self.store.index.touch([raw_keys[i] for i in futures])  # LRU sees the reads
-            desc = pipeline.describe()
-            for i, fut in futures.items():
+                    return pool.submit(self._run_from_store, pipeline, key, truncated)
+                data = self.store.get_many([key], touch=False)[key]
+                return pool.submit(_run_pipeline, pipeline, data, source, truncated)
+
+            # A sliding window of 2 x workers tasks: images held in memory stay bounded
+            # whether their bytes come from the store or from this run's downloads.
+            window = 2 * max(1, self.workers)
+            futures: dict[int, Future[tuple[np.ndarray, bool]]] = {}
+            queue = list(jobs)
+            while queue and len(futures) < window:
+                i = queue.pop(0)
+                futures[i] = submit(i)
+            for i in jobs:
+                fut = futures.pop(i)
+                if queue:
+                    j = queue.pop(0)
+                    futures[j] = submit(j)
                 try:
                     try:
                         arr, truncated = fut.result()
@@ -182,7 +227,10 @@ class DerivedLayers:
                                       RuntimeWarning, stacklevel=2)
                         self.executor = "thread"
                         self.close()
-                        arr, truncated = self._run_from_store(pipeline, raw_keys[i])
+                        pool = self._executor_for(pipeline, len(need_pre))
+                        in_process = True
+                        arr, truncated = self._run_from_store(
+                            pipeline, raw_keys[i], _raw_truncated(raw_entries.get(raw_keys[i])))
                 except Exception as exc:  # a pipeline bug or an undecodable image, per card
                     result.failed[i] = f"{pipeline.name} failed: {type(exc).__name__}: {exc}"
                     continue
@@ -204,6 +252,8 @@ class DerivedLayers:
                     result.failed[i] = f"tensor spec mismatch: {exc}"
                     continue
                 result.computed_tensors += 1
+                if keep_arrays:
+                    result.arrays[ten_keys[i]] = stored
                 if ten_keys[i] not in entries:
                     new_items.append(NewItem(ten_keys[i], "tensor", stored, stamp(
                         preprocessed_key=pre_keys[i], raw_key=raw_keys[i], spec=sd,

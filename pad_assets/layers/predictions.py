@@ -21,6 +21,7 @@ from ..models.base import STATUS_FAILED, ModelAdapter, PredictionRecord
 from ..preprocessing.base import PreprocessingPipeline
 from ..store import ContentStore, NewItem
 from .derived import ChainResult, DerivedLayers
+from .raw import RawPayload
 from .stamp import stamp
 
 PREDICT_CHUNK = 64  # cards prepared ahead of the model: bounds memory
@@ -40,8 +41,10 @@ class CardPrediction:
     cached: bool
 
 
-#: Raw keys for positions whose image is not cached yet (``None`` where it failed).
-Fetch = Callable[[list[int]], dict[int, str | None]]
+#: Raw keys for positions whose image is not cached yet (``None`` where it failed), and
+#: the verified bytes of the images it downloaded, by raw key (preprocessed without a
+#: read back from the shard they were just written to).
+Fetch = Callable[[list[int]], tuple[dict[int, str | None], dict[str, RawPayload]]]
 
 
 @dataclass
@@ -180,11 +183,14 @@ class PredictionLayer:
 
     def _prepare(self, job: _PredictJob, chunk: list[int], fetch: Fetch | None) -> _Prepared:
         """Download what the chunk lacks, build its missing preprocessed/tensor items, and
-        read its tensors (verified reads: ~1 ms/card that the model's thread need not wait for)."""
+        read its cached tensors (verified reads: ~1 ms/card that the model's thread need not
+        wait for). A cold card goes download -> decode -> tensor in memory: its bytes and
+        tensor are not read back from the shards they were just written to."""
         need = [i for i in chunk if job.raw_keys[i] is None]
+        payloads: dict[str, RawPayload] = {}
         if need:
             assert fetch is not None
-            got = fetch(need)
+            got, payloads = fetch(need)
             arrived = [i for i in need if got.get(i)]
             for i in arrived:
                 job.raw_keys[i] = got[i]
@@ -192,9 +198,16 @@ class PredictionLayer:
             still = set(self._lookup(job, arrived))
             chunk = [i for i in chunk if i not in need or i in still]
         chain = self.derived.ensure([job.raw_keys[i] for i in chunk], job.pipeline,  # type: ignore[misc]
-                                    job.spec, recompute=not job.use_cache)
+                                    job.spec, recompute=not job.use_cache, payloads=payloads,
+                                    keep_arrays=True)
+        payloads.clear()
         keys = [chain.tensors[j] for j in range(len(chunk)) if j not in chain.failed]
-        return _Prepared(chunk, chain, self.store.get_many(keys))  # type: ignore[arg-type]
+        # Tensors computed just now are used as computed (their digest was taken when they
+        # were written); only tensors that were already cached are read, and verified.
+        tensors: dict[str, Any] = {k: chain.arrays[k] for k in keys if k in chain.arrays}
+        tensors.update(self.store.get_many([k for k in keys if k not in tensors]))  # type: ignore[misc]
+        chain.arrays.clear()
+        return _Prepared(chunk, chain, tensors)
 
     def _predict_chunk(self, job: _PredictJob, prepared: _Prepared) -> None:
         """Run the model on one prepared chunk and store its new predictions (one shard)."""

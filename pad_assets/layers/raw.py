@@ -35,6 +35,16 @@ WRITE_BATCH_BYTES = 48 * 1024 * 1024
 _HTML_ROWS = 50  # failures listed in a notebook; the rest are counted
 
 
+@dataclass(frozen=True)
+class RawPayload:
+    """Bytes just downloaded and verified (md5, and sha256 = their raw key), with the
+    truncated flag the download's check found: handed to preprocessing in the same run
+    so that a cold card is not read back from its shard and hashed a second time."""
+
+    data: bytes
+    truncated: bool
+
+
 @dataclass
 class DownloadSummary:
     """What one ``download_and_cache`` did, card by card where it matters."""
@@ -139,8 +149,12 @@ class RawLayer:
 
     # ---- sync --------------------------------------------------------------------------
     def sync(self, dataset: str, rows: pd.DataFrame, force_refresh: bool = False,
-             progress: bool = False) -> DownloadSummary:
-        """Make every row's image present in the cache; download only what is missing."""
+             progress: bool = False, keep: dict[str, RawPayload] | None = None
+             ) -> DownloadSummary:
+        """Make every row's image present in the cache; download only what is missing.
+
+        ``keep``, when given, receives each downloaded image's verified bytes by raw key.
+        """
         t0 = time.time()
         # A card listed in several published rows is one image: work once per card.
         rows = rows.drop_duplicates("card_id", keep="first")
@@ -175,7 +189,7 @@ class RawLayer:
             raise OfflineError(f"dataset {dataset}",
                                [f"card {r['card_id']} ({r['image_url']})" for r in todo])
         if todo:
-            self._download(dataset, todo, summary, progress)
+            self._download(dataset, todo, summary, progress, keep)
         for cid in summary.reused:
             meta = existing.get(cid)
             if meta and "truncated" in (meta.get("detail") or ""):
@@ -203,7 +217,7 @@ class RawLayer:
         return data, url, truncated, got_md5, sha
 
     def _download(self, dataset: str, todo: list[dict[str, Any]], summary: DownloadSummary,
-                  progress: bool) -> None:
+                  progress: bool, keep: dict[str, RawPayload] | None = None) -> None:
         pending_items: list[NewItem] = []
         pending_cards: list[CardRecord] = []
         pending_bytes = 0
@@ -243,6 +257,8 @@ class RawLayer:
                              nbytes=len(data), truncated=truncated, first_card_id=cid,
                              first_dataset=dataset, fetched_at=time.time())
                 pending_items.append(NewItem(key, "raw", data, meta, blob_id=key))
+                if keep is not None:
+                    keep[key] = RawPayload(data, truncated)
                 detail = "truncated PNG: decoded with tolerance" if truncated else ""
                 pending_cards.append(CardRecord(dataset, cid, key, "ok", detail))
                 summary.downloaded.append(cid)

@@ -105,7 +105,7 @@ def read_blob_checked(f: Any, blob_id: str) -> tuple[np.ndarray, str]:
     if kind not in ("array", "bytes"):
         raise IntegrityError(f"blob {blob_id} has kind {kind!r}, expected 'array' or 'bytes'")
     try:
-        arr = ds[()]
+        arr = shard_io.read_dataset(ds)  # decoded from its storage codec, if any
     except Exception as exc:  # h5py raises OSError/RuntimeError/ValueError on damaged chunks
         raise IntegrityError(f"blob {blob_id} cannot be read ({type(exc).__name__}: {exc})"
                              ) from exc

@@ -38,6 +38,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 #: 454x454 network grow linearly with the batch) while keeping per-invoke overhead small.
 MAX_INVOKE_BATCH = 4  # a 454x454 MobileNetV2 arena: ~480 MB at 16, ~110 MB at 4
 
+#: Items per TF Lite ``invoke`` when the batch dimension is dynamic. Measured on 2 cores
+#: (MobileNetV2 454x454, XNNPACK, 2 threads, 2026-11-30): 32.7-34.8 ms of CPU per image at
+#: 1, 35.9-36.2 at 2, 39.2-41.8 at 4, with bit-identical logits; a batch-1 arena is also
+#: the smallest. Larger batches only pay where per-invoke overhead dominates (tiny models).
+TFLITE_INVOKE_BATCH = 1
+
 
 @dataclass(frozen=True)
 class RuntimeInfo:
@@ -109,7 +115,7 @@ class TFLiteRunner:
     the cache is keyed by process id.
 
     Batches: when the input's batch dimension is dynamic (``shape_signature[0] == -1``), the
-    input is resized to the batch (at most ``MAX_INVOKE_BATCH`` per invoke) and tensors
+    input is resized to the batch (at most ``TFLITE_INVOKE_BATCH`` per invoke) and tensors
     re-allocated only when the size changes; otherwise items are invoked one at a time on
     the same interpreter. Real PAD models have a fixed batch of 1, so they take the loop.
     """
@@ -219,8 +225,8 @@ class TFLiteRunner:
         outs: list[np.ndarray] = []
         with self._lock:
             if self.dynamic_batch:
-                for start in range(0, batch.shape[0], MAX_INVOKE_BATCH):
-                    outs.append(self._invoke(batch[start : start + MAX_INVOKE_BATCH]))
+                for start in range(0, batch.shape[0], TFLITE_INVOKE_BATCH):
+                    outs.append(self._invoke(batch[start : start + TFLITE_INVOKE_BATCH]))
             else:
                 fixed = self.input_shape[0]
                 if fixed != 1:

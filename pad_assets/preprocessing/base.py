@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..hashing import canonical_json
 from ..keys import pipeline_key
-from .decode import DecodedImage, decode_image
+from .decode import DecodedImage, decode_image, decode_top_rows
 
 
 class PreprocessingPipeline(ABC):
@@ -52,8 +52,30 @@ class PreprocessingPipeline(ABC):
             "cache_key": self.get_cache_key(),
         }
 
-    def run(self, data: bytes, source: str = "image") -> tuple[np.ndarray, bool]:
-        """Decode bytes and process them; returns the array and the truncated flag."""
+    def rows_needed(self) -> int | None:
+        """How many top rows of the image ``process_image`` reads; None: all of them.
+
+        A pipeline that declares it gets an image of only those rows when the file is known
+        to be complete (``run(..., truncated=False)``): PNG rows decode in order, so the
+        rows below are never inflated. Declare it only if the output cannot depend on any
+        lower row, nor on the image's height. The default is the whole image.
+        """
+        return None
+
+    def run(self, data: bytes, source: str = "image", truncated: bool | None = None
+            ) -> tuple[np.ndarray, bool]:
+        """Decode bytes and process them; returns the array and the truncated flag.
+
+        ``truncated`` is the raw layer's flag for these bytes when known (computed once, at
+        download); False lets a pipeline with ``rows_needed`` decode only those rows.
+        """
+        rows = self.rows_needed() if truncated is False else None
+        top = decode_top_rows(data, rows, source) if rows is not None else None
+        if top is not None:
+            try:
+                return np.ascontiguousarray(np.asarray(self.process_image(top))), False
+            except Exception:  # noqa: BLE001 - the whole image decides what the error says
+                pass
         decoded: DecodedImage = decode_image(data, source)
         out = np.asarray(self.process_image(decoded.image))
         return np.ascontiguousarray(out), decoded.truncated

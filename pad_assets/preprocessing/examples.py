@@ -121,6 +121,12 @@ class WhiteBalancedNNPipeline(PADNeuralNetworkPipeline):
             )
         return paper.mean() / paper
 
+    def rows_needed(self) -> int | None:
+        """Pixel-wise balance from the patch, then the crop: rows below both are unused."""
+        if type(self).process_image is not WhiteBalancedNNPipeline.process_image:
+            return None
+        return max(self.crop_box[3], self.patch_box[3])
+
     def process_image(self, raw_image: Image.Image) -> np.ndarray:
         rgb = np.asarray(raw_image.convert("RGB"), dtype=np.float32)
         balanced = rgb * self.channel_gains(rgb).astype(np.float32)

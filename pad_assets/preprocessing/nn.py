@@ -147,5 +147,12 @@ class PADNeuralNetworkPipeline(PreprocessingPipeline):
             "resample": self.resample,
         }
 
+    def rows_needed(self) -> int | None:
+        """The crop's lower edge: rows below it are never read (unless a subclass that
+        changes ``process_image`` says otherwise by overriding this too)."""
+        if type(self).process_image is not PADNeuralNetworkPipeline.process_image:
+            return None
+        return self.crop_box[3]
+
     def process_image(self, raw_image: Image.Image) -> np.ndarray:
         return crop_and_resize(raw_image, self.crop_box, self.size, self.resample)

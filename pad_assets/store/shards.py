@@ -37,14 +37,84 @@ RECORDS_DATASET = "records"
 BLOBS_GROUP = "blobs"
 FORMAT_VERSION = 1
 
+#: Dataset attribute naming how a blob's array is stored; absent: as is (every shard
+#: written before 2026-11-30, and payloads that do not compress: PNG bytes, small arrays).
+CODEC_ATTR = "codec"
+#: Row deltas modulo 2**bits (``x[0], x[1] - x[0], ...`` along the first axis) in a chunk
+#: compressed by the Zstandard HDF5 filter at level 1 (``hdf5plugin``). Why this one,
+#: measured on 454x454x3 uint8 card crops (2026-11-30, benchmarks/RESULTS.md, B8): plain
+#: zstd/lzf/gzip/blosc reach 1.06-1.37x (photo noise is not repetitive), the row delta
+#: (PNG's "Up" predictor) makes it 1.9-2.2x for ~0.7 ms of CPU per card to write and
+#: ~0.65 ms more to read than an uncompressed chunk; JPEG-LS (fcidecomp) reaches 2.2-2.6x
+#: at ~11 ms each way, which the cold path and a second model's reads cannot afford.
+#: Lossless by construction (integer wrap-around), and the blob id stays the digest of
+#: the array, so keys never depend on how the bytes sit on disk.
+DELTA_ZSTD = "delta0-zstd1"
+#: Arrays smaller than this are stored as is (nothing to gain, a filter call to pay).
+MIN_CODEC_BYTES = 64 << 10
+
+
+def codec_for(array: np.ndarray) -> str:
+    """The storage codec for an array payload: ``DELTA_ZSTD`` for image-like unsigned
+    integer arrays (rows of at least 256 values), otherwise "" (stored as is)."""
+    if (array.dtype.kind == "u" and array.ndim >= 2 and array.shape[0] >= 2
+            and array.nbytes >= MIN_CODEC_BYTES and array.size // array.shape[0] >= 256):
+        return DELTA_ZSTD
+    return ""
+
+
+def _filters() -> Any:
+    """``hdf5plugin`` registers the Zstandard filter with HDF5 on import (imported only
+    when a compressed blob is written or read: ``import pad_assets`` stays light)."""
+    import hdf5plugin
+
+    return hdf5plugin
+
+
+def _row_delta(array: np.ndarray) -> np.ndarray:
+    out = np.empty_like(array)
+    out[0] = array[0]
+    np.subtract(array[1:], array[:-1], out=out[1:])  # unsigned: wraps modulo 2**bits
+    return out
+
+
+def _undo_row_delta(delta: np.ndarray) -> np.ndarray:
+    out = np.asarray(delta)
+    if not out.flags.writeable:
+        out = out.copy()
+    for i in range(1, len(out)):  # row by row: vectorised within rows, ~0.3 ms per card
+        np.add(out[i - 1], out[i], out=out[i])
+    return out
+
+
+def read_dataset(ds: Any) -> np.ndarray:
+    """A blob dataset's array, decoded from its storage codec (old shards: as is).
+
+    Raises ``OSError`` for a codec this version does not know (a newer writer).
+    """
+    codec = ds.attrs.get(CODEC_ATTR, "")
+    if isinstance(codec, bytes):
+        codec = codec.decode("utf-8", "replace")
+    if not codec:
+        return ds[()]
+    if codec != DELTA_ZSTD:
+        raise OSError(f"blob {ds.name} is stored with codec {codec!r}, unknown to this version "
+                      f"of pad_assets (known: {DELTA_ZSTD!r}); upgrade pad_assets to read it")
+    _filters()
+    return _undo_row_delta(ds[()])
+
 
 @dataclass(frozen=True)
 class BlobPayload:
-    """A payload to write: an array (bytes travel as a 1-D uint8 array with kind 'bytes')."""
+    """A payload to write: an array (bytes travel as a 1-D uint8 array with kind 'bytes').
+
+    ``codec``: how to store it ("" as is, ``DELTA_ZSTD``); see ``codec_for``.
+    """
 
     blob_id: str
     array: np.ndarray
     kind: str  # "array" | "bytes"
+    codec: str = ""
 
 
 def new_shard_name() -> str:
@@ -66,7 +136,7 @@ def _write_bytes(fd: int, data: memoryview) -> int:
 
 
 def _shard_image(name: str, blobs: Iterable[BlobPayload], records: list[dict[str, Any]]
-                 ) -> bytes:
+                 ) -> memoryview:
     """The complete HDF5 file as bytes, built in memory (h5py on a ``BytesIO``, no file).
 
     Why in memory: HDF5 writes its metadata lazily, and on a full disk ``File.flush()``
@@ -80,13 +150,19 @@ def _shard_image(name: str, blobs: Iterable[BlobPayload], records: list[dict[str
         group = f.create_group(BLOBS_GROUP)
         for blob in blobs:
             arr = np.ascontiguousarray(blob.array)
-            ds = group.create_dataset(
-                blob.blob_id, data=arr, chunks=arr.shape if arr.size else None
-            )
+            if blob.codec == DELTA_ZSTD:
+                ds = group.create_dataset(blob.blob_id, data=_row_delta(arr), chunks=arr.shape,
+                                          **_filters().Zstd(clevel=1))
+                ds.attrs[CODEC_ATTR] = blob.codec
+            elif blob.codec:
+                raise ValueError(f"unknown storage codec {blob.codec!r}")
+            else:
+                # contiguous: one write, no chunk index (a chunk is only needed by filters)
+                ds = group.create_dataset(blob.blob_id, data=arr)
             ds.attrs["kind"] = blob.kind
         payload = json.dumps(records, sort_keys=True, separators=(",", ":"))
         f.create_dataset(RECORDS_DATASET, data=np.frombuffer(payload.encode(), dtype=np.uint8))
-    return buf.getvalue()
+    return buf.getbuffer()  # the buffer itself, not a copy of it (a shard is 10-100 MB)
 
 
 def _full(root: Path, needed: int, free: int | None, cause: str = "") -> CacheFullError:
@@ -192,7 +268,7 @@ class ShardReader:
         with self._lock:
             ds = self._handle(rel)[BLOBS_GROUP][blob_id]
             kind = str(ds.attrs.get("kind", "array"))
-            return ds[()], kind
+            return read_dataset(ds), kind
 
     def close(self, rel: str | None = None) -> None:
         with self._lock:

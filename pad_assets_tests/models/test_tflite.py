@@ -60,13 +60,15 @@ def test_batch_equals_one_by_one(tiny_tflite_path: Path) -> None:
         np.testing.assert_allclose(a.outputs, b.outputs, rtol=1e-6, atol=1e-5)
 
 
-def test_dynamic_batch_is_one_invoke(tiny_tflite_path: Path, tiny_nn_batch: np.ndarray) -> None:
+def test_dynamic_batch_invokes_by_the_measured_batch(tiny_tflite_path: Path,
+                                                     tiny_nn_batch: np.ndarray) -> None:
     adapter = PADTensorFlowAdapter(model_path=tiny_tflite_path, labels=TINY_DRUG_LABELS)
     runner = adapter.runner
     assert runner.dynamic_batch
     before = runner.invocations
     adapter.predict_batch(tiny_nn_batch)
-    assert runner.invocations - before == 1
+    step = runtime_mod.TFLITE_INVOKE_BATCH
+    assert runner.invocations - before == -(-len(tiny_nn_batch) // step)
 
 
 def test_fixed_batch_model_loops_on_one_interpreter(
@@ -286,11 +288,12 @@ def test_package_import_and_signature_stay_light(tiny_tflite_path: Path) -> None
 
 
 def test_large_batches_are_chunked(tiny_tflite_path: Path) -> None:
-    batch = nn_batch(runtime_mod.MAX_INVOKE_BATCH + 4, seed=7)
+    step = runtime_mod.TFLITE_INVOKE_BATCH
+    batch = nn_batch(step + 4, seed=7)
     adapter = PADTensorFlowAdapter(model_path=tiny_tflite_path, labels=TINY_DRUG_LABELS)
     before = adapter.runner.invocations
     records = adapter.predict_batch(batch)
-    assert adapter.runner.invocations - before == 2
+    assert adapter.runner.invocations - before == 1 + -(-4 // step)
     np.testing.assert_allclose(
         [r.outputs for r in records], tiny_reference_logits(batch), rtol=1e-5, atol=1e-4
     )
