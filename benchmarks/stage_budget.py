@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, os, sys, threading, time
 from pathlib import Path
-sys.path.insert(0, os.environ["BENCH_REPO"])
+sys.path.append(os.environ["BENCH_REPO"])  # after PYTHONPATH: --ref's pad_assets wins
 from benchmarks import world
 from benchmarks.stage_budget import instrument
 out, n, cache = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
@@ -51,7 +51,7 @@ ds = CachedDataset(name, settings=s, progress=False)
 df = ds.apply_model(PADTensorFlowAdapter(model_id=16, settings=s))
 native1 = native_thread_cpu()
 totals["inference"] += sum(v - native0.get(k, 0.0) for k, v in native1.items())
-doc = {"cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - t0, "cards": n,
+doc = {"code": pad_assets.dataset.__file__, "cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - t0, "cards": n,
        "ok": int((df["status"] == "ok").sum()), "stages_s": dict(totals)}
 print("RESULT " + json.dumps(doc), flush=True)
 emu.stop()
@@ -175,11 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cards", type=int, default=300)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
     p.add_argument("--json", type=Path, default=None, help="also write the budget here")
+    p.add_argument("--ref", default=None, metavar="REV",
+                   help="measure REV's pad_assets (git archive) instead of this checkout's, "
+                        "e.g. main: before/after budgets in one sitting")
     args = p.parse_args(argv)
     out = args.out.resolve()
     with tempfile.TemporaryDirectory(prefix="stage-budget-") as tmp:
+        code = REPO
+        if args.ref:
+            from benchmarks.parity_check import export
+
+            code = export(args.ref, Path(tmp) / "ref")
         env = dict(os.environ, BENCH_REPO=str(REPO), TF_CPP_MIN_LOG_LEVEL="3",
-                   PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+                   PYTHONPATH=str(code) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         proc = subprocess.run([sys.executable, "-c", CHILD, str(out), str(args.cards),
                                str(Path(tmp) / "cache")], capture_output=True, text=True,
                               env=env, check=False)
@@ -195,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = {k: v / n * 1e3 for k, v in result["stages_s"].items()}
     stages["other"] = cpu_ms - sum(stages.values())
     budget = dict(sorted(stages.items(), key=lambda kv: -kv[1]))
+    print(f"code: {result['code']}")
     print(f"cold apply_model, {n} cards: wall {result['wall_s'] / n * 1e3:.1f} ms/card, "
           f"CPU {cpu_ms:.1f} ms/card ({result['ok']} ok); "
           f"load {os.getloadavg()[0]:.1f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")

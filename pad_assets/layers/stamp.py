@@ -13,8 +13,8 @@ import time
 from importlib import metadata
 from typing import Any
 
-_LIBRARIES = ("pad_assets", "numpy", "pillow", "h5py", "opencv-python-headless", "pandas",
-              "tensorflow", "ai-edge-litert", "onnxruntime", "torch", "dagster")
+_LIBRARIES = ("pad_assets", "numpy", "pillow", "h5py", "hdf5plugin", "opencv-python-headless",
+              "pandas", "tensorflow", "ai-edge-litert", "onnxruntime", "torch", "dagster")
 
 
 @functools.lru_cache(maxsize=1)

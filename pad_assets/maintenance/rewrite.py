@@ -100,7 +100,9 @@ def rewrite_shards(store: ContentStore, sources: Sequence[str], *,
             except IntegrityError as exc:
                 raise IntegrityError(f"shard {s}: {exc}; the shard was left as it is, run "
                                      "`pad-assets cache verify --repair`") from exc
-            yield shard_io.BlobPayload(b, arr, kind)
+            # stored as new writes are: compressed arrays stay compressed after compaction
+            codec = shard_io.codec_for(arr) if kind == "array" and store.compress else ""
+            yield shard_io.BlobPayload(b, arr, kind, codec)
 
     new: tuple[str, str, int] | None = None
     try:

@@ -16,10 +16,14 @@ from pad_assets.devtools.emulator.catalog import EdgeCases
 from pad_assets.preprocessing import PADNeuralNetworkPipeline
 from pad_assets.store import shards as shard_io
 from pad_assets_tests.conftest import point_env_at
+from pad_assets_tests.model_fixtures import TINY_DRUG_LABELS
+
+pytest_plugins = ["pad_assets_tests.model_fixtures"]
 
 
 def test_cold_run_reads_nothing_back_and_matches_a_recompute_from_the_cache(
-        emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        emulator: Emulator, tiny_tflite_path: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     point_env_at(emulator, tmp_path / "cache", monkeypatch)
     reads: list[str] = []
     original = shard_io.ShardReader.read
@@ -29,7 +33,8 @@ def test_cold_run_reads_nothing_back_and_matches_a_recompute_from_the_cache(
         return original(self, rel, blob_id)
 
     dataset = CachedDataset(EdgeCases.DATASET)
-    model = PADTensorFlowAdapter(model_id=16)
+    # a tiny TF Lite classifier of the PAD NN input (no model download, no demo training)
+    model = PADTensorFlowAdapter(model_path=tiny_tflite_path, labels=TINY_DRUG_LABELS)
     monkeypatch.setattr(shard_io.ShardReader, "read", counting)
     cold = dataset.apply_model(model).set_index("card_id")
     assert reads == []  # downloaded bytes and computed tensors were used as they were
