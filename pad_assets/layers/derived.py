@@ -171,69 +171,9 @@ class DerivedLayers:
                 arrays[i] = np.asarray(loaded[pre_keys[i]])
                 result.truncated[i] = bool(entries[pre_keys[i]]["meta"].get("truncated", False))
         if need_pre:
-            pool = self._executor_for(pipeline, len(need_pre))
-            fresh = payloads if payloads is not None else {}
-            # One index query for presence and the raw layer's truncated flags (set at
-            # download: with it a pipeline may decode only the rows it reads).
-            raw_entries = self.store.entries([raw_keys[i] for i in need_pre
-                                              if raw_keys[i] not in fresh])
-            in_process = not isinstance(pool, ProcessPoolExecutor)
-            jobs = []
-            for i in need_pre:
-                key = raw_keys[i]
-                if key not in fresh and (key not in raw_entries
-                                         or raw_entries[key]["blob"] is None):
-                    result.failed[i] = f"raw item {key} is not in the cache"
-                    continue
-                jobs.append(i)
-            self.store.index.touch([raw_keys[i] for i in jobs])  # LRU sees the reads
             desc = pipeline.describe()
-
-            def submit(i: int) -> Future[tuple[np.ndarray, bool]]:
-                key = raw_keys[i]
-                source = f"raw {key}"
-                taken = fresh.pop(key, None)
-                if taken is not None:  # just downloaded: its verified bytes, no read back
-                    return pool.submit(_run_pipeline, pipeline, taken.data, source,
-                                       taken.truncated)
-                truncated = _raw_truncated(raw_entries.get(key))
-                if in_process:
-                    # Each thread reads its own image: ~workers images in memory, not 64.
-                    return pool.submit(self._run_from_store, pipeline, key, truncated)
-                data = self.store.get_many([key], touch=False)[key]
-                return pool.submit(_run_pipeline, pipeline, data, source, truncated)
-
-            # A sliding window of 2 x workers tasks: images held in memory stay bounded
-            # whether their bytes come from the store or from this run's downloads.
-            window = 2 * max(1, self.workers)
-            futures: dict[int, Future[tuple[np.ndarray, bool]]] = {}
-            queue = list(jobs)
-            while queue and len(futures) < window:
-                i = queue.pop(0)
-                futures[i] = submit(i)
-            for i in jobs:
-                fut = futures.pop(i)
-                if queue:
-                    j = queue.pop(0)
-                    futures[j] = submit(j)
-                try:
-                    try:
-                        arr, truncated = fut.result()
-                    except BrokenProcessPool:
-                        # e.g. a script without an ``if __name__ == "__main__"`` guard cannot
-                        # host spawned workers: continue in threads, and say so.
-                        warnings.warn("process pool unavailable (BrokenProcessPool); "
-                                      f"running {pipeline.name} in threads instead",
-                                      RuntimeWarning, stacklevel=2)
-                        self.executor = "thread"
-                        self.close()
-                        pool = self._executor_for(pipeline, len(need_pre))
-                        in_process = True
-                        arr, truncated = self._run_from_store(
-                            pipeline, raw_keys[i], _raw_truncated(raw_entries.get(raw_keys[i])))
-                except Exception as exc:  # a pipeline bug or an undecodable image, per card
-                    result.failed[i] = f"{pipeline.name} failed: {type(exc).__name__}: {exc}"
-                    continue
+            for i, arr, truncated in self._preprocess(need_pre, raw_keys, pipeline, payloads,
+                                                      result):
                 arrays[i] = arr
                 result.truncated[i] = truncated
                 result.computed_preprocessed += 1
@@ -260,6 +200,72 @@ class DerivedLayers:
                         truncated=result.truncated[i])))
         if new_items:
             self.store.put(new_items)
+
+    def _preprocess(self, need: list[int], raw_keys: Sequence[str],
+                    pipeline: PreprocessingPipeline,
+                    payloads: MutableMapping[str, RawPayload] | None, result: ChainResult
+                    ) -> Iterator[tuple[int, np.ndarray, bool]]:
+        """``pipeline`` on the raw images of positions ``need``: (position, array, truncated)
+        in order; failures go to ``result.failed``.
+
+        Bytes downloaded in this run (``payloads``) are used as they are and removed from
+        the mapping when taken; others are read (and verified) by the worker thread. At
+        most 2 x workers images are in flight, whatever their source.
+        """
+        pool = self._executor_for(pipeline, len(need))
+        fresh = payloads if payloads is not None else {}
+        # One index query for presence and the raw layer's truncated flags (set at
+        # download: with it a pipeline may decode only the rows it reads).
+        raw_entries = self.store.entries([raw_keys[i] for i in need if raw_keys[i] not in fresh])
+        in_process = not isinstance(pool, ProcessPoolExecutor)
+        jobs = []
+        for i in need:
+            key = raw_keys[i]
+            if key not in fresh and (key not in raw_entries or raw_entries[key]["blob"] is None):
+                result.failed[i] = f"raw item {key} is not in the cache"
+                continue
+            jobs.append(i)
+        self.store.index.touch([raw_keys[i] for i in jobs])  # LRU sees the reads
+
+        def submit(i: int) -> Future[tuple[np.ndarray, bool]]:
+            key = raw_keys[i]
+            taken = fresh.pop(key, None)
+            if taken is not None:  # just downloaded: its verified bytes, no read back
+                return pool.submit(_run_pipeline, pipeline, taken.data, f"raw {key}",
+                                   taken.truncated)
+            truncated = _raw_truncated(raw_entries.get(key))
+            if in_process:  # each thread reads its own image
+                return pool.submit(self._run_from_store, pipeline, key, truncated)
+            data = self.store.get_many([key], touch=False)[key]
+            return pool.submit(_run_pipeline, pipeline, data, f"raw {key}", truncated)
+
+        queue = list(jobs)
+        futures = {i: submit(i) for i in queue[:2 * max(1, self.workers)]}
+        del queue[:len(futures)]
+        for i in jobs:
+            fut = futures.pop(i)
+            if queue:
+                j = queue.pop(0)
+                futures[j] = submit(j)
+            try:
+                try:
+                    arr, truncated = fut.result()
+                except BrokenProcessPool:
+                    # e.g. a script without an ``if __name__ == "__main__"`` guard cannot
+                    # host spawned workers: continue in threads, and say so.
+                    warnings.warn("process pool unavailable (BrokenProcessPool); "
+                                  f"running {pipeline.name} in threads instead",
+                                  RuntimeWarning, stacklevel=2)
+                    self.executor = "thread"
+                    self.close()
+                    pool = self._executor_for(pipeline, len(need))
+                    in_process = True
+                    arr, truncated = self._run_from_store(
+                        pipeline, raw_keys[i], _raw_truncated(raw_entries.get(raw_keys[i])))
+            except Exception as exc:  # a pipeline bug or an undecodable image, per card
+                result.failed[i] = f"{pipeline.name} failed: {type(exc).__name__}: {exc}"
+                continue
+            yield i, arr, truncated
 
     # ---- reading -----------------------------------------------------------------------
     def iter_arrays(self, keys: Sequence[str], batch_size: int) -> Iterator[np.ndarray]:
