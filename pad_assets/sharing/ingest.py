@@ -7,7 +7,6 @@ order that ``recover`` can always index, then indexed in one transaction.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -17,11 +16,11 @@ from ..errors import IntegrityError
 from ..maintenance import (
     EXAMPLES,
     blob_row,
-    fsync_dir,
     read_blob_checked,
 )
 from ..store import ContentStore
 from ..store import shards as shard_io
+from ..store.fs import commit
 from .checks import _Inspected
 
 
@@ -113,7 +112,6 @@ def _move_in_and_index(store: ContentStore, staging: Path, written: list[Any]) -
     for _, rel, *_ in written:
         final = store.root / rel
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / rel, final)
-        fsync_dir(final.parent)
+        commit(staging / rel, final)
     store.index.apply_shards(written)
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from ..errors import IntegrityError, InvalidInputError
 from ..maintenance import (
-    fsync_dir,
     is_hex_key,
 )
 from ..store import shards as shard_io
+from ..store.fs import commit
 from . import limits
 from .checks import _bundle_rel_ok, _load_json
 
@@ -114,8 +114,7 @@ def _write_remote(fs: Any, root: str, rel: str, src: Path | bytes) -> None:
                         shutil.copyfileobj(fin, out, 1 << 20)
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(tmp, final_p)
-            fsync_dir(final_p.parent)
+            commit(tmp, final_p)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

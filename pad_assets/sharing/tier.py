@@ -22,7 +22,6 @@ from typing import Any
 from ..errors import IntegrityError, InvalidInputError
 from ..maintenance import (
     dataset_affinity,
-    fsync_dir,
     human_bytes,
     is_shard_name,
     maintenance_lock,
@@ -31,7 +30,7 @@ from ..maintenance import (
 from ..sources.urls import validate_name
 from ..store import ContentStore
 from ..store import shards as shard_io
-from ..store.fs import file_sha256
+from ..store.fs import commit, file_sha256
 from . import limits
 from .checks import _check_items, _inspect_shard, _Inspected
 from .ingest import _ignored_lines, _move_in_and_index, _payload_reader, _rewrite_into
@@ -280,8 +279,7 @@ def pull(store: ContentStore, remote_url: str, dataset: str | None = None, *,
                     rel = shard_io.shard_relpath(insp.name)
                     final = store.root / rel
                     final.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(insp.path, final)
-                    fsync_dir(final.parent)
+                    commit(insp.path, final)
                     store.index_shard_file(insp.name, rel)
                     rep.bytes += final.stat().st_size
                 rep.pulled.append(insp.name)
