@@ -11,13 +11,17 @@ elsewhere is *input*, and this is the one place that decides what may enter:
   indexed; a bundle that fails anything imports nothing. Verified content is rewritten
   into new local shards (never copied byte for byte), so nothing but plain numeric arrays
   and JSON records ever reaches the cache, and nothing is ever unpickled.
-- **Remotes** (``push`` / ``pull``, any fsspec URL; a local directory works) hold shard
-  files under their own immutable, content-unique names plus a small ``index.json``
-  (sha256, size and datasets of each shard). Push copies the shards the remote lacks
-  (temporary name, then rename, on file systems; object stores publish whole objects
-  atomically); pull copies the shards the local cache lacks, verifies them on arrival and
-  indexes them. Both directions re-verify payload digests: a corrupt shard is never
-  spread.
+- **Remotes** (``push`` / ``pull``, any fsspec URL: ``s3://bucket/prefix`` through s3fs,
+  or a plain directory) hold shard files under their own immutable, content-unique names,
+  and one immutable *entry object* per published shard (``index/<prefix>/<shard>.<digest>
+  .json``: sha256, size, datasets). Push copies a shard (temporary name, then rename, on
+  file systems; one whole-object PUT on object stores), reads the copy back and checks its
+  sha256, and only then writes the entry: pulls take only shards with an entry, so a reader
+  never sees a shard before its bytes are complete and verified. Nothing on a remote is
+  ever rewritten, so any number of machines push at once without losing an entry (the old
+  single ``index.json`` was last-writer-wins; it is still read, never written). Pull copies
+  the published shards the local cache lacks, verifies them on arrival and indexes them.
+  Both directions re-verify payload digests: a corrupt shard is never spread.
 
 Refs (manifest, model record, Dagster asset) and card records (card -> raw key) are
 pointers, not content: from a bundle or a remote they are *proposals* (``proposals.vet``),

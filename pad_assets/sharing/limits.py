@@ -11,7 +11,12 @@ BUNDLE_FORMAT = "pad_assets.bundle"
 REMOTE_FORMAT = "pad_assets.remote"
 FORMAT_VERSION = 1
 BUNDLE_JSON = "bundle.json"
+#: The legacy single index of a remote (read, never written: two machines rewriting one
+#: file lose each other's entries).
 REMOTE_INDEX = "index.json"
+#: One immutable entry object per published shard, under this folder of a remote.
+ENTRY_DIR = "index"
+ENTRY_FORMAT = "pad_assets.remote-entry"
 #: Payload bytes per bundle shard (keeps each file a manageable unit to copy and check).
 BUNDLE_SHARD_BYTES = 512 << 20
 MAX_JSON_BYTES = 256 << 20

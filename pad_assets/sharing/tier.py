@@ -8,7 +8,6 @@ re-verify payload digests, so a corrupt shard is never spread.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import socket
@@ -36,7 +35,15 @@ from .checks import _check_items, _inspect_shard, _Inspected
 from .ingest import _ignored_lines, _move_in_and_index, _payload_reader, _rewrite_into
 from .partials import clean_dead_partials
 from .proposals import vet
-from .remote import _is_local, _read_remote_index, _remote, _remote_files, _write_remote
+from .remote import (
+    _is_local,
+    _read_remote_index,
+    _remote,
+    _remote_files,
+    _write_remote,
+    publish_entry,
+    remote_sha256,
+)
 
 
 def _brings_something(store: ContentStore, insp: _Inspected) -> bool:
@@ -79,21 +86,27 @@ class PushReport:
 
 def push(store: ContentStore, remote_url: str, *,
          progress: Callable[[int, int], None] | None = None) -> PushReport:
-    """Copy every indexed shard the remote lacks, each verified first, then update the
-    remote ``index.json`` (re-read just before writing, entries merged). ``progress(done,
-    total)`` is called after each shard (the CLI draws a bar with it)."""
+    """Publish every indexed shard the remote lacks: verify it here, copy it, read the copy
+    back and check its sha256 and size, and only then write its immutable entry object
+    (``remote.publish_entry``), the one thing that makes a shard visible to pulls.
+
+    Safe with any number of pushers at once, on any machines: nothing on the remote is ever
+    rewritten (shards have content-unique names, entries are named by what they say), so
+    no pusher can lose another's entry. Idempotent: a shard already published with these
+    datasets is not copied again; a shard copied by a push killed before its entry is copied
+    again and published. ``progress(done, total)`` is called after each shard (the CLI's bar).
+    """
     t0 = time.time()
     fs, root = _remote(remote_url)
     rep = PushReport(remote_url)
-    _read_remote_index(fs, root, remote_url)  # a malformed index is refused before copying
+    published = _read_remote_index(fs, root, remote_url)["shards"]  # malformed: refused here
     if _is_local(fs):
         clean_dead_partials(Path(root) / "tmp")  # of pushes killed mid-copy
+    host = socket.gethostname()
     with maintenance_lock(store, exclusive=False, what="cache push"):
         retired = retired_shards(store.index)
         local = {s: p for s, p in store.index.shard_paths().items() if s not in retired}
         affinity = dataset_affinity(store)
-        there = _remote_files(fs, root)
-        entries: dict[str, dict[str, Any]] = {}
         for done, (name, rel) in enumerate(sorted(local.items())):
             if progress is not None:
                 progress(done, len(local))
@@ -101,34 +114,33 @@ def push(store: ContentStore, remote_url: str, *,
             if not is_shard_name(name) or rel != shard_io.shard_relpath(name):
                 rep.skipped.append(f"{name}: unexpected shard path {rel}")
                 continue
-            entry = {"path": rel, "datasets": sorted(affinity.get(name, ())),
-                     "bytes": path.stat().st_size if path.exists() else 0}
-            if name in there:
+            datasets = sorted(affinity.get(name, ()))
+            nbytes = path.stat().st_size if path.exists() else 0
+            old = published.get(name)
+            if old is not None and old.get("sha256") and not old.get("conflict"):
+                if old.get("bytes") != nbytes:
+                    rep.skipped.append(f"{name}: the remote's copy has {old.get('bytes')} "
+                                       f"bytes, this cache's {nbytes}; not pushed")
+                    continue
                 rep.already_there += 1
-                entries[name] = entry
+                if not set(datasets) <= set(old.get("datasets", [])):
+                    publish_entry(fs, root, name, old["sha256"], nbytes, datasets, host)
                 continue
             insp = _inspect_shard(name, path)
             if insp.problems:
                 rep.skipped.append(f"{name}: {insp.problems[0]} (run `pad-assets cache verify "
                                    "--repair`)")
                 continue
-            entry["sha256"] = file_sha256(path)
+            sha = file_sha256(path)
             _write_remote(fs, root, rel, path)
-            entry.update(pushed_at=time.time(), pushed_from=socket.gethostname())
-            entries[name] = entry
+            got, size = remote_sha256(fs, f"{root}/{rel}")
+            if (got, size) != (sha, nbytes):
+                raise IntegrityError(f"remote {remote_url}: the copy of shard {name} reads "
+                                     f"back as {size} bytes with sha256 {got}, expected "
+                                     f"{nbytes} bytes with {sha}; not published")
+            publish_entry(fs, root, name, sha, nbytes, datasets, host)
             rep.pushed.append(name)
-            rep.bytes += entry["bytes"]
-        idx = _read_remote_index(fs, root, remote_url)
-        for name, e in entries.items():
-            old = idx["shards"].get(name) or {}
-            merged = {**old, **e}
-            merged["datasets"] = sorted(set(old.get("datasets", [])) | set(e["datasets"]))
-            if "sha256" not in merged and name not in rep.pushed:
-                merged["sha256"] = file_sha256(store.root / e["path"])
-            idx["shards"][name] = merged
-        idx.update(format=limits.REMOTE_FORMAT, version=limits.FORMAT_VERSION, updated=time.time())
-        _write_remote(fs, root, limits.REMOTE_INDEX,
-                      json.dumps(idx, indent=1, sort_keys=True).encode())
+            rep.bytes += nbytes
     rep.seconds = time.time() - t0
     return rep
 
@@ -221,7 +233,13 @@ def pull(store: ContentStore, remote_url: str, dataset: str | None = None, *,
         raise InvalidInputError(f"remote {remote_url} holds no pad_assets shards; expected a "
                                 "location written by `pad-assets cache push`")
     entries = idx["shards"]
-    names = set(files)
+    # a shard is visible once its entry object exists (written after its bytes were copied
+    # and read back); a file without one is a push in progress, or a killed one's leftover
+    names = set(files) & set(entries)
+    for name in sorted(names):
+        if entries[name].get("conflict"):
+            rep.failed.append(f"{name}: {entries[name]['conflict']}")
+            names.discard(name)
     if dataset is not None:
         names = {n for n in names if dataset in (entries.get(n) or {}).get("datasets", [])}
         if not names:

@@ -21,6 +21,7 @@ from pad_assets.devtools.emulator import DatasetSpec, Emulator, ModelArtifact
 from pad_assets.errors import IntegrityError, InvalidInputError
 from pad_assets.settings import Settings
 from pad_assets.sharing import export_bundle, import_bundle, pull, push
+from pad_assets.sharing.remote import remote_index
 from pad_assets.store import ContentStore
 from pad_assets.store.fs import file_sha256
 from pad_assets_tests.conftest import make_config
@@ -197,9 +198,10 @@ def test_push_pull_between_two_caches_through_a_local_directory(
     remote = tmp_path / "remote"
     first = push(src, f"file://{remote}")
     assert first.pushed and not first.skipped
-    index = json.loads((remote / "index.json").read_text())
-    assert set(index["shards"]) == set(first.pushed)
-    assert any(DS in e["datasets"] for e in index["shards"].values())
+    index = remote_index(str(remote))
+    assert set(index) == set(first.pushed)
+    assert any(DS in e["datasets"] for e in index.values())
+    assert not (remote / "index.json").exists()  # one immutable entry object per shard
     assert not list((remote / "tmp").glob("*.partial"))
     assert push(src, str(remote)).pushed == []  # immutable names: nothing to do twice
 
@@ -225,8 +227,7 @@ def test_push_pull_between_two_caches_through_a_local_directory(
     # OTHER was downloaded by both caches: the second copy's shards hold the same items,
     # refs and cards, so they are verified and left out rather than stored twice
     assert full.already_here and not full.failed and not full.ignored
-    assert len(full.pulled) + full.already_here == len(set(json.loads(
-        (remote / "index.json").read_text())["shards"]))
+    assert len(full.pulled) + full.already_here == len(remote_index(str(remote)))
     assert set(third.cards(OTHER)) == set(OTHER_IDS) and set(third.cards(DS)) == set(DS_IDS)
     # content, whichever of two equal shards came first: every item, card and ref that the
     # two pushing caches hold, and every payload reads back verified
@@ -254,14 +255,14 @@ def test_pull_refuses_a_damaged_remote_shard(source: dict, tmp_path: Path) -> No
     src = ContentStore(source["cache"])
     remote = tmp_path / "remote"
     pushed = push(src, str(remote)).pushed
-    index = json.loads((remote / "index.json").read_text())
-    biggest = max(pushed, key=lambda n: index["shards"][n]["bytes"])
-    _tamper_payload(remote / index["shards"][biggest]["path"])
+    index = remote_index(str(remote))
+    biggest = max(pushed, key=lambda n: index[n]["bytes"])
+    _tamper_payload(remote / index[biggest]["path"])
     other = ContentStore(tmp_path / "other")
     with pytest.raises(IntegrityError, match=f"{biggest}.*sha256"):
         pull(other, str(remote))
     assert biggest not in other.index.shard_paths()
-    assert not (other.root / index["shards"][biggest]["path"]).exists()
+    assert not (other.root / index[biggest]["path"]).exists()
     report = pull(other, str(remote), strict=False)  # the good ones are already here
     assert report.already_here == len(pushed) - 1 and report.failed
     counts = mt.verify(other).counts

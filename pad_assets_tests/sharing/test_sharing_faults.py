@@ -14,7 +14,6 @@ Each trial starts a worker process, kills it at a seeded random instant of the o
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -34,6 +33,7 @@ from pad_assets.dataset import CachedDataset
 from pad_assets.devtools.emulator import DatasetSpec, Emulator, EmulatorConfig
 from pad_assets.maintenance import verify
 from pad_assets.settings import Settings
+from pad_assets.sharing.remote import remote_index
 from pad_assets.store import ContentStore
 from pad_assets.store.fs import file_sha256
 from pad_assets_tests.workers import wait_ready
@@ -97,9 +97,8 @@ def _assert_verify_clean(cache: Path) -> None:
 
 def _remote_state(remote: Path) -> dict[str, str]:
     """shard name -> sha256, checked against the files themselves."""
-    index = json.loads((remote / "index.json").read_text())
     out = {}
-    for name, e in index["shards"].items():
+    for name, e in remote_index(str(remote)).items():
         assert file_sha256(remote / e["path"]) == e["sha256"], name
         out[name] = e["sha256"]
     return out

@@ -34,6 +34,7 @@ from pad_assets.errors import IntegrityError
 from pad_assets.hashing import sha256_bytes
 from pad_assets.settings import Settings
 from pad_assets.sharing import export_bundle, import_bundle, pull, push
+from pad_assets.sharing.remote import _remote, publish_entry, remote_index
 from pad_assets.sources.model_artifacts import record_ref
 from pad_assets.store import CardRecord, ContentStore
 from pad_assets.store import shards as shard_io
@@ -242,10 +243,9 @@ def test_a_poisoned_remote_shard_cannot_override_local_truth_through_pull(
     remote = tmp_path / "remote"
     push(src, str(remote))
     name, rel = _hostile_shard(src, emu, remote)
-    index = json.loads((remote / "index.json").read_text())
-    index["shards"][name] = {"path": rel, "datasets": [DS], "sha256": file_sha256(remote / rel),
-                             "bytes": (remote / rel).stat().st_size}
-    (remote / "index.json").write_text(json.dumps(index))
+    fs, root = _remote(str(remote))  # published as any pusher publishes
+    publish_entry(fs, root, name, file_sha256(remote / rel), (remote / rel).stat().st_size,
+                  [DS], "hostile")
     src.close()
     victim = tmp_path / "victim"
     baseline = _fill(emu, victim)
@@ -407,17 +407,23 @@ def test_tar_limits_are_checked_while_streaming_before_writing(
 
 
 # ---------------------------------------------------------------------------- defect 12
+@pytest.mark.parametrize("where", ["entry object", "legacy index.json"])
 @pytest.mark.parametrize("entry", ["oops", ["a"], {"datasets": 5}, {"datasets": [1, 2]},
                                    {"sha256": 7}, {"bytes": "many"}, None])
 def test_a_remote_index_with_wrongly_typed_entries_is_a_clear_error(
-        source: dict, tmp_path: Path, entry) -> None:
+        source: dict, tmp_path: Path, entry, where: str) -> None:
     src = ContentStore(source["cache"])
     remote = tmp_path / "remote"
     push(src, str(remote))
-    index = json.loads((remote / "index.json").read_text())
-    victim_entry = sorted(index["shards"])[0]
-    index["shards"][victim_entry] = entry
-    (remote / "index.json").write_text(json.dumps(index))
+    index = remote_index(str(remote))
+    victim_entry = sorted(index)[0]
+    if where == "entry object":  # a second, malformed entry object beside the good one
+        bad = remote / "index" / victim_entry[:6] / f"{victim_entry}.{'0' * 16}.json"
+        bad.write_text(json.dumps(entry))
+    else:  # remotes written before entry objects existed kept one index.json
+        index[victim_entry] = entry
+        (remote / "index.json").write_text(json.dumps(
+            {"format": sharing.REMOTE_FORMAT, "version": 1, "shards": index}))
     other = ContentStore(tmp_path / "other")
     for op in (lambda: pull(other, str(remote), dataset=DS), lambda: pull(other, str(remote)),
                lambda: push(src, str(remote))):
