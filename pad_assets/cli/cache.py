@@ -76,11 +76,29 @@ def stats(cache_dir: Path | None, as_json: bool) -> None:
 @json_option
 @click.option("--repair", is_flag=True,
               help="Drop damaged entries, re-fetch raw images, index orphan shards.")
-def verify(cache_dir: Path | None, as_json: bool, repair: bool) -> None:
+@click.option("--tier", "tier_url", default=None, metavar="URL",
+              help="Verify a shared shard tier (s3://..., a folder) instead of the cache: "
+                   "every published shard read back against its entry objects.")
+def verify(cache_dir: Path | None, as_json: bool, repair: bool, tier_url: str | None) -> None:
     """Check every shard, payload, index row, ref and card."""
     from ..dataset import CachedDataset
     from ..maintenance import verify as verify_op
 
+    if tier_url is not None:
+        from ..sharing.tier_verify import verify_tier
+
+        if repair:
+            problem("pad-assets cache verify", "--repair applies to a cache, not to --tier "
+                    "(a tier is repaired by pushing from a verified cache)")
+        with progress("verifying every published shard of the tier"):
+            tier_report = verify_tier(tier_url)
+        if as_json:
+            emit_json(tier_report)
+        else:
+            click.echo(str(tier_report))
+        if not tier_report.ok:
+            problem("pad-assets cache verify", "problems found on the tier (see above)")
+        return
     st = settings(cache_dir)
     datasets: dict[str, Any] = {}
 

@@ -144,8 +144,11 @@ def build_dataset_assets(ds: DatasetConfig, project: ProjectConfig,
                     description=f"All image layers of a batch of {ds.name} cards in one step, "
                                 "then their checks.")
     def images(context: dg.AssetExecutionContext, pad: PadResource) -> Iterator[Any]:
+        from ..deployment.tier_sync import tier_batch  # no-op without a tier (PAD_TIER_URL)
+
         card_ids = [int(k) for k in context.partition_keys]
-        yield from materialize_images(context, pad, ds, keys, card_ids)
+        with tier_batch(pad.settings().cache_dir, pad.tier(), ds.name, context.log):
+            yield from materialize_images(context, pad, ds, keys, card_ids)
 
     ins = {f"pred_{m.name}": dg.AssetIn(keys.prediction(m), input_manager_key="pad_io_manager")
            for m in project.models}

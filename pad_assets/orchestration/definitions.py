@@ -90,5 +90,8 @@ def build_definitions(project: ProjectConfig | None = None,
     res = {"pad": pad, "pad_io_manager": PadStoreIOManager(pad=pad)}
     if resources:
         res.update(resources)
+    from ..deployment.executor import executor_from_env  # PAD_ASSETS_DASK: image steps on dask
+
     return dg.Definitions(assets=assets, jobs=jobs, sensors=sensors,
-                          schedules=build_schedules(project, manifest_job), resources=res)
+                          schedules=build_schedules(project, manifest_job), resources=res,
+                          executor=executor_from_env())

@@ -15,6 +15,14 @@ class PadResource(dg.ConfigurableResource):
     api_url: str | None = None
     registry_url: str | None = None
     offline: bool | None = None
+    #: The shared shard tier (``s3://bucket/prefix`` or a folder; default ``$PAD_TIER_URL``):
+    #: image steps pull the dataset's shards before a batch and push theirs after it.
+    tier_url: str | None = None
+
+    def tier(self) -> str | None:
+        import os
+
+        return self.tier_url or os.environ.get("PAD_TIER_URL") or None
 
     def settings(self) -> Settings:
         return Settings.from_env(cache_dir=self.cache_dir, api_url=self.api_url,

@@ -1,0 +1,241 @@
+"""Start the real parts of a scale-out deployment on 127.0.0.1, in a scratch folder.
+
+Why: the tests, the B11 benchmark and a lab trying the profile on one machine need the
+same parts the cluster runs (PostgreSQL from the system packages, an S3-protocol server,
+a dask scheduler and worker processes), started the same way and stopped cleanly. Each
+starter raises ``PartUnavailable`` with the reason when its part cannot start here (no
+``initdb``, no ``moto``...), so a caller can report that instead of guessing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class PartUnavailable(RuntimeError):
+    """A part of the deployment cannot start on this machine (the message says why)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(pred, what: str, timeout: float, proc: subprocess.Popen | None = None,
+          log: Path | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            raise PartUnavailable(f"{what} exited with status {proc.returncode}: {tail}")
+        with contextlib.suppress(Exception):
+            if pred():
+                return
+        time.sleep(0.2)
+    raise PartUnavailable(f"{what} did not start within {timeout:.0f} s")
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+# ------------------------------------------------------------------------- PostgreSQL
+def pg_bindir() -> Path:
+    """Where Debian's (or any) PostgreSQL server programs are."""
+    found = shutil.which("initdb")
+    if found and (Path(found).resolve().parent / "createdb").exists():
+        return Path(found).resolve().parent
+    cands = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                   key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    if not cands:
+        raise PartUnavailable("PostgreSQL server programs (initdb, pg_ctl) are not installed "
+                              "(apt-get install postgresql)")
+    return Path(cands[-1]).parent
+
+
+@contextlib.contextmanager
+def postgres(folder: Path) -> Iterator[str]:
+    """A throw-away PostgreSQL server (initdb + pg_ctl) on 127.0.0.1; yields its URL.
+
+    As root (CI, containers), the server runs as the ``postgres`` system user (PostgreSQL
+    refuses root). fsync is off: the data is thrown away afterwards."""
+    bindir = pg_bindir()
+    folder.mkdir(parents=True, exist_ok=True)
+    data, sock, log = folder / "pgdata", folder / "pgsock", folder / "postgres.log"
+    sock.mkdir(exist_ok=True)
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError as exc:
+            raise PartUnavailable("running as root and there is no 'postgres' user to run "
+                                  "the server as") from exc
+        for p in (folder, sock):
+            os.chown(p, pw.pw_uid, pw.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    run = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=folder)
+    r = subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-A", "trust",
+                        "-U", "pad", "--no-sync", "-E", "UTF8"], **run)
+    if r.returncode != 0:
+        raise PartUnavailable(f"initdb failed: {r.stdout[-1500:]}")
+    opts = (f"-c listen_addresses=127.0.0.1 -p {port} -k {sock} -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+    r = subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log),
+                        "-o", opts, "-w", "-t", "60", "start"], **run)
+    if r.returncode != 0:
+        tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+        raise PartUnavailable(f"pg_ctl start failed: {r.stdout[-800:]} {tail}")
+    try:
+        r = subprocess.run([*prefix, str(bindir / "createdb"), "-h", "127.0.0.1", "-p",
+                            str(port), "-U", "pad", "dagster"], **run)
+        if r.returncode != 0:
+            raise PartUnavailable(f"createdb failed: {r.stdout[-800:]}")
+        yield f"postgresql://pad@127.0.0.1:{port}/dagster"
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                        "-w", "stop"], **run)
+
+
+# --------------------------------------------------------------------- S3 (moto server)
+@dataclass
+class S3Server:
+    endpoint: str
+    bucket: str
+    proc: subprocess.Popen
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a process needs to reach the bucket through s3fs/botocore."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def url(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+
+@contextlib.contextmanager
+def s3_server(folder: Path, bucket: str = "pad-tier") -> Iterator[S3Server]:
+    """moto's S3 server mode (a real HTTP S3 endpoint) on 127.0.0.1, with one bucket."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError as exc:
+        raise PartUnavailable("moto[server] is not installed (pip install "
+                              "'pad_assets[scaleout-test]')") from exc
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = folder / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                 "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        _wait(lambda: urllib.request.urlopen(endpoint + "/moto-api/", timeout=2).status < 500,
+              "moto S3 server", 60, proc, log)
+        server = S3Server(endpoint, bucket, proc)
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                     aws_secret_access_key="testing",
+                     region_name="us-east-1").create_bucket(Bucket=bucket)
+        yield server
+    finally:
+        _stop(proc)
+
+
+# ------------------------------------------------------------------------------ dask
+@dataclass
+class DaskCluster:
+    address: str
+    folder: Path
+    scheduler: subprocess.Popen
+    workers: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def add_worker(self, name: str, env: Mapping[str, str], cpus: Sequence[int] | None = None,
+                   timeout: float = 120) -> subprocess.Popen:
+        """One worker process (one thread, no nanny: a killed worker stays dead, as a lost
+        machine does), optionally pinned to ``cpus`` with taskset."""
+        cmd = [sys.executable, "-m", "distributed.cli.dask_worker", self.address,
+               "--name", name, "--nthreads", "1", "--no-nanny", "--no-dashboard",
+               "--local-directory", str(self.folder / f"dask-{name}")]
+        if cpus is not None:
+            if not shutil.which("taskset"):
+                raise PartUnavailable("taskset (util-linux) is needed to pin workers")
+            cmd = ["taskset", "-c", ",".join(str(c) for c in cpus), *cmd]
+        log = self.folder / f"worker-{name}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **env})
+        self.workers[name] = proc
+        n = len(self.workers)
+        _wait(lambda: self.n_workers() >= n, f"dask worker {name}", timeout, proc, log)
+        return proc
+
+    def n_workers(self) -> int:
+        from distributed import Client
+
+        with Client(self.address, timeout=5) as c:
+            return len(c.scheduler_info(n_workers=-1)["workers"])
+
+    def worker_pids(self) -> dict[str, int]:
+        return {n: p.pid for n, p in self.workers.items() if p.poll() is None}
+
+    def stop(self) -> None:
+        for p in self.workers.values():
+            _stop(p)
+        _stop(self.scheduler)
+
+
+@contextlib.contextmanager
+def dask_cluster(folder: Path, env: Mapping[str, str] | None = None,
+                 allowed_failures: int = 0) -> Iterator[DaskCluster]:
+    """A dask scheduler on 127.0.0.1 (workers are added with ``add_worker``).
+
+    ``allowed_failures=0``: a task whose worker dies fails at once (Dagster sees a failed
+    step and the batch run is rerun) instead of being retried silently elsewhere."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError as exc:
+        raise PartUnavailable("dask.distributed is not installed (pip install "
+                              "'pad_assets[scaleout]')") from exc
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = folder / "scheduler.log"
+    senv = {**os.environ, **(env or {}),
+            "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(allowed_failures)}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler",
+                                 "--host", "127.0.0.1", "--port", str(port),
+                                 "--no-dashboard"], stdout=out, stderr=subprocess.STDOUT,
+                                env=senv)
+    cluster = DaskCluster(f"tcp://127.0.0.1:{port}", folder, proc)
+    try:
+        _wait(lambda: cluster.n_workers() >= 0, "dask scheduler", 60, proc, log)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+__all__ = ["DaskCluster", "PartUnavailable", "S3Server", "dask_cluster", "free_port",
+           "pg_bindir", "postgres", "s3_server"]
