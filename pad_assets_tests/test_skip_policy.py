@@ -45,6 +45,11 @@ def test_a_listed_skip_keeps_the_run_green(
     result.assert_outcomes(passed=1, skipped=1)
 
 
-def test_the_project_list_parses_and_allows_nothing_by_default() -> None:
-    # Every pattern compiles; the shipped list is empty, so any skip in CI fails.
-    assert skip_policy.load_allowed_patterns() == []
+def test_the_project_list_parses_and_allows_only_missing_scaleout_parts() -> None:
+    # Every pattern compiles; the one allowed reason is a scale-out part (PostgreSQL, the S3
+    # server, dask) that cannot start on a developer machine; under CI those tests fail
+    # instead of skipping (test_scaleout.start_part), so any skip in CI still fails.
+    patterns = skip_policy.load_allowed_patterns()
+    assert [p.pattern for p in patterns] == ["^scale-out part unavailable: "]
+    assert not any(p.search("needs a GPU") or p.search("dagster not installed")
+                   for p in patterns)

@@ -53,8 +53,76 @@ def dask_cluster_config(value: str | None = None) -> dict[str, Any] | None:
     return {kind: opts}
 
 
+class _Sealed:
+    """Arguments dask must not look inside. dask >= 2024.12 walks every tuple argument of
+    ``Client.submit`` for futures, and Dagster's ``@record`` values (the partition subsets
+    in a run's known state) refuse iteration; dagster-dask 0.29 passes them bare, so every
+    partition-range run failed with "Iteration is not allowed on `@record`"."""
+
+    def __init__(self, *args: Any) -> None:
+        self.args = args
+
+
+def _step_on_worker(dependencies: Any, sealed: _Sealed) -> Any:
+    from dagster_dask.executor import query_on_dask_worker
+
+    return query_on_dask_worker(dependencies, *sealed.args)
+
+
+def _dask_executor_class() -> type:
+    import dask.distributed
+    from dagster._core.errors import raise_execution_interrupts
+    from dagster._utils import iterate_with_context
+    from dagster_dask.executor import DaskExecutor, get_dask_resource_requirements
+
+    class SealedDaskExecutor(DaskExecutor):
+        """dagster-dask's executor (same config, same worker function), submitting each step
+        with its arguments sealed (see ``_Sealed``)."""
+
+        def _cluster(self, job_name: str) -> Any:
+            if self.cluster_type == "existing":
+                return self.cluster_configuration["address"]
+            if self.cluster_type in ("local", "ssh"):
+                module, cls = "dask.distributed", {"local": "LocalCluster",
+                                                   "ssh": "SSHCluster"}[self.cluster_type]
+            elif self.cluster_type in ("pbs", "moab", "sge", "lsf", "slurm", "oar"):
+                module, cls = "dask_jobqueue", f"{self.cluster_type.upper()}Cluster"
+            elif self.cluster_type == "yarn":
+                module, cls = "dask_yarn", "YarnCluster"
+            else:
+                module, cls = "dask_kubernetes", "KubeCluster"
+            import importlib
+
+            return getattr(importlib.import_module(module), cls)(**self.build_dict(job_name))
+
+        def execute(self, plan_context: Any, execution_plan: Any) -> Any:
+            if not plan_context.instance.is_persistent:
+                raise InvalidInputError("the dask executor needs a persistent Dagster "
+                                        "instance (DAGSTER_HOME with Postgres storage)")
+            job_name = plan_context.job_name
+            instance_ref = plan_context.instance.get_ref()
+            with dask.distributed.Client(self._cluster(job_name)) as client:
+                futures: dict[str, Any] = {}
+                for level in execution_plan.get_steps_to_execute_by_level():
+                    for step in level:
+                        deps = [futures[k] for inp in step.step_inputs
+                                for k in inp.dependency_keys]
+                        futures[step.key] = client.submit(
+                            _step_on_worker, deps,
+                            _Sealed(plan_context.reconstructable_job, plan_context.dagster_run,
+                                    plan_context.run_config, [step.key], instance_ref,
+                                    execution_plan.known_state),
+                            key=f"{job_name}.{step.key}.{plan_context.run_id[:8]}",
+                            resources=get_dask_resource_requirements(step.tags))
+                done = dask.distributed.as_completed(list(futures.values()), with_results=True)
+                for _, events in iterate_with_context(raise_execution_interrupts, done):
+                    yield from events
+
+    return SealedDaskExecutor
+
+
 def executor_from_env() -> Any:
-    """``dagster_dask.dask_executor`` configured from ``$PAD_ASSETS_DASK``, or None."""
+    """dagster-dask's executor configured from ``$PAD_ASSETS_DASK``, or None."""
     cfg = dask_cluster_config()
     if cfg is None:
         return None
@@ -63,7 +131,17 @@ def executor_from_env() -> Any:
     except ImportError as exc:
         raise InvalidInputError(f"{ENV} is set but dagster-dask is not installed; expected "
                                 "`pip install pad_assets[scaleout]`") from exc
-    return dask_executor.configured({"cluster": cfg}, name="pad_dask")
+    import dagster as dg
+
+    sealed = _dask_executor_class()
+
+    @dg.executor(name="pad_dask", config_schema=dask_executor.config_schema,
+                 requirements=dg.multiple_process_executor_requirements())
+    def pad_dask_executor(init_context: Any) -> Any:
+        ((kind, options),) = init_context.executor_config["cluster"].items()
+        return sealed(kind, options)
+
+    return pad_dask_executor.configured({"cluster": cfg}, name="pad_dask")
 
 
 __all__ = ["CLUSTER_KINDS", "ENV", "dask_cluster_config", "executor_from_env"]

@@ -112,7 +112,7 @@ def postgres(folder: Path) -> Iterator[str]:
                             str(port), "-U", "pad", "dagster"], **run)
         if r.returncode != 0:
             raise PartUnavailable(f"createdb failed: {r.stdout[-800:]}")
-        yield f"postgresql://pad@127.0.0.1:{port}/dagster"
+        yield f"postgresql+psycopg2://pad@127.0.0.1:{port}/dagster"
     finally:
         subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
                         "-w", "stop"], **run)

@@ -42,7 +42,11 @@ SHARD_OVERHEAD = 64 << 10
 MAX_BLOB_BYTES = 4 << 30
 EXAMPLES = 10
 
-KNOWN_LAYERS = CONTENT_KEYED_LAYERS | frozenset(DERIVED_LAYERS)
+#: Meta-only bookkeeping of the Dagster IO manager (``lineage.dagster_run_records``): keyed
+#: by the run id, so a shard holding one can travel (its asset refs are what the comparison
+#: step of another machine reads).
+RECORD_LAYERS = frozenset({"dagster_run"})
+KNOWN_LAYERS = CONTENT_KEYED_LAYERS | frozenset(DERIVED_LAYERS) | RECORD_LAYERS
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SHARD_NAME = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{16}$")
 

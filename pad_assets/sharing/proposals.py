@@ -200,7 +200,11 @@ def _ref_problem(name: str, key: str, dataset: str | None,
         return None
     if name.startswith(refnames.ASSET):
         return None  # a Dagster materialization of content that is present and keyed
-    return "unknown kind of ref (expected manifest/, model-record/ or asset/)"
+    if name.startswith(refnames.ASSET_RUN):
+        if layer != "dagster_run":
+            return f"points at a {layer} item, expected the record of a Dagster run"
+        return None  # which run materialized a partition (its key is the run id's)
+    return "unknown kind of ref (expected manifest/, model-record/, asset/ or asset-run/)"
 
 
 def _manifest_md5s(store: ContentStore, datasets: set[str], accepted_refs: dict[str, str],
