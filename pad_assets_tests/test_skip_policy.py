@@ -50,6 +50,6 @@ def test_the_project_list_parses_and_allows_only_missing_scaleout_parts() -> Non
     # server, dask) that cannot start on a developer machine; under CI those tests fail
     # instead of skipping (test_scaleout.start_part), so any skip in CI still fails.
     patterns = skip_policy.load_allowed_patterns()
-    assert [p.pattern for p in patterns] == ["^scale-out part unavailable: "]
+    assert [p.pattern for p in patterns] == ["^scale-out part unavailable:"]
     assert not any(p.search("needs a GPU") or p.search("dagster not installed")
                    for p in patterns)

@@ -139,9 +139,12 @@ _ENTRY_NAME = re.compile(r"^(.+)\.([0-9a-f]{16})\.json$")
 
 
 def _fresh_listing(fs: Any, root: str) -> None:
-    """Forget fsspec's cached listings: other machines publish while this process lives
-    (s3fs caches directory listings per file-system instance, and instances are shared)."""
-    fs.invalidate_cache(root)  # a no-op on file systems without a listing cache
+    """Forget fsspec's cached listings: other machines publish while this process lives.
+    s3fs caches directory listings per file-system instance (instances are shared) and
+    answers "not found" for a file missing from a cached listing of its folder; clearing
+    only ``root`` leaves its sub-folders' listings (``index/<prefix>/``) stale."""
+    del root  # every listing under the tier may be stale, not only the root's
+    fs.invalidate_cache()  # a no-op on file systems without a listing cache
 
 
 def entry_rel(name: str, entry: dict[str, Any]) -> str:
