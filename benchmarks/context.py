@@ -21,12 +21,14 @@ class Sizes:
     dagster_reps: int = 1
     storage_cards: int = 250    # B6 storage (--postgres)
     memory_sizes: tuple[int, ...] = (1000, 5000)  # B7
+    scaleout_cards: int = 1000  # B11
+    scaleout_batch: int = 50    # B11: cards per batch run
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(cards=40, baseline_cards=10, reps=2, b3_reps=2, warm_reps=5, pls_cards=3,
                    dagster_cards=100, dagster_reps=1, storage_cards=40,
-                   memory_sizes=(100, 300))
+                   memory_sizes=(100, 300), scaleout_cards=80, scaleout_batch=20)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from benchmarks import world  # noqa: E402
 from benchmarks.common import Row, loadavg, machine_info, table  # noqa: E402
 from benchmarks.context import Context, Sizes  # noqa: E402
 
-SCENARIOS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B6PG")
+SCENARIOS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B6PG", "B11")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -47,7 +47,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-caches", action="store_true", help="keep per-scenario caches")
     p.add_argument("--postgres", action="store_true",
                    help="also measure Dagster's floor on a throwaway local PostgreSQL cluster "
-                        "(scenario B6PG; needs initdb/pg_ctl and dagster-postgres, see README)")
+                        "(scenario B6PG; needs initdb/pg_ctl and dagster-postgres, see README) "
+                        "and run B11 (scale-out on dask workers; also with --only B11)")
     p.add_argument("--no-patched", action="store_true",
                    help="do not re-measure a missed target with the proposed core patches")
     return p.parse_args(argv)
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps:
         sizes.reps = args.reps
     only = [s.strip().upper() for s in args.only.split(",") if s.strip()] or [
-        s for s in SCENARIOS if s != "B6PG" or args.postgres]
+        s for s in SCENARIOS if s not in ("B6PG", "B11") or args.postgres]
     bad = sorted(set(only) - set(SCENARIOS))
     if bad:
         print(f"unknown scenario(s) {bad}; known: {SCENARIOS}", file=sys.stderr)
@@ -83,10 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     needed = max([sizes.cards] * bool({"B1", "B2", "B3", "B4", "B8"} & set(only))
                  + [sizes.dagster_cards] * ("B6" in only)
                  + [sizes.storage_cards] * ("B6PG" in only)
+                 + [sizes.scaleout_cards] * ("B11" in only)
                  + [max(sizes.memory_sizes)] * ("B7" in only) + [1])
     folder = world.card_folder(out, needed, args.real_images, log)
     datasets = {world.dataset_name(n): n for n in
-                sorted({sizes.cards, sizes.dagster_cards, sizes.storage_cards,
+                sorted({sizes.cards, sizes.dagster_cards, sizes.storage_cards, sizes.scaleout_cards,
                         *sizes.memory_sizes})
                 if n <= needed}
     emu = world.start_emulator(folder, datasets, models, out, args.latency,
@@ -103,7 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     log(f"proposed changes already in the core: {patches.in_core() or 'none'}; "
         f"measured as 'patched': {patches.effective(patches.ALL) or 'none'}")
 
-    from benchmarks import scen_cache, scen_dagster, scen_memory, scen_pls, scen_storage
+    from benchmarks import (
+        scen_cache,
+        scen_dagster,
+        scen_memory,
+        scen_pls,
+        scen_scaleout,
+        scen_storage,
+    )
 
     plan = [
         ("B1", scen_cache.run_b1_b2),
@@ -114,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         ("B6", scen_dagster.run_b6),
         ("B7", scen_memory.run_b7),
         ("B6PG", scen_storage.run_b6_storage),
+        ("B11", scen_scaleout.run_b11),
     ]
     rows: list[Row] = []
     errors: dict[str, str] = {}

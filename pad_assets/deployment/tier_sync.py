@@ -12,6 +12,7 @@ rerun (on any worker) completes it.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,12 +24,16 @@ from ..store import ContentStore
 from .localdisk import require_local_disk
 
 
-def pull_dataset(store: ContentStore, tier_url: str, dataset: str) -> Any:
-    """Pull the dataset's shards this cache lacks (None when the tier has none yet)."""
+def pull_dataset(store: ContentStore, tier_url: str, dataset: str, strict: bool = True
+                 ) -> Any:
+    """Pull the dataset's shards this cache lacks (None when the tier has none yet).
+
+    ``strict=False``: shards that fail verification are left out and listed in the
+    report's ``failed`` (the batch then recomputes what they held) instead of raising."""
     entries = remote_index(tier_url)
     if not any(dataset in e.get("datasets", []) for e in entries.values()):
         return None
-    return pull(store, tier_url, dataset=dataset)
+    return pull(store, tier_url, dataset=dataset, strict=strict)
 
 
 @contextmanager
@@ -46,10 +51,16 @@ def tier_batch(cache_dir: Any, tier_url: str | None, dataset: str, log: Any = No
     t0 = time.time()
     store = ContentStore(cache_dir)
     try:
-        got = pull_dataset(store, tier_url, dataset)
+        got = pull_dataset(store, tier_url, dataset, strict=False)
     finally:
         store.close()
-    stats.update(pulled=len(got.pulled) if got else 0, pull_seconds=time.time() - t0)
+    stats.update(pulled=len(got.pulled) if got else 0, pull_seconds=time.time() - t0,
+                 refused=list(got.failed) if got else [])
+    for why in stats["refused"][:20]:  # not taken; this batch recomputes what they held
+        if log is not None:
+            log.warning(f"tier {tier_url}: shard not taken: {why}")
+        else:
+            warnings.warn(f"tier {tier_url}: shard not taken: {why}", stacklevel=2)
     if log is not None:
         log.info(f"tier {tier_url}: pulled {stats['pulled']} shards of {dataset}")
     yield stats

@@ -1,6 +1,7 @@
 """Dagster resources: settings for the PAD services and the shared content store."""
 
 
+import os
 from typing import Any
 
 import dagster as dg
@@ -20,8 +21,6 @@ class PadResource(dg.ConfigurableResource):
     tier_url: str | None = None
 
     def tier(self) -> str | None:
-        import os
-
         return self.tier_url or os.environ.get("PAD_TIER_URL") or None
 
     def settings(self) -> Settings:
