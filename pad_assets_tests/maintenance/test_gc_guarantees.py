@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from pad_assets import maintenance as mt
+from pad_assets.cli import main
 from pad_assets.devtools.emulator import DatasetSpec, Emulator, ModelArtifact
 from pad_assets.hashing import sha256_bytes
 from pad_assets.maintenance import rewrite as rewrite_module
@@ -112,8 +113,11 @@ class _GraceClock:
         self.offset += seconds
 
 
+@pytest.mark.parametrize("how", ["api", "cli"])
 def test_a_reader_that_looked_up_before_gc_reads_during_the_grace_period(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """``api``: ``gc(grace_seconds=5)``; ``cli``: ``pad-assets cache gc`` as a user runs it,
+    with the default grace period (a default of 0 would fail here)."""
     store = ContentStore(tmp_path / "c")
     keep, drop = _mixed_shards(store)
     # Another reader (its own index connection and file handles, as another process has)
@@ -129,11 +133,17 @@ def test_a_reader_that_looked_up_before_gc_reads_during_the_grace_period(
 
     clock = _GraceClock(reader_reads_old_places)
     monkeypatch.setattr(rewrite_module, "time", clock)
-    grace = 5.0
-    report = mt.gc(store, keep_datasets=["keep"], grace_seconds=grace)
+    if how == "api":
+        grace = 5.0
+        report = mt.gc(store, keep_datasets=["keep"], grace_seconds=grace)
+        assert report.evicted == {"raw": len(drop)}
+        assert report.compacted, "nothing was rewritten: the test would prove nothing"
+    else:
+        grace = mt.DEFAULT_GRACE_SECONDS
+        assert main(["cache", "gc", "--cache-dir", str(store.root), "--keep-dataset", "keep",
+                     "--json"]) == 0
+        assert store.has(drop) == set()
 
-    assert report.evicted == {"raw": len(drop)}
-    assert report.compacted, "nothing was rewritten: the test would prove nothing"
     assert reads, "gc deleted the rewritten shards without waiting out the grace period"
     assert all(all(r.values()) and len(r) == len(keep) for r in reads)
     assert sum(clock.slept) >= grace * 0.5
