@@ -65,7 +65,8 @@ def test_gc_keeps_the_weights_of_a_referenced_model_record(emu: Emulator, tmp_pa
     assert report.evicted == {"weights": 1}, report.evicted
     assert store.has([sha256_bytes(orphan)]) == set()
     assert store.has([resolved.sha256]) == {resolved.sha256}
-    assert report.protected.get("weights of a model record") == 1, report.protected
+    assert report.protected == {"target of a model-record ref": 1,
+                                "weights of a model record": 1}
     # as a user sees it: the model still resolves offline, from the cache alone
     offline = Settings(cache_dir=settings.cache_dir, api_url=emu.base_url,
                        registry_url=emu.registry_url, offline=True)
@@ -74,6 +75,25 @@ def test_gc_keeps_the_weights_of_a_referenced_model_record(emu: Emulator, tmp_pa
     again = resolve_model(MODEL_ID, offline, store=ContentStore(settings.cache_dir))
     assert again.weights_path.read_bytes() == WEIGHTS and emu.stats()["total"] == 0
     assert mt.verify(store).ok
+
+
+def test_an_unreadable_model_record_keeps_every_weights_file(tmp_path: Path) -> None:
+    """gc cannot tell which weights a record it cannot parse vouches for, so it keeps them
+    all (and says why) rather than guess; a ref whose target is gone does not stop it."""
+    store = ContentStore(tmp_path / "c")
+    blobs = [b"weights one " * 300, b"weights two " * 300]
+    broken = b'{"SHA256": "not json after all'
+    store.put([NewItem(sha256_bytes(w), "weights", w, {}) for w in blobs]
+              + [NewItem(sha256_bytes(broken), "model_record", broken, {"model_id": 7})],
+              refs=[("model-record/emu/7", sha256_bytes(broken)), ("manifest/gone", "0" * 64)])
+    _age_everything(store, 40)
+
+    report = mt.gc(store, older_than="30d", grace_seconds=0.0)
+
+    assert report.evicted == {}, report.evicted
+    assert report.protected == {"target of a model-record ref": 1,
+                                "weights (model record unreadable)": 2}
+    assert store.has([sha256_bytes(w) for w in blobs]) == {sha256_bytes(w) for w in blobs}
 
 
 def _mixed_shards(store: ContentStore, rounds: int = 3) -> tuple[list[str], list[str]]:
@@ -137,6 +157,7 @@ def test_a_reader_that_looked_up_before_gc_reads_during_the_grace_period(
         grace = 5.0
         report = mt.gc(store, keep_datasets=["keep"], grace_seconds=grace)
         assert report.evicted == {"raw": len(drop)}
+        assert report.protected == {"kept dataset": len(keep)}
         assert report.compacted, "nothing was rewritten: the test would prove nothing"
     else:
         grace = mt.DEFAULT_GRACE_SECONDS
