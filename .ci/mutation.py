@@ -48,7 +48,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "gc": (["pad_assets/maintenance/collection.py"],
            ["pad_assets_tests/maintenance/test_gc_guarantees.py",
             "pad_assets_tests/maintenance/test_verify_repair_gc.py",
-            "-k", "test_gc_guarantees or compaction_rewrites"]),
+            "-k", "test_gc_guarantees or compaction_rewrites or gc_dry_run"]),
     "store": (["pad_assets/store/index.py", "pad_assets/store/shards.py",
                "pad_assets/store/store.py"],
               ["pad_assets_tests/store/test_store.py",

@@ -80,7 +80,10 @@ def test_cards_of_some_ids_are_those_cards_only(tmp_path: Path) -> None:
     store, _ = _filled(tmp_path)
     assert set(store.cards("ds")) == {7, 8}
     assert list(store.cards("ds", [8])) == [8]
-    assert store.cards("ds", [8])[8]["detail"] == "HTTP 404 for card 8"
+    card = store.cards("ds", [8])[8]
+    assert (card["raw_key"], card["status"], card["detail"]) == (None, "failed",
+                                                                 "HTTP 404 for card 8")
+    assert card["updated"] > 0 and store.cards("ds", [7])[7]["status"] == "ok"
     assert store.cards("ds", [99]) == {}
     store.close()
 
