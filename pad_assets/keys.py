@@ -167,8 +167,6 @@ def expected_key(layer: str, payload_digest: str | None, meta: Any) -> str | Non
     if not isinstance(meta, Mapping):
         return None
     if layer == "dagster_run":  # the IO manager's record of a run: keyed by the run id
-        from .hashing import chain_key
-
         run_id = meta.get("run_id")
         return chain_key("dagster-run", str(run_id)) if run_id else None
     try:

@@ -150,6 +150,7 @@ def s3_server(folder: Path, bucket: str = "pad-tier") -> Iterator[S3Server]:
         proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
                                  "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"
+    _forget_s3_clients()  # fsspec reuses an S3 client per process: it would keep an old endpoint
     try:
         _wait(lambda: urllib.request.urlopen(endpoint + "/moto-api/", timeout=2).status < 500,
               "moto S3 server", 60, proc, log)
@@ -162,6 +163,16 @@ def s3_server(folder: Path, bucket: str = "pad-tier") -> Iterator[S3Server]:
         yield server
     finally:
         _stop(proc)
+        _forget_s3_clients()
+
+
+def _forget_s3_clients() -> None:
+    """s3fs caches one file-system instance per set of arguments; the endpoint comes from
+    the environment (``AWS_ENDPOINT_URL``), which the cache key does not include."""
+    with contextlib.suppress(ImportError):
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
 
 
 # ------------------------------------------------------------------------------ dask
