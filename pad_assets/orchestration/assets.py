@@ -3,7 +3,7 @@
 Shape (see docs/architecture.md in shared docs): every dataset gets its own
 ``DynamicPartitionsDefinition`` whose keys are card ids, so there is no dataset x image
 cartesian product. The image layers of a batch are materialized by ONE step (a subsettable
-multi-asset with a single-run backfill policy: 1,000 images is one run, not 1,000), which
+multi-asset; a backfill runs ``batch_cards`` cards per run, ``BackfillPolicy.multi_run``), which
 emits one ``AssetMaterialization`` per asset and changed partition carrying that card's own
 lineage (``images.py``). Its checks are ``check_specs`` of the same step, so they run after
 every image run (``checks.py``). The comparison asset loads every prediction partition
@@ -139,7 +139,7 @@ def build_dataset_assets(ds: DatasetConfig, project: ProjectConfig,
 
     @dg.multi_asset(name=f"{ds.key}_images", specs=specs, check_specs=check_specs,
                     can_subset=True, partitions_def=parts,
-                    backfill_policy=dg.BackfillPolicy.single_run(),
+                    backfill_policy=dg.BackfillPolicy.multi_run(project.batch_cards),
                     op_tags={"pad/dataset": ds.name},
                     description=f"All image layers of a batch of {ds.name} cards in one step, "
                                 "then their checks.")

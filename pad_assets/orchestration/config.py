@@ -22,6 +22,8 @@ from ..settings import config_file_from_env
 from ..sources.urls import validate_name
 
 DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
+#: every dataset of the PAD registry (12) with the lab's models: ``PAD_ASSETS_CONFIG=<this>``
+LAB_CONFIG = Path(__file__).with_name("lab_config.yaml")
 _ASSET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 ADAPTER_KINDS = tuple(kinds.KINDS)
 
@@ -59,10 +61,18 @@ class DatasetConfig:
         return re.sub(r"[^A-Za-z0-9_]", "_", self.name)
 
 
+#: cards per run of a backfill (``BackfillPolicy.multi_run``) unless the config says:
+#: large enough that Dagster's per-run cost (~1-2 s: run and step start, the run's planned
+#: events) is small beside the batch, small enough that a killed backfill loses little.
+DEFAULT_BATCH_CARDS = 500
+
+
 @dataclass(frozen=True)
 class ProjectConfig:
     datasets: tuple[DatasetConfig, ...]
     models: tuple[ModelConfig, ...] = field(default_factory=tuple)
+    #: cards per run when a backfill (UI or ``orchestration.backfill``) covers many cards
+    batch_cards: int = DEFAULT_BATCH_CARDS
 
     @property
     def pipelines(self) -> list[str]:
@@ -113,4 +123,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> ProjectConfig:
     keys = [d.key for d in datasets]
     if len(set(keys)) != len(keys):
         raise InvalidInputError(f"{source}: two datasets map to the same asset prefix: {keys}")
-    return ProjectConfig(tuple(datasets), models)
+    batch = (doc.get("backfill") or {}).get("batch_cards", DEFAULT_BATCH_CARDS)
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise InvalidInputError(f"{source}: backfill.batch_cards must be a positive integer, "
+                                f"got {batch!r}")
+    return ProjectConfig(tuple(datasets), models, batch)

@@ -37,6 +37,7 @@ Configured in ``dagster.yaml`` (the demo writes it; see README, Dagster)::
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -176,7 +177,5 @@ def _tune_connection(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _touch(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):  # a deleted shard: nothing watches it
         os.utime(path)
-    except FileNotFoundError:  # a shard deleted under us: nothing watches it any more
-        pass

@@ -192,6 +192,10 @@ class DatasetSpec:
     croissant_facts: Mapping[str, Any] | None = None
     #: Labels of the cards of ``published`` (drug, quantity, camera as published).
     attributes: Mapping[int, CardAttributes] | None = None
+    #: Publish each row's md5 (renders every card once to compute it). False: the md5
+    #: column is left empty (rows ``unverified``), for registry-sized manifests served
+    #: without rendering tens of thousands of images (``full_registry``).
+    publish_md5: bool = True
 
     def __post_init__(self) -> None:
         if not _DATASET_NAME.match(self.name):
@@ -397,6 +401,18 @@ class EmulatorConfig:
             description="SYNTHETIC stand-in for FHI2020_Stratified_Sampling (full size)",
         )
         return cls(datasets=[spec, edge_case_dataset()], **kwargs)
+
+
+    @classmethod
+    def full_registry(cls, md5: bool = False, only: Iterable[str] | None = None,
+                      **kwargs: Any) -> EmulatorConfig:
+        """Every registry dataset at its published size: 55,317 rows in 11 datasets (ids,
+        splits, repeats and labels as published; SYNTHETIC images). ``md5=True`` publishes
+        md5s (renders every card once); ``only`` serves just the datasets named."""
+        from .full_registry import full_registry_datasets
+
+        return cls(datasets=full_registry_datasets(md5, set(only) if only else None),
+                   **kwargs)
 
 
 # --------------------------------------------------------------------------------------
@@ -735,7 +751,8 @@ class Catalog:
     def _build_registry(self, name: str, base_url: str) -> dict[str, bytes]:
         with self._lock:
             spec = replace(self._datasets[name], card_ids=list(self._datasets[name].card_ids))
-        self.precompute_md5s(spec.card_ids)
+        if spec.publish_md5:
+            self.precompute_md5s(spec.card_ids)
         if spec.published:
             return self._build_published(spec, base_url)
         files: dict[str, bytes] = {}
@@ -751,7 +768,7 @@ class Catalog:
     def _build_published(self, spec: DatasetSpec, base_url: str) -> dict[str, bytes]:
         files: dict[str, bytes] = {}
         for fname, (header, rows) in (spec.published or {}).items():
-            files[fname] = self._published_csv(header, rows, base_url)
+            files[fname] = self._published_csv(header, rows, base_url, spec.publish_md5)
         files.update(spec.extra_files or {})
         splits = spec.split_ids()
         counts = ", ".join(f"{k}: {len(v)} rows" for k, v in splits.items())
@@ -763,7 +780,7 @@ class Catalog:
         return files
 
     def _published_csv(self, header: tuple[str, ...], rows: Iterable[tuple[str, ...]],
-                       base_url: str) -> bytes:
+                       base_url: str, publish_md5: bool = True) -> bytes:
         """A real CSV with its image URL and md5 columns rewritten to what is served."""
         col = {h: i for i, h in enumerate(header)}
         buf = io.StringIO()
@@ -784,7 +801,7 @@ class Catalog:
                         f"{RAW_ROOT}/{folder_of(cid)}/{cid}_raw.png")
             for md5_col in ("hashlib_md5", "md5_hash"):
                 if md5_col in col:
-                    out[col[md5_col]] = self.manifest_md5(cid)
+                    out[col[md5_col]] = self.manifest_md5(cid) if publish_md5 else ""
             writer.writerow(out)
         return buf.getvalue().encode("utf-8")
 
@@ -848,7 +865,7 @@ class Catalog:
                     a.quantity,
                     a.camera,
                     where,
-                    self.manifest_md5(cid),
+                    self.manifest_md5(cid) if spec.publish_md5 else "",
                     f"{cid}__{a.sample_id}__{a.drug}__{a.quantity}.png",
                 ]
             )

@@ -595,6 +595,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="memoise md5s of generated images across runs",
     )
     p.add_argument(
+        "--full-registry",
+        action="store_true",
+        help="serve every registry dataset at its published size (55,317 rows in 11 "
+        "datasets; ids, splits and labels as published, synthetic pixels, no md5s)",
+    )
+    p.add_argument(
         "--warm",
         action="store_true",
         help="compute every manifest md5 right after start (default with --full-fhi2020)",
@@ -605,8 +611,9 @@ def _build_parser() -> argparse.ArgumentParser:
 def cli_main(argv: list[str] | None = None) -> int:
     """``pad-assets emulator``: serve until Ctrl-C (or SIGTERM), then exit 0."""
     args = _build_parser().parse_args(argv)
-    if args.full_fhi2020 and args.cards is not None:
-        print("pad-assets emulator: --cards and --full-fhi2020 are exclusive", file=sys.stderr)
+    if sum([args.full_fhi2020, args.full_registry, args.cards is not None]) > 1:
+        print("pad-assets emulator: --cards, --full-fhi2020 and --full-registry are exclusive",
+              file=sys.stderr)
         return 2
     knobs: dict[str, Any] = {
         "latency": args.latency,
@@ -621,6 +628,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     try:
         if args.full_fhi2020:
             config = EmulatorConfig.full_fhi2020(**knobs)
+        elif args.full_registry:
+            config = EmulatorConfig.full_registry(**knobs)
         else:
             config = EmulatorConfig.with_cards(48 if args.cards is None else args.cards, **knobs)
     except ValueError as exc:
