@@ -23,12 +23,15 @@ class Sizes:
     memory_sizes: tuple[int, ...] = (1000, 5000)  # B7
     scaleout_cards: int = 1000  # B11
     scaleout_batch: int = 50    # B11: cards per batch run
+    lab_cards: int = 8001       # B9 (FHI2020 at its published size)
+    lab_batch: int = 1000       # B9 cards per backfill run
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(cards=40, baseline_cards=10, reps=2, b3_reps=2, warm_reps=5, pls_cards=3,
                    dagster_cards=100, dagster_reps=1, storage_cards=40,
-                   memory_sizes=(100, 300), scaleout_cards=80, scaleout_batch=20)
+                   memory_sizes=(100, 300), scaleout_cards=80, scaleout_batch=20,
+                   lab_cards=200, lab_batch=100)
 
 
 @dataclass

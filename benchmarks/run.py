@@ -2,6 +2,7 @@
 
     python -m benchmarks.run            # the issue's sizes (~30-40 min on 2 cores)
     python -m benchmarks.run --quick    # small sizes, a smoke run of a few minutes
+    python -m benchmarks.run --only B9  # lab scale (issue 19; B9, B10 run only when named)
 
 Prints one table (scenario, measured, target, ratio, PASS/MISS), writes the run as JSON to
 ``benchmarks/out/results-<date>.json`` (and ``latest.json``). See benchmarks/README.md.
@@ -24,7 +25,7 @@ from benchmarks import world  # noqa: E402
 from benchmarks.common import Row, loadavg, machine_info, table  # noqa: E402
 from benchmarks.context import Context, Sizes  # noqa: E402
 
-SCENARIOS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B6PG", "B11")
+SCENARIOS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B6PG", "B11", "B9", "B10")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps:
         sizes.reps = args.reps
     only = [s.strip().upper() for s in args.only.split(",") if s.strip()] or [
-        s for s in SCENARIOS if s not in ("B6PG", "B11") or args.postgres]
+        s for s in SCENARIOS
+        if (s not in ("B6PG", "B11") or args.postgres) and s not in ("B9", "B10")]
     bad = sorted(set(only) - set(SCENARIOS))
     if bad:
         print(f"unknown scenario(s) {bad}; known: {SCENARIOS}", file=sys.stderr)
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import (
         scen_cache,
         scen_dagster,
+        scen_lab,
         scen_memory,
         scen_pls,
         scen_scaleout,
@@ -124,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         ("B7", scen_memory.run_b7),
         ("B6PG", scen_storage.run_b6_storage),
         ("B11", scen_scaleout.run_b11),
+        ("B9", scen_lab.run_b9),
+        ("B10", scen_lab.run_b10),
     ]
     rows: list[Row] = []
     errors: dict[str, str] = {}

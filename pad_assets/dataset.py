@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -421,29 +421,18 @@ class CachedDataset:
         signature = model.get_cache_signature()
         out = []
         for c, p in zip(cards, preds, strict=True):
-            cid = int(c["card_id"])
-            row = {
-                "card_id": cid, "split": c.get("split"), "position": c.get("position"),
-                "drug": c.get("drug"),
-                "quantity": c.get("quantity"), "actual": model.actual_label(c),
-                "model": model.name, "pipeline": pipeline.name,
-            }
             if p is None:
-                why = status.get(cid, {}).get("detail") or "image not cached"
-                row.update(prediction=None, probability=None, energy=None,
-                           label_type=model.label_type(), status=STATUS_FAILED,
-                           detail=f"no raw image: {why}", truncated=False, raw_key=None,
-                           preprocessed_key=None, tensor_key=None, prediction_key=None,
-                           cached=False)
+                why = status.get(int(c["card_id"]), {}).get("detail") or "image not cached"
+                out.append(result_row(c, model, pipeline.name, signature, None,
+                                      f"no raw image: {why}"))
             else:
                 r = p.record
-                row.update(prediction=r.prediction, probability=r.probability,
-                           energy=r.energy, label_type=r.label_type, status=r.status,
-                           detail=r.detail, truncated=p.truncated, raw_key=p.raw_key,
-                           preprocessed_key=p.preprocessed_key, tensor_key=p.tensor_key,
-                           prediction_key=p.prediction_key, cached=p.cached)
-            row["model_signature"] = signature
-            out.append(row)
+                out.append(result_row(c, model, pipeline.name, signature, {
+                    "prediction": r.prediction, "probability": r.probability,
+                    "energy": r.energy, "label_type": r.label_type, "status": r.status,
+                    "detail": r.detail, "truncated": p.truncated, "raw_key": p.raw_key,
+                    "preprocessed_key": p.preprocessed_key, "tensor_key": p.tensor_key,
+                    "prediction_key": p.prediction_key, "cached": p.cached}))
         return pd.DataFrame(out)
 
     def compare_models(self, model_adapters_list: Sequence[ModelAdapter],
@@ -479,6 +468,36 @@ class CachedDataset:
     @staticmethod
     def to_json(obj: Any) -> str:
         return json.dumps(obj, indent=2, sort_keys=True, default=str)
+
+
+def result_row(card: Mapping[str, Any], model: ModelAdapter, pipeline: str, signature: str,
+               found: Mapping[str, Any] | None, missing_detail: str) -> dict[str, Any]:
+    """One row of a model's results table: the card's published labels, what the model
+    makes of them (``actual``, ``label_type``: the adapter's, never guessed), and the
+    prediction ``found`` (None: the card has none; ``missing_detail`` says why). The one
+    place this row is built: ``apply_model`` and the Dagster comparison both use it."""
+    row: dict[str, Any] = {
+        "card_id": int(card["card_id"]), "split": card.get("split"),
+        "position": card.get("position"), "drug": card.get("drug"),
+        "quantity": card.get("quantity"), "actual": model.actual_label(card),
+        "model": model.name, "pipeline": pipeline,
+    }
+    if found is None:
+        row.update(prediction=None, probability=None, energy=None,
+                   label_type=model.label_type(), status=STATUS_FAILED, detail=missing_detail,
+                   truncated=False, raw_key=None, preprocessed_key=None, tensor_key=None,
+                   prediction_key=None, cached=False)
+    else:
+        row.update(prediction=found.get("prediction"), probability=found.get("probability"),
+                   energy=found.get("energy"),
+                   label_type=found.get("label_type") or model.label_type(),
+                   status=found.get("status"), detail=found.get("detail"),
+                   truncated=bool(found.get("truncated")), raw_key=found.get("raw_key"),
+                   preprocessed_key=found.get("preprocessed_key"),
+                   tensor_key=found.get("tensor_key"), prediction_key=found.get("prediction_key"),
+                   cached=bool(found.get("cached")))
+    row["model_signature"] = signature
+    return row
 
 
 def _unique_cards(rows: pd.DataFrame) -> pd.DataFrame:

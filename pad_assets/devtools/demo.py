@@ -59,7 +59,7 @@ def _log_config() -> dict[str, Any]:
 
 
 DAGSTER_YAML = """\
-# Written by `pad-assets demo`: the default SQLite storage under this folder, and no usage
+# Written by `pad-assets demo`: SQLite storage under this folder, and no usage
 # telemetry (the demo runs offline; see https://docs.dagster.io/about/telemetry).
 telemetry:
   enabled: false
@@ -67,14 +67,20 @@ telemetry:
 
 
 def _prepare_home(dagster_home: Path) -> Path:
-    """DAGSTER_HOME with a dagster.yaml that turns telemetry off (kept if the user wrote one
-    that already says so)."""
+    """DAGSTER_HOME with a dagster.yaml that turns telemetry off and uses the lab's event log
+    storage (each kept if the user's file already says something about it)."""
     home = dagster_home.resolve()
     home.mkdir(parents=True, exist_ok=True)
+    from ..orchestration.storage import dagster_yaml_block
+
     cfg = home / "dagster.yaml"
     text = cfg.read_text() if cfg.is_file() else ""
     if "telemetry" not in text:
-        cfg.write_text(DAGSTER_YAML + ("\n" + text if text.strip() else ""))
+        text = DAGSTER_YAML + ("\n" + text if text.strip() else "")
+    if "event_log_storage" not in text:
+        text = text.rstrip("\n") + "\n" + dagster_yaml_block(home)
+    if not cfg.is_file() or cfg.read_text() != text:
+        cfg.write_text(text)
     return home
 
 

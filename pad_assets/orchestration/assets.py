@@ -16,13 +16,12 @@ parameters, model); an ``Output`` gives every partition of a run the same metada
 """
 
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 
-from ..models.kinds import default_label_type
 from ..settings import Settings
 from . import versions
 from .asset_keys import DatasetAssetKeys, manifest_version, partitions_for
@@ -34,7 +33,7 @@ from .checks import (
     RAW_INTEGRITY,
     TENSOR_SPEC,
 )
-from .config import DatasetConfig, ModelConfig, ProjectConfig
+from .config import DatasetConfig, ProjectConfig
 from .resources import PadResource
 
 OWNERS = ["team:pad-lab"]
@@ -173,41 +172,41 @@ def build_dataset_assets(ds: DatasetConfig, project: ProjectConfig,
     return [manifest, images, model_comparison]
 
 
-def compare_from_partitions(context: dg.AssetExecutionContext, pad: PadResource,
-                            ds: DatasetConfig, project: ProjectConfig,
-                            manifest_rows: pd.DataFrame, predictions: dict[str, dict[str, Any]]
-                            ) -> Iterator[Any]:
-    """Rebuild each model's result table from its prediction partitions, compare, check."""
-    from ..comparison import compare_results
-    from .checks import comparison_coverage
-    from .report_md import report_markdown
+def partition_results(pad: PadResource, project: ProjectConfig, manifest_rows: pd.DataFrame,
+                      predictions: Mapping[str, Mapping[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Each model's results table, one row per published row, built by the core's
+    ``result_row`` (as ``apply_model`` builds it) from the prediction partitions' records;
+    ``actual`` and ``label_type`` come from the model's adapter."""
+    from ..dataset import result_row
 
-    keys = DatasetAssetKeys(ds, project.models)
+    settings = pad.settings()
     frames = {}
     for m in project.models:
+        adapter = m.build(settings)
         parts = predictions.get(f"pred_{m.name}", {})
         rows = []
         for r in manifest_rows.to_dict("records"):
             meta = parts.get(str(int(r["card_id"])))
-            rec = (meta or {}).get("record") or {}
-            rows.append({
-                "card_id": int(r["card_id"]), "split": r["split"],
-                "position": r.get("position"), "drug": r["drug"],
-                "quantity": r["quantity"], "model": m.name,
-                "actual": _actual(rec.get("label_type"), r, m),
-                "prediction": rec.get("prediction"), "probability": rec.get("probability"),
-                "energy": rec.get("energy"),
-                "label_type": rec.get("label_type") or default_label_type(m.adapter),
-                "status": rec.get("status", "failed") if meta else "failed",
-                "detail": rec.get("detail", "") if meta else "not materialized",
-                "truncated": bool((meta or {}).get("truncated")),
-                "raw_key": (meta or {}).get("raw_key"),
-                "preprocessed_key": (meta or {}).get("preprocessed_key"),
-                "tensor_key": (meta or {}).get("tensor_key"),
-                "prediction_key": None,
-                "model_signature": ((meta or {}).get("model") or {}).get("signature"),
-            })
+            found = None if meta is None else {
+                **(meta.get("record") or {}), "truncated": meta.get("truncated"),
+                "raw_key": meta.get("raw_key"), "preprocessed_key": meta.get("preprocessed_key"),
+                "tensor_key": meta.get("tensor_key"), "cached": True}
+            signature = ((meta or {}).get("model") or {}).get("signature")
+            rows.append(result_row(r, adapter, m.pipeline, signature, found, "not materialized"))
         frames[m.name] = pd.DataFrame(rows)
+    return frames
+
+
+def compare_from_partitions(context: dg.AssetExecutionContext, pad: PadResource,
+                            ds: DatasetConfig, project: ProjectConfig,
+                            manifest_rows: pd.DataFrame, predictions: dict[str, dict[str, Any]]
+                            ) -> Iterator[Any]:
+    """Each model's result table from its prediction partitions, compared, checked."""
+    from ..comparison import compare_results
+    from .checks import comparison_coverage
+    from .report_md import report_markdown
+
+    frames = partition_results(pad, project, manifest_rows, predictions)
     from ..sources.registry import leakage_of
 
     report = compare_results(frames, dataset=ds.name, leakage=leakage_of(manifest_rows))
@@ -250,7 +249,8 @@ def compare_from_partitions(context: dg.AssetExecutionContext, pad: PadResource,
          "items_compared": int(report.n_items)},
         metadata=meta)
     if any(ck.name == COMPARISON_COVERAGE for ck in context.selected_asset_check_keys):
-        yield comparison_coverage(keys.comparison, published, int(report.n_items), excluded)
+        yield comparison_coverage(DatasetAssetKeys(ds, project.models).comparison, published,
+                                  int(report.n_items), excluded)
 
 
 def _table(df: pd.DataFrame) -> dg.MetadataValue:
@@ -270,13 +270,3 @@ def _table(df: pd.DataFrame) -> dg.MetadataValue:
     schema = dg.TableSchema(columns=[dg.TableColumn(str(c), kinds.get(df[c].dtype.kind, "string"))
                                      for c in df.columns])
     return dg.MetadataValue.table(records, schema=schema)
-
-
-def _actual(label_type: str | None, row: dict[str, Any], m: ModelConfig) -> Any:
-    from ..models.base import standardize_label
-
-    lt = label_type or default_label_type(m.adapter)
-    if lt == "concentration":
-        q = row.get("quantity")
-        return None if q is None or pd.isna(q) else float(q)
-    return standardize_label(row["drug"]) if row.get("drug") else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
@@ -28,186 +29,240 @@ from .io_manager import PadStoreIOManager
 from .resources import PadResource
 
 
+@dataclass
+class Batch:
+    """One batch of cards as the core built it: keys of every layer, per card."""
+
+    ds: DatasetConfig
+    keys: DatasetAssetKeys
+    dataset: Any
+    manifest: Any
+    manifest_version: str
+    rows: dict[int, dict[str, Any]]
+    raw: dict[int, str]
+    raw_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ok_ids: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    adapters: dict[str, Any] = field(default_factory=dict)
+    pipelines: dict[str, Any] = field(default_factory=dict)
+    pre: dict[str, dict[int, tuple[str, bool]]] = field(default_factory=dict)
+    tensors: dict[dg.AssetKey, dict[int, str]] = field(default_factory=dict)
+    predictions: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def store(self) -> Any:
+        return self.dataset.store
+
+    def chain(self, c: int) -> dg.MetadataValue:
+        """The card's links to itself in every layer (every event of the card shows it)."""
+        keys = self.keys
+        layers = [("raw image", keys.raw, self.raw.get(c))]
+        layers += [(f"preprocessed ({p})", keys.preprocessed(p),
+                    self.pre.get(p, {}).get(c, (None,))[0]) for p in keys.pipelines]
+        layers += [(f"tensor ({m.tensor_group})", tk, self.tensors.get(tk, {}).get(c))
+                   for tk, m in keys.tensor_models.items()]
+        layers += [(f"prediction {m.name}", keys.prediction(m),
+                    (self.predictions.get(m.name, {}).get(c) or {}).get("prediction_key"))
+                   for m in keys.models]
+        return chain_markdown(c, layers, keys.manifest, keys.comparison)
+
+    def raw_facts(self, c: int) -> dict[str, Any]:
+        meta = self.raw_meta.get(self.raw[c], {})
+        row = self.rows[c]
+        return {
+            "card_id": c, "dataset": self.ds.name, "raw_key": self.raw[c],
+            "md5": meta.get("md5"), "sha256": self.raw[c],
+            "source_url": meta.get("source_url") or row["image_url"],
+            "fetched_at": meta.get("fetched_at"), "bytes": meta.get("nbytes"),
+            "truncated": bool(meta.get("truncated")), "drug": row.get("drug"),
+            "quantity": row.get("quantity"), "split": row.get("split"),
+            "manifest_version": self.manifest_version,
+            "manifest_url": asset_url(self.keys.manifest),
+        }
+
+
 def materialize_images(context: dg.AssetExecutionContext, pad: PadResource, ds: DatasetConfig,
                        keys: DatasetAssetKeys, card_ids: Sequence[int]) -> Iterator[Any]:
+    """The image step: fetch, build every selected layer, record what changed, check."""
     t0 = time.time()
     selected = set(context.selected_asset_keys)
     selected_checks = {(ck.asset_key, ck.name) for ck in context.selected_asset_check_keys}
     dataset = pad.dataset(ds.name)
-    store = dataset.store
     recorder = ChangeRecorder(context.instance)
     try:
-        manifest = dataset.manifest()
-        if not set(card_ids) <= set(manifest.card_ids) and not dataset.settings.offline:
-            manifest = dataset.manifest(refresh=True)  # new cards from a sensor tick
-        version = manifest_version(manifest)
-        rows = {int(r["card_id"]): r for r in manifest.rows.to_dict("records")}
-        unknown = [c for c in card_ids if c not in rows]
-        if unknown:
-            raise PadAssetsError(f"partitions {unknown[:10]} are not cards of {ds.name}'s "
-                                 "manifest (refresh the manifest asset first)")
-        summary = dataset.download_and_cache(card_ids=card_ids, refresh_manifest=False)
-        raw = dataset.raw.raw_keys(ds.name, card_ids)
-        cards = store.cards(ds.name)
-        failed = {c: summary.failed.get(c) or cards.get(c, {}).get("detail", "")
-                  for c in card_ids if c not in raw}
-        for c, why in failed.items():
+        batch = _fetch(dataset, ds, keys, card_ids)
+        for c, why in batch.failed.items():
             context.log.warning(f"card {c}: no raw image ({why})")
             yield dg.AssetObservation(asset_key=keys.raw, partition=str(c),
                                       metadata={"status": "download failed",
                                                 "reason": why or "unknown"})
-        ok_ids = [c for c in card_ids if c in raw]
-        raw_meta = store.metas([raw[c] for c in ok_ids])
-
-        # ---- work: the core builds every selected layer --------------------------------
-        adapters = {m.name: m.build(dataset.settings) for m in keys.models
-                    if keys.tensor(m) in selected or keys.prediction(m) in selected}
-        results = {m.name: dataset.apply_model(adapters[m.name], card_ids=ok_ids)
-                   for m in keys.models if keys.prediction(m) in selected}
-        pipelines = {p: make_pipeline(p) for p in keys.pipelines}
-        pre: dict[str, dict[int, tuple[str, bool]]] = {}
-        for pname, pipe in pipelines.items():
-            if keys.preprocessed(pname) in selected or any(
-                    m.pipeline == pname and (keys.tensor(m) in selected
-                                             or keys.prediction(m) in selected)
-                    for m in keys.models):
-                chain = dataset.derived.ensure([raw[c] for c in ok_ids], pipe)
-                pre[pname] = {c: (chain.preprocessed[i], chain.truncated[i])
-                              for i, c in enumerate(ok_ids) if i not in chain.failed}
-                for i, why in chain.failed.items():
-                    context.log.warning(f"card {ok_ids[i]}: {pname} failed ({why})")
-        tensors: dict[dg.AssetKey, dict[int, str]] = {}
-        for tk, m in keys.tensor_models.items():
-            if tk not in selected:
-                continue
-            ids = [c for c in ok_ids if c in pre.get(m.pipeline, {})]
-            spec = adapters[m.name].get_tensor_spec()
-            chain = dataset.derived.ensure([raw[c] for c in ids], pipelines[m.pipeline], spec)
-            tensors[tk] = {c: chain.tensors[i] for i, c in enumerate(ids)
-                           if i not in chain.failed and chain.tensors[i] is not None}
-        predictions: dict[str, dict[int, dict[str, Any]]] = {}
-        for name, res in results.items():
-            predictions[name] = {}
-            # One partition per card: a card published in several rows is one image.
-            for r in res.drop_duplicates("card_id").to_dict("records"):
-                if r["prediction_key"]:
-                    predictions[name][int(r["card_id"])] = r
-                else:
-                    context.log.warning(f"card {r['card_id']}: {name} failed ({r['detail']})")
-
-        # ---- checks of the raw layer (the decode also draws each card's preview) ---------
+        _build(context, batch, selected)
         previews: dict[int, Any] = {}
         check_results = []
         if keys.raw in selected or (keys.raw, checks.RAW_INTEGRITY) in selected_checks:
-            md5 = {c: rows[c].get("md5") for c in ok_ids}
-            integrity = checks.raw_integrity(store, keys.raw, {c: raw[c] for c in ok_ids},
-                                             md5, previews)
+            unchanged = recorder.unchanged(keys.raw, {c: batch.raw[c] for c in batch.ok_ids})
+            md5 = {c: batch.rows[c].get("md5") for c in batch.ok_ids}
+            integrity = checks.raw_integrity(batch.store, keys.raw,
+                                             {c: batch.raw[c] for c in batch.ok_ids}, md5,
+                                             previews, verified_before=unchanged)
             if (keys.raw, checks.RAW_INTEGRITY) in selected_checks:
                 check_results.append(integrity)
-
-        # ---- events: one per changed (asset, card), each with the card's whole chain -----
-        def chain(c: int) -> dg.MetadataValue:
-            layers = [("raw image", keys.raw, raw.get(c))]
-            layers += [(f"preprocessed ({p})", keys.preprocessed(p),
-                        pre.get(p, {}).get(c, (None,))[0]) for p in keys.pipelines]
-            layers += [(f"tensor ({m.tensor_group})", tk, tensors.get(tk, {}).get(c))
-                       for tk, m in keys.tensor_models.items()]
-            layers += [(f"prediction {m.name}", keys.prediction(m),
-                        (predictions.get(m.name, {}).get(c) or {}).get("prediction_key"))
-                       for m in keys.models]
-            return chain_markdown(c, layers, keys.manifest, keys.comparison)
-
-        def raw_facts(c: int) -> dict[str, Any]:
-            meta = raw_meta.get(raw[c], {})
-            return {
-                "card_id": c, "dataset": ds.name, "raw_key": raw[c], "md5": meta.get("md5"),
-                "sha256": raw[c],
-                "source_url": meta.get("source_url") or rows[c]["image_url"],
-                "fetched_at": meta.get("fetched_at"), "bytes": meta.get("nbytes"),
-                "truncated": bool(meta.get("truncated")), "drug": rows[c].get("drug"),
-                "quantity": rows[c].get("quantity"), "split": rows[c].get("split"),
-                "manifest_version": version,
-                "manifest_url": asset_url(keys.manifest),
-            }
-
-        if keys.raw in selected:
-            yield from recorder.layer(keys.raw, versions.RAW_CODE_VERSION, [
-                (c, raw[c], _bind(lambda c: {**raw_facts(c), "chain": chain(c),
-                                             **({"preview": previews[c]} if c in previews
-                                                else {})}, c), {})
-                for c in ok_ids])
-
-        describes = {p: pipe.describe() for p, pipe in pipelines.items()}
-        for pname in keys.pipelines:
-            ak = keys.preprocessed(pname)
-            if ak not in selected or pname not in pre:
-                continue
-            d = describes[pname]
-            yield from recorder.layer(ak, versions.pipeline_version_of(d), [
-                (c, pk, _bind(lambda c, pk=pk, trunc=trunc, d=d: {
-                    "card_id": c, "preprocessed_key": pk, "raw_key": raw[c],
-                    "raw_md5": raw_facts(c)["md5"], "pipeline": d["name"],
-                    "pipeline_parameters": d["parameters"],
-                    "pipeline_code_version": d["code_version"], "truncated": trunc,
-                    "chain": chain(c)}, c), {keys.raw: raw[c]})
-                for c, (pk, trunc) in pre[pname].items()])
-
-        for tk, m in keys.tensor_models.items():
-            if tk not in tensors:
-                continue
-            spec = adapters[m.name].get_tensor_spec().as_dict()
-            d = describes[m.pipeline]
-            yield from recorder.layer(tk, versions.tensor_version_of(d, spec), [
-                (c, key, _bind(lambda c, key=key, spec=spec, d=d, m=m: {
-                    "card_id": c, "tensor_key": key,
-                    "preprocessed_key": pre[m.pipeline][c][0], "raw_key": raw[c],
-                    "raw_md5": raw_facts(c)["md5"], "tensor_spec": spec,
-                    "pipeline": d["name"], "pipeline_parameters": d["parameters"],
-                    "chain": chain(c)}, c),
-                 {keys.preprocessed(m.pipeline): pre[m.pipeline][c][0]})
-                for c, key in tensors[tk].items()])
-
-        libs = library_versions()
-        for m in keys.models:
-            pk_ = keys.prediction(m)
-            if pk_ not in selected:
-                continue
-            adapter = adapters[m.name]
-            desc = small_record(adapter.describe())
-            d = describes[m.pipeline]
-            spec = adapter.get_tensor_spec().as_dict()
-            version = versions.prediction_version_of(adapter.get_cache_signature())
-            yield from recorder.layer(pk_, version, [
-                (c, r["prediction_key"],
-                 _bind(lambda c, r=r, adapter=adapter, desc=desc, d=d, spec=spec, m=m:
-                       _prediction_facts(c, r, adapter, desc, d, spec, m.name, rows[c],
-                                         raw_facts(c), libs, chain(c)), c),
-                 {keys.tensor(m): r["tensor_key"]})
-                for c, r in predictions[m.name].items()])
-
-        for ak, mapping in _refs(keys, selected, raw, ok_ids, pre, tensors, predictions).items():
-            PadStoreIOManager.record_partitions(store, ak, mapping, run_id=context.run.run_id)
+        yield from _events(batch, recorder, selected, previews)
+        for ak, mapping in _refs(keys, selected, batch.raw, batch.ok_ids, batch.pre,
+                                 batch.tensors, batch.predictions).items():
+            PadStoreIOManager.record_partitions(batch.store, ak, mapping,
+                                                run_id=context.run.run_id)
         context.log.info(recorder.summary())
-
-        # ---- the remaining checks, on what the store now holds -----------------------------
-        manifest_ids = list(manifest.card_ids)
-        cards = store.cards(ds.name)
-        if (keys.raw, checks.RAW_DOWNLOADED) in selected_checks:
-            check_results.append(checks.raw_downloaded(keys.raw, manifest_ids, cards))
-        for tk, m in keys.tensor_models.items():
-            if (tk, checks.TENSOR_SPEC) in selected_checks:
-                spec = versions.static_tensor_spec(m)
-                check_results.append(checks.tensor_specs(store, tk, spec))
-        for m in keys.models:
-            if (keys.prediction(m), checks.PREDICTION_STATUS) in selected_checks:
-                check_results.append(checks.prediction_status(store, keys.prediction(m),
-                                                              manifest_ids, cards))
+        check_results += _store_checks(batch, selected_checks)
         yield from check_results
-        context.log.info(f"{ds.name}: {len(card_ids)} cards, {len(ok_ids)} with images, "
+        context.log.info(f"{ds.name}: {len(card_ids)} cards, {len(batch.ok_ids)} with images, "
                          f"{len(selected)} assets, {len(check_results)} checks in "
                          f"{time.time() - t0:.1f} s")
     finally:
         dataset.close()
+
+
+def _fetch(dataset: Any, ds: DatasetConfig, keys: DatasetAssetKeys, card_ids: Sequence[int]
+           ) -> Batch:
+    """The manifest (refreshed when a partition is not in it: new cards from a sensor
+    tick) and the batch's raw images, downloaded if missing."""
+    manifest = dataset.manifest()
+    if not set(card_ids) <= set(manifest.card_ids) and not dataset.settings.offline:
+        manifest = dataset.manifest(refresh=True)
+    rows = {int(r["card_id"]): r for r in manifest.rows.to_dict("records")}
+    unknown = [c for c in card_ids if c not in rows]
+    if unknown:
+        raise PadAssetsError(f"partitions {unknown[:10]} are not cards of {ds.name}'s "
+                             "manifest (refresh the manifest asset first)")
+    summary = dataset.download_and_cache(card_ids=card_ids, refresh_manifest=False)
+    raw = dataset.raw.raw_keys(ds.name, card_ids)
+    cards = dataset.store.cards(ds.name)
+    batch = Batch(ds, keys, dataset, manifest, manifest_version(manifest), rows, raw)
+    batch.failed = {c: summary.failed.get(c) or cards.get(c, {}).get("detail", "")
+                    for c in card_ids if c not in raw}
+    batch.ok_ids = [c for c in card_ids if c in raw]
+    batch.raw_meta = dataset.store.metas([raw[c] for c in batch.ok_ids])
+    return batch
+
+
+def _build(context: dg.AssetExecutionContext, batch: Batch, selected: set[dg.AssetKey]) -> None:
+    """The core builds every selected layer; ``apply_model`` first, so preprocessing overlaps
+    inference, then the per-layer passes only look keys up."""
+    keys, dataset, ok_ids, raw = batch.keys, batch.dataset, batch.ok_ids, batch.raw
+    batch.adapters = {m.name: m.build(dataset.settings) for m in keys.models
+                      if keys.tensor(m) in selected or keys.prediction(m) in selected}
+    results = {m.name: dataset.apply_model(batch.adapters[m.name], card_ids=ok_ids)
+               for m in keys.models if keys.prediction(m) in selected}
+    batch.pipelines = {p: make_pipeline(p) for p in keys.pipelines}
+    for pname, pipe in batch.pipelines.items():
+        if keys.preprocessed(pname) in selected or any(
+                m.pipeline == pname and (keys.tensor(m) in selected
+                                         or keys.prediction(m) in selected)
+                for m in keys.models):
+            chain = dataset.derived.ensure([raw[c] for c in ok_ids], pipe)
+            batch.pre[pname] = {c: (chain.preprocessed[i], chain.truncated[i])
+                                for i, c in enumerate(ok_ids) if i not in chain.failed}
+            for i, why in chain.failed.items():
+                context.log.warning(f"card {ok_ids[i]}: {pname} failed ({why})")
+    for tk, m in keys.tensor_models.items():
+        if tk not in selected:
+            continue
+        ids = [c for c in ok_ids if c in batch.pre.get(m.pipeline, {})]
+        spec = batch.adapters[m.name].get_tensor_spec()
+        chain = dataset.derived.ensure([raw[c] for c in ids], batch.pipelines[m.pipeline], spec)
+        batch.tensors[tk] = {c: chain.tensors[i] for i, c in enumerate(ids)
+                             if i not in chain.failed and chain.tensors[i] is not None}
+    for name, res in results.items():
+        batch.predictions[name] = {}
+        # One partition per card: a card published in several rows is one image.
+        for r in res.drop_duplicates("card_id").to_dict("records"):
+            if r["prediction_key"]:
+                batch.predictions[name][int(r["card_id"])] = r
+            else:
+                context.log.warning(f"card {r['card_id']}: {name} failed ({r['detail']})")
+
+
+def _events(batch: Batch, recorder: ChangeRecorder, selected: set[dg.AssetKey],
+            previews: Mapping[int, Any]) -> Iterator[dg.AssetMaterialization]:
+    """One materialization per changed (asset, card), layer by layer, each with the card's
+    whole chain."""
+    keys, raw = batch.keys, batch.raw
+    if keys.raw in selected:
+        yield from recorder.layer(keys.raw, versions.RAW_CODE_VERSION, [
+            (c, raw[c], _bind(lambda c: {**batch.raw_facts(c), "chain": batch.chain(c),
+                                         **({"preview": previews[c]} if c in previews
+                                            else {})}, c), {})
+            for c in batch.ok_ids])
+    describes = {p: pipe.describe() for p, pipe in batch.pipelines.items()}
+    for pname in keys.pipelines:
+        ak = keys.preprocessed(pname)
+        if ak not in selected or pname not in batch.pre:
+            continue
+        d = describes[pname]
+        yield from recorder.layer(ak, versions.pipeline_version_of(d), [
+            (c, pk, _bind(lambda c, pk=pk, trunc=trunc, d=d: {
+                "card_id": c, "preprocessed_key": pk, "raw_key": raw[c],
+                "raw_md5": batch.raw_facts(c)["md5"], "pipeline": d["name"],
+                "pipeline_parameters": d["parameters"],
+                "pipeline_code_version": d["code_version"], "truncated": trunc,
+                "chain": batch.chain(c)}, c), {keys.raw: raw[c]})
+            for c, (pk, trunc) in batch.pre[pname].items()])
+    for tk, m in keys.tensor_models.items():
+        if tk not in batch.tensors:
+            continue
+        spec = batch.adapters[m.name].get_tensor_spec().as_dict()
+        d = describes[m.pipeline]
+        pre = batch.pre[m.pipeline]
+        yield from recorder.layer(tk, versions.tensor_version_of(d, spec), [
+            (c, key, _bind(lambda c, key=key, spec=spec, d=d, pre=pre: {
+                "card_id": c, "tensor_key": key, "preprocessed_key": pre[c][0],
+                "raw_key": raw[c], "raw_md5": batch.raw_facts(c)["md5"], "tensor_spec": spec,
+                "pipeline": d["name"], "pipeline_parameters": d["parameters"],
+                "chain": batch.chain(c)}, c),
+             {keys.preprocessed(m.pipeline): pre[c][0]})
+            for c, key in batch.tensors[tk].items()])
+    yield from _prediction_events(batch, recorder, selected, describes)
+
+
+def _prediction_events(batch: Batch, recorder: ChangeRecorder, selected: set[dg.AssetKey],
+                       describes: Mapping[str, Mapping[str, Any]]
+                       ) -> Iterator[dg.AssetMaterialization]:
+    keys = batch.keys
+    libs = library_versions()
+    for m in keys.models:
+        pk_ = keys.prediction(m)
+        if pk_ not in selected:
+            continue
+        adapter = batch.adapters[m.name]
+        desc = small_record(adapter.describe())
+        d = describes[m.pipeline]
+        spec = adapter.get_tensor_spec().as_dict()
+        version = versions.prediction_version_of(adapter.get_cache_signature())
+        yield from recorder.layer(pk_, version, [
+            (c, r["prediction_key"],
+             _bind(lambda c, r=r, adapter=adapter, desc=desc, d=d, spec=spec, m=m:
+                   _prediction_facts(c, r, adapter, desc, d, spec, m.name, batch.rows[c],
+                                     batch.raw_facts(c), libs, batch.chain(c)), c),
+             {keys.tensor(m): r["tensor_key"]})
+            for c, r in batch.predictions[m.name].items()])
+
+
+def _store_checks(batch: Batch, selected_checks: set[tuple[dg.AssetKey, str]]
+                  ) -> list[dg.AssetCheckResult]:
+    """The checks read from what the store now holds (after the step's writes)."""
+    keys, store = batch.keys, batch.store
+    manifest_ids = list(batch.manifest.card_ids)
+    cards = store.cards(batch.ds.name)
+    out = []
+    if (keys.raw, checks.RAW_DOWNLOADED) in selected_checks:
+        out.append(checks.raw_downloaded(keys.raw, manifest_ids, cards))
+    for tk, m in keys.tensor_models.items():
+        if (tk, checks.TENSOR_SPEC) in selected_checks:
+            out.append(checks.tensor_specs(store, tk, versions.static_tensor_spec(m)))
+    for m in keys.models:
+        if (keys.prediction(m), checks.PREDICTION_STATUS) in selected_checks:
+            out.append(checks.prediction_status(store, keys.prediction(m), manifest_ids, cards))
+    return out
 
 
 def _bind(fn: Callable[[int], Mapping[str, Any]], c: int) -> Callable[[], Mapping[str, Any]]:

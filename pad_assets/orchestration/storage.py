@@ -38,6 +38,7 @@ Configured in ``dagster.yaml`` (the demo writes it; see README, Dagster)::
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -160,6 +161,24 @@ class PadSqliteEventLogStorage(SqliteEventLogStorage):
     def dispose(self) -> None:
         self._dispose_engines()
         super().dispose()
+
+
+def instance_overrides(dagster_home: str | os.PathLike[str]) -> dict[str, Any]:
+    """``dagster.yaml`` settings (or ``DagsterInstance.local_temp(overrides=...)``) that put
+    this storage under ``dagster_home`` where the stock one keeps its files."""
+    runs = os.path.join(os.path.abspath(dagster_home), "history", "runs")
+    return {"event_log_storage": {"module": __name__, "class": "PadSqliteEventLogStorage",
+                                  "config": {"base_dir": runs}}}
+
+
+def dagster_yaml_block(dagster_home: str | os.PathLike[str]) -> str:
+    """The same settings as ``dagster.yaml`` text."""
+    cfg = instance_overrides(dagster_home)["event_log_storage"]
+    return ("# Dagster's SQLite event log with kept-open connections and one planned event per\n"
+            "# asset and run (pad_assets.orchestration.storage explains why).\n"
+            "event_log_storage:\n"
+            f"  module: {cfg['module']}\n  class: {cfg['class']}\n"
+            f"  config:\n    base_dir: {json.dumps(cfg['config']['base_dir'])}\n")
 
 
 def db_optional(source: Any) -> Any:

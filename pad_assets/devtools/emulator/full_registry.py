@@ -32,9 +32,10 @@ SERVED_HEADER = ("id", "sample_id", "sample_name", "quantity", "camera_type_1", 
                  "hashlib_md5", "image_name")
 
 
-def full_registry_datasets(md5: bool = False, only: set[str] | None = None
-                           ) -> list[DatasetSpec]:
-    """Every dataset of the fixture (or those named in ``only``) as a served spec."""
+def full_registry_datasets(md5: bool = False, only: set[str] | None = None,
+                           limit: int | None = None) -> list[DatasetSpec]:
+    """Every dataset of the fixture (or those named in ``only``) as a served spec;
+    ``limit``: only the first rows of each dataset (a small version of the same world)."""
     rows_by: dict[str, dict[str, list[tuple[str, ...]]]] = defaultdict(dict)
     attrs_by: dict[str, dict[int, CardAttributes]] = defaultdict(dict)
     with gzip.open(FIXTURE, "rt", encoding="utf-8", newline="") as fh:
@@ -43,6 +44,8 @@ def full_registry_datasets(md5: bool = False, only: set[str] | None = None
             raise ValueError(f"{FIXTURE}: unexpected header; rebuild it (module docstring)")
         for ds, fname, cid, sample, drug, qty, camera in reader:
             if only is not None and ds not in only:
+                continue
+            if limit is not None and sum(map(len, rows_by[ds].values())) >= limit:
                 continue
             rows_by[ds].setdefault(fname, []).append(
                 (cid, sample, drug, qty, camera, "", "", f"{cid}.png"))
