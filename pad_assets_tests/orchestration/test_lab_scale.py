@@ -239,3 +239,14 @@ def test_pad_event_log_storage_is_read_by_the_stock_storage(tmp_path: Path) -> N
     for k in keys:
         assert stock.get_materialized_partitions(k) == set(pk)
     assert len(stock.get_logs_for_run(res.run_id)) > 60
+
+
+@pytest.mark.parametrize("bad", ["0", "-5", "many", "true"])
+def test_a_bad_backfill_batch_size_is_refused_naming_the_setting(tmp_path: Path, bad: str
+                                                                  ) -> None:
+    from pad_assets.errors import InvalidInputError
+
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text(f"datasets: [FHI2021]\nbackfill:\n  batch_cards: {bad}\n")
+    with pytest.raises(InvalidInputError, match="backfill.batch_cards must be a positive"):
+        load_config(cfg)
