@@ -471,7 +471,7 @@ class CachedDataset:
 
 
 def result_row(card: Mapping[str, Any], model: ModelAdapter, pipeline: str, signature: str,
-               found: Mapping[str, Any] | None, missing_detail: str) -> dict[str, Any]:
+               found: Mapping[str, Any] | None, missing_detail: str = "") -> dict[str, Any]:
     """One row of a model's results table: the card's published labels, what the model
     makes of them (``actual``, ``label_type``: the adapter's, never guessed), and the
     prediction ``found`` (None: the card has none; ``missing_detail`` says why). The one

@@ -211,7 +211,7 @@ def test_pad_event_log_storage_is_read_by_the_stock_storage(tmp_path: Path) -> N
 
     @dg.multi_asset(specs=[dg.AssetSpec(k, partitions_def=parts, skippable=True) for k in keys],
                     can_subset=True, partitions_def=parts)
-    def images(context: dg.AssetExecutionContext):
+    def images(context):  # noqa: ANN001, ANN202 - Dagster reads the annotation, strings fail
         for k in keys:
             for p in context.partition_keys:
                 yield dg.AssetMaterialization(asset_key=k, partition=p, metadata={"card": p})
@@ -250,3 +250,42 @@ def test_a_bad_backfill_batch_size_is_refused_naming_the_setting(tmp_path: Path,
     cfg.write_text(f"datasets: [FHI2021]\nbackfill:\n  batch_cards: {bad}\n")
     with pytest.raises(InvalidInputError, match="backfill.batch_cards must be a positive"):
         load_config(cfg)
+
+
+def test_batched_event_writes_land_in_one_transaction_and_read_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``DAGSTER_EVENT_BATCH_SIZE`` Dagster hands the storage a run's partition events
+    as batches; ``store_event_batch`` writes each batch in one transaction per shard, and
+    every event is then indexed as if written one by one."""
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "25")
+    parts = dg.DynamicPartitionsDefinition(name="cards")
+
+    @dg.asset(partitions_def=parts, backfill_policy=dg.BackfillPolicy.single_run())
+    def layer(context):  # noqa: ANN001, ANN202 - Dagster reads the annotation, strings fail
+        return dg.MaterializeResult(metadata={"n": len(context.partition_keys)})
+
+    runs_dir = str(tmp_path / "history" / "runs")
+    overrides = {"event_log_storage": {"module": "pad_assets.orchestration.storage",
+                                       "class": "PadSqliteEventLogStorage",
+                                       "config": {"base_dir": runs_dir}}}
+    calls: list[int] = []
+    real = PadSqliteEventLogStorage.store_event_batch
+
+    def spy(self, events):  # noqa: ANN001, ANN202
+        calls.append(len(events))
+        return real(self, events)
+
+    monkeypatch.setattr(PadSqliteEventLogStorage, "store_event_batch", spy)
+    with dg.instance_for_test(temp_dir=str(tmp_path), overrides=overrides) as instance:
+        pk = [f"c{i:03d}" for i in range(60)]
+        instance.add_dynamic_partitions("cards", pk)
+        res = dg.materialize([layer], instance=instance, tags={
+            "dagster/asset_partition_range_start": pk[0],
+            "dagster/asset_partition_range_end": pk[-1]})
+        assert res.success
+        assert sum(calls) >= 60 and max(calls) == 25  # batches, not one write per event
+        assert instance.get_materialized_partitions(layer.key) == set(pk)
+        rec = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=layer.key, asset_partitions=["c007"]),
+            limit=1).records
+        assert rec and rec[0].asset_materialization.metadata["n"].value == 60
