@@ -53,7 +53,7 @@ class ChangeRecorder:
             key, MATERIALIZATION, [DATA_VERSION_TAG], asset_partitions=list(partitions))
         return {p: t.get(DATA_VERSION_TAG, "") for p, t in tags.items()}
 
-    def unchanged(self, key: dg.AssetKey, content: Mapping[int, str]) -> set[int]:
+    def unchanged_cards(self, key: dg.AssetKey, content: Mapping[int, str]) -> set[int]:
         """Cards whose latest event already records this content key (one query)."""
         latest = self.latest_versions(key, [str(c) for c in content])
         return {c for c, k in content.items() if latest.get(str(c)) == k}

@@ -100,7 +100,7 @@ def materialize_images(context: dg.AssetExecutionContext, pad: PadResource, ds: 
         previews: dict[int, Any] = {}
         check_results = []
         if keys.raw in selected or (keys.raw, checks.RAW_INTEGRITY) in selected_checks:
-            unchanged = recorder.unchanged(keys.raw, {c: batch.raw[c] for c in batch.ok_ids})
+            unchanged = recorder.unchanged_cards(keys.raw, {c: batch.raw[c] for c in batch.ok_ids})
             md5 = {c: batch.rows[c].get("md5") for c in batch.ok_ids}
             integrity = checks.raw_integrity(batch.store, keys.raw,
                                              {c: batch.raw[c] for c in batch.ok_ids}, md5,
