@@ -304,16 +304,17 @@ def run_b10(ctx: Context) -> list[Row]:
         ctx.log(f"  webserver up in {web_s:.1f} s; statuses of {len(big_parts)} partitions "
                 f"in {gql:.2f} s ({n_mat} materialized ranges/keys, {n_missing} missing)")
 
-        defs = build_definitions(project, resources={"pad": PadResource(
-            cache_dir=str(cache), api_url=emu.base_url, registry_url=emu.registry_url,
-            offline=False)})
+        pad = PadResource(cache_dir=str(cache), api_url=emu.base_url,
+                          registry_url=emu.registry_url, offline=False)
+        defs = build_definitions(project, resources={"pad": pad})
         sensor = defs.resolve_sensor_def(f"{big.key}_new_cards")
         with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
-            boot = sensor(dg.build_sensor_context(instance=instance))
+            boot = sensor(dg.build_sensor_context(instance=instance, resources={"pad": pad}))
             new_ids = [90_000_000 + i for i in range(10)]
             emu.add_cards(LARGEST, new_ids)
             t = time.perf_counter()
-            tick = sensor(dg.build_sensor_context(instance=instance, cursor=boot.cursor))
+            tick = sensor(dg.build_sensor_context(instance=instance, cursor=boot.cursor,
+                                                  resources={"pad": pad}))
             tick_s = time.perf_counter() - t
         requested = list(tick.dynamic_partitions_requests[0].partition_keys) \
             if tick.dynamic_partitions_requests else []
