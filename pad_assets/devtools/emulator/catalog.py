@@ -493,11 +493,27 @@ class Catalog:
             present = set(spec.card_ids)
             added = [c for c in dict.fromkeys(new) if c not in present]
             spec.card_ids = [*spec.card_ids, *added]
+            if spec.published and added:
+                self._publish_rows(spec, added)
             self._rebuild_card_index()
             self._registry_cache = {
                 k: v for k, v in self._registry_cache.items() if k[0] != dataset_name
             }
         return added
+
+    def _publish_rows(self, spec: DatasetSpec, card_ids: Sequence[int]) -> None:
+        """New cards of a dataset served as published: rows appended to its last split
+        file (labels synthetic; URL and md5 columns are filled when served)."""
+        fname = list(spec.published or {})[-1]
+        header, rows = (spec.published or {})[fname]
+        extra = []
+        for cid in card_ids:
+            a = synthetic.card_attributes(cid)
+            values = {"id": str(cid), "sample_id": str(a.sample_id), "sample_name": a.drug,
+                      "quantity": str(a.quantity), "camera_type_1": a.camera,
+                      "image_name": f"{cid}.png"}
+            extra.append(tuple(values.get(h, "") for h in header))
+        spec.published = {**(spec.published or {}), fname: (header, (*rows, *extra))}
 
     def attributes(self, card_id: int) -> CardAttributes:
         """Labels of a card: explicit overrides, then edge-case specifics, then synthetic."""
