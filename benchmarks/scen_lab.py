@@ -63,9 +63,10 @@ def pls_artifact() -> Any:
 
 
 def _lab_emulator(ctx: Context, **kwargs: Any) -> Any:
-    from pad_assets.devtools.emulator import Emulator, EmulatorConfig
+    from pad_assets.devtools.emulator import Emulator
+    from pad_assets.devtools.emulator.full_registry import full_registry_config
 
-    config = EmulatorConfig.full_registry(models_provider=list,
+    config = full_registry_config(models_provider=list,
                                           md5_cache_dir=ctx.out / "md5", **kwargs)
     emu = Emulator(config)
     emu.add_model(ctx.models[16].artifact())

@@ -24,7 +24,7 @@ from dagster._core.instance.ref import InstanceRef
 from pad_assets.dataset import CachedDataset
 from pad_assets.devtools.demo_models import demo_model_artifacts
 from pad_assets.devtools.emulator import DatasetSpec, Emulator, EmulatorConfig
-from pad_assets.devtools.emulator.full_registry import FIXTURE
+from pad_assets.devtools.emulator.full_registry import FIXTURE, full_registry_config
 from pad_assets.orchestration.assets import DatasetAssetKeys, partitions_for
 from pad_assets.orchestration.backfill import BACKFILL_TAG, BATCH_TAG
 from pad_assets.orchestration.config import LAB_CONFIG, DatasetConfig, load_config
@@ -70,7 +70,7 @@ def test_lab_config_defines_every_registry_dataset_with_its_own_partitions() -> 
 def test_full_registry_emulator_serves_each_dataset_as_published(tmp_path: Path) -> None:
     published = _published_rows()
     assert sum(sum(c.values()) for c in published.values()) == 55317
-    with Emulator(EmulatorConfig.full_registry(models_provider=dict)) as emu:
+    with Emulator(full_registry_config(models_provider=dict)) as emu:
         s = Settings.from_env(cache_dir=tmp_path / "cache", api_url=emu.base_url,
                               registry_url=emu.registry_url, offline=False)
         for name in ("FHI2020_Stratified_Sampling", "FHI360_FHI360-FHI2020_BalancedData_v1.0",

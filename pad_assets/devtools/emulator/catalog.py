@@ -403,18 +403,6 @@ class EmulatorConfig:
         return cls(datasets=[spec, edge_case_dataset()], **kwargs)
 
 
-    @classmethod
-    def full_registry(cls, md5: bool = False, only: Iterable[str] | None = None,
-                      limit: int | None = None, **kwargs: Any) -> EmulatorConfig:
-        """Every registry dataset at its published size: 55,317 rows in 11 datasets (ids,
-        splits, repeats and labels as published; SYNTHETIC images). ``md5=True`` publishes
-        md5s (renders every card once); ``only`` serves just the datasets named."""
-        from .full_registry import full_registry_datasets
-
-        return cls(datasets=full_registry_datasets(md5, set(only) if only else None, limit),
-                   **kwargs)
-
-
 # --------------------------------------------------------------------------------------
 # Image bytes (process-wide caches: several emulators in one test session share them)
 

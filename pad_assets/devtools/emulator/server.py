@@ -629,7 +629,9 @@ def cli_main(argv: list[str] | None = None) -> int:
         if args.full_fhi2020:
             config = EmulatorConfig.full_fhi2020(**knobs)
         elif args.full_registry:
-            config = EmulatorConfig.full_registry(**knobs)
+            from .full_registry import full_registry_config
+
+            config = full_registry_config(**knobs)
         else:
             config = EmulatorConfig.with_cards(48 if args.cards is None else args.cards, **knobs)
     except ValueError as exc:
