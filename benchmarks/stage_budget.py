@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                    PYTHONPATH=str(code) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         proc = subprocess.run([sys.executable, "-c", CHILD, str(out), str(args.cards),
                                str(Path(tmp) / "cache")], capture_output=True, text=True,
-                              env=env, check=False)
+                              env=env, cwd=tmp, check=False)  # cwd: no pad_assets beside
     result = None
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
