@@ -187,12 +187,7 @@ def gc(store: ContentStore, max_size: int | str | None = None,
             rep.partials_removed = len(clean_partials(store))
             purge_retired(store, grace_seconds, wait=False)
         snap = _Snapshot.load(store)
-        known = {d for d, *_ in snap.cards}
-        unknown = sorted(set(keep) - known)
-        if unknown:
-            raise InvalidInputError(
-                f"--keep-dataset {unknown}: no such dataset in the cache at {store.root}; "
-                f"expected one of {sorted(known) or '(no datasets cached)'}")
+        _check_kept_datasets(store, snap, keep)
         rep.size_before = sum(n for _, n in snap.live_shards().values())
         usage = snap.shard_usage()
         rep.live_bytes_before = sum(u["live"] for u in usage.values())
@@ -204,20 +199,7 @@ def gc(store: ContentStore, max_size: int | str | None = None,
         prot = _protected(store, snap, keep)
         rep.protected = dict(Counter(why for k, why in prot.items() if k in snap.items))
         evict = _plan_evictions(snap, prot, limit, age, bool(keep), now, overhead)
-        refcount = Counter(it.blob for it in snap.items.values() if it.blob)
-        freed: set[str] = set()
-        for k in evict:
-            it = snap.items[k]
-            rep.evicted[it.layer] = rep.evicted.get(it.layer, 0) + 1
-            if it.blob:
-                refcount[it.blob] -= 1
-                if refcount[it.blob] == 0:
-                    freed.add(it.blob)
-        rep.evicted_bytes = sum(snap.blobs[b][1] for b in freed if b in snap.blobs)
-        rep.evicted_examples = [f"{snap.items[k].layer} {k}" for k in evict[:EXAMPLES]]
-        evicted_raw = {k for k in evict if snap.items[k].layer == "raw"}
-        mark = [(d, c, r) for d, c, r, st, _ in snap.cards if r in evicted_raw and st == "ok"]
-        rep.cards_marked_evicted = len(mark)
+        mark = _account_evictions(rep, snap, evict)
         if dry_run:
             marked = {(d, c) for d, c, _ in mark}
             plan = _plan_compaction(snap, set(evict), compact_threshold, limit, marked)
@@ -226,36 +208,10 @@ def gc(store: ContentStore, max_size: int | str | None = None,
             rep.outside = footprint.clean(store, age, dry_run=True, now=now)
             rep.seconds = time.time() - t0
             return rep
-        if mark:
-            from ..store import CardRecord
-
-            stamp_ = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
-            store.put(cards=[CardRecord(d, c, r, "evicted", f"raw image evicted by `pad-assets"
-                                        f" cache gc` at {stamp_} UTC; the next download "
-                                        "fetches it again") for d, c, r in mark])
+        _mark_cards_evicted(store, mark, now, "")
         if evict:
             index_admin.delete_items(store.index, evict)
-        snap = _Snapshot.load(store)
-        plan = _plan_compaction(snap, set(), compact_threshold, limit)
-        _fill_plan(rep, snap, set(), plan)
-        rep.compacted, rep.deleted_shards = [], []
-        # Shards with nothing live go first: deleting them writes nothing, so on a full
-        # disk they make the room the rewrites need.
-        usage = snap.shard_usage()
-        plan.sort(key=lambda p: not all(usage[s]["live"] == 0 and usage[s]["records"] == 0
-                                        for s in p[0] if s in usage))
-        for group, why in plan:
-            try:
-                out = _rewrite_on_tight_disk(store, group, f"gc: {why}", prot, limit,
-                                             grace_seconds, rep, now)
-            except (IntegrityError, BlobInUse, OSError) as exc:
-                rep.skipped.append(f"shards {group}: {exc}")
-                continue
-            if out.new_shard:
-                rep.new_shards.append(out.new_shard)
-                rep.compacted += group
-            else:
-                rep.deleted_shards += group
+        _compact(store, rep, prot, compact_threshold, limit, grace_seconds, now)
         purge_retired(store, grace_seconds)
         rep.outside = footprint.clean(store, age, dry_run=False, now=now)
         rep.partials_removed += len(clean_partials(store))
@@ -264,6 +220,81 @@ def gc(store: ContentStore, max_size: int | str | None = None,
         rep.live_bytes_after = sum(u["live"] for u in after.shard_usage().values())
     rep.seconds = time.time() - t0
     return rep
+
+
+def _check_kept_datasets(store: ContentStore, snap: _Snapshot, keep: list[str]) -> None:
+    """Refuse a ``--keep-dataset`` the cache does not hold: a typo would otherwise protect
+    nothing and let gc evict the dataset the user meant to keep."""
+    known = {d for d, *_ in snap.cards}
+    unknown = sorted(set(keep) - known)
+    if unknown:
+        raise InvalidInputError(
+            f"--keep-dataset {unknown}: no such dataset in the cache at {store.root}; "
+            f"expected one of {sorted(known) or '(no datasets cached)'}")
+
+
+def _account_evictions(rep: GcReport, snap: _Snapshot, evict: list[str]
+                       ) -> list[tuple[str, int, str]]:
+    """Count what evicting ``evict`` frees into ``rep`` (per layer; payload bytes only for
+    blobs no surviving item shares) and return the cards whose raw image goes with it,
+    so a dry run reports the same numbers the real run produces."""
+    refcount = Counter(it.blob for it in snap.items.values() if it.blob)
+    freed: set[str] = set()
+    for k in evict:
+        it = snap.items[k]
+        rep.evicted[it.layer] = rep.evicted.get(it.layer, 0) + 1
+        if it.blob:
+            refcount[it.blob] -= 1
+            if refcount[it.blob] == 0:
+                freed.add(it.blob)
+    rep.evicted_bytes = sum(snap.blobs[b][1] for b in freed if b in snap.blobs)
+    rep.evicted_examples = [f"{snap.items[k].layer} {k}" for k in evict[:EXAMPLES]]
+    evicted_raw = {k for k in evict if snap.items[k].layer == "raw"}
+    mark = [(d, c, r) for d, c, r, st, _ in snap.cards if r in evicted_raw and st == "ok"]
+    rep.cards_marked_evicted = len(mark)
+    return mark
+
+
+def _mark_cards_evicted(store: ContentStore, cards: list[tuple[str, int, str]], now: float,
+                        why: str) -> None:
+    """Mark cards whose raw image gc evicted as ``evicted`` (not deleted): their cached
+    predictions stay served and the next download knows to fetch the image again."""
+    if not cards:
+        return
+    from ..store import CardRecord
+
+    stamp_ = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
+    store.put(cards=[CardRecord(d, c, r, "evicted", f"raw image evicted by `pad-assets "
+                                f"cache gc` at {stamp_} UTC{why}; the next download "
+                                "fetches it again") for d, c, r in cards])
+
+
+def _compact(store: ContentStore, rep: GcReport, prot: dict[str, str], threshold: float,
+             limit: int | None, grace: float, now: float) -> None:
+    """Plan compaction on the cache as it is after eviction and carry it out, one group
+    of shards at a time; a group that cannot be rewritten is reported and skipped, so one
+    bad shard never stops the rest of the collection."""
+    snap = _Snapshot.load(store)
+    plan = _plan_compaction(snap, set(), threshold, limit)
+    _fill_plan(rep, snap, set(), plan)
+    rep.compacted, rep.deleted_shards = [], []
+    # Shards with nothing live go first: deleting them writes nothing, so on a full
+    # disk they make the room the rewrites need.
+    usage = snap.shard_usage()
+    plan.sort(key=lambda p: not all(usage[s]["live"] == 0 and usage[s]["records"] == 0
+                                    for s in p[0] if s in usage))
+    for group, why in plan:
+        try:
+            out = _rewrite_on_tight_disk(store, group, f"gc: {why}", prot, limit,
+                                         grace, rep, now)
+        except (IntegrityError, BlobInUse, OSError) as exc:
+            rep.skipped.append(f"shards {group}: {exc}")
+            continue
+        if out.new_shard:
+            rep.new_shards.append(out.new_shard)
+            rep.compacted += group
+        else:
+            rep.deleted_shards += group
 
 
 def _rewrite_on_tight_disk(store: ContentStore, group: list[str], reason: str,
@@ -296,14 +327,8 @@ def _rewrite_on_tight_disk(store: ContentStore, group: list[str], reason: str,
     cards = [(d, int(c), r) for d, c, r, st in select(
         store.index, "cards", "dataset", "card_id", "raw_key", "status", status="ok")
         if r in evicted_raw]
-    if cards:
-        from ..store import CardRecord
-
-        stamp_ = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
-        store.put(cards=[CardRecord(d, c, r, "evicted", f"raw image evicted by `pad-assets "
-                                    f"cache gc` at {stamp_} UTC (disk full); the next "
-                                    "download fetches it again") for d, c, r in cards])
-        rep.cards_marked_evicted += len(cards)
+    _mark_cards_evicted(store, cards, now, " (disk full)")
+    rep.cards_marked_evicted += len(cards)
     index_admin.delete_items(store.index, entries)
     for e in entries.values():
         rep.evicted[e["layer"]] = rep.evicted.get(e["layer"], 0) + 1

@@ -179,8 +179,8 @@ def _inspect_orphan(path: Path) -> str | None:
 
 def _check(store: ContentStore, progress: Callable[[int, int], None] | None = None
            ) -> _CheckState:
-    import h5py
-
+    """Check the cache read-only and collect what is wrong into a ``_CheckState`` that
+    ``--repair`` acts on: shard files, payloads, index rows, refs, cards, artifacts."""
     t0 = time.time()
     st = _CheckState(VerifyReport(str(store.root)))
     rep = st.report
@@ -190,7 +190,28 @@ def _check(store: ContentStore, progress: Callable[[int, int], None] | None = No
     files = store.shard_files()
     for s in retired:
         rep.notes.append(Finding("retired_shard", s, retired[s]["reason"]))
-    # shard files the index does not know
+    _check_orphan_shards(store, st, shards, retired, files)
+    blobs_by_shard = _blobs_by_shard(index, st, shards, retired)
+    records_of = _check_shards(store, st, shards, blobs_by_shard, progress)
+    items = _check_items(index, st, records_of)
+    _check_refs_and_cards(index, st, items, records_of)
+    for b in orphan_blobs(index):
+        if b not in st.bad_blobs:
+            rep.notes.append(Finding("orphan_blob", b, "no item references it"))
+    for name, size, mtime in _partials(store):
+        rep.notes.append(Finding("partial_file", f"tmp/{name}",
+                                 f"{size} bytes, {time.time() - mtime:.0f} s old"))
+    rep.problems += [Finding(*f) for f in find_contradictions(store, set(st.bad_items))]
+    _check_artifacts(store, st)
+    rep.seconds = time.time() - t0
+    return st
+
+
+def _check_orphan_shards(store: ContentStore, st: _CheckState, shards: dict[str, str],
+                         retired: dict[str, Any], files: dict[str, str]) -> None:
+    """Shard files the index does not know: damaged leftovers of a crash, or readable
+    shards ``--repair`` can index. A very recent one is a writer still at work: noted only."""
+    rep = st.report
     for name, rel in sorted(files.items()):
         if name in shards or name in retired:
             continue
@@ -203,7 +224,12 @@ def _check(store: ContentStore, progress: Callable[[int, int], None] | None = No
         st.orphans[name] = rel
         rep.problems.append(Finding("orphan_shard", name, f"{rel} is not indexed" + (
             f" and is damaged ({why})" if why else " (readable; --repair indexes it)")))
-    # payloads, shard by shard
+
+
+def _blobs_by_shard(index: Any, st: _CheckState, shards: dict[str, str],
+                    retired: dict[str, Any]) -> dict[str, list[str]]:
+    """Indexed payloads grouped by shard; payloads of a shard the index does not list
+    are reported at once, since no file will be opened for them."""
     blobs_by_shard: dict[str, list[str]] = defaultdict(list)
     for b, s in select(index, "blobs", "blob", "shard"):
         blobs_by_shard[s].append(b)
@@ -211,7 +237,20 @@ def _check(store: ContentStore, progress: Callable[[int, int], None] | None = No
         if s not in shards and s not in retired:
             for b in blist:
                 st.bad_blobs[b] = f"its shard {s} is not in the index"
-                rep.problems.append(Finding("missing_blob", b, f"shard {s} is not indexed"))
+                st.report.problems.append(Finding("missing_blob", b, f"shard {s} is not indexed"))
+    return blobs_by_shard
+
+
+def _check_shards(store: ContentStore, st: _CheckState, shards: dict[str, str],
+                  blobs_by_shard: dict[str, list[str]],
+                  progress: Callable[[int, int], None] | None
+                  ) -> dict[str, tuple[set, set, set]]:
+    """Open every indexed shard: a missing or unopenable file makes all its payloads bad.
+    Returns each readable shard's records (item keys, ref names, cards) for the
+    cross-check of index rows against the shards that should list them."""
+    import h5py
+
+    rep = st.report
     records_of: dict[str, tuple[set, set, set]] = {}
     for s, rel in sorted(shards.items()):
         if progress is not None:
@@ -234,32 +273,47 @@ def _check(store: ContentStore, progress: Callable[[int, int], None] | None = No
                 st.bad_blobs[b] = f"shard {s} cannot be opened"
             continue
         with f:
-            try:
-                raw = f[shard_io.RECORDS_DATASET][()]
-                recs = json.loads(bytes(raw).decode())
-                records_of[s] = (
-                    {r.get("key") for r in recs if r.get("type") == "item"},
-                    {r.get("name") for r in recs if r.get("type") == "ref"},
-                    {(r.get("dataset"), int(r.get("card_id", -1)))
-                     for r in recs if r.get("type") == "card"})
-            except Exception as exc:
-                st.unreadable_shards.add(s)
-                rep.problems.append(Finding("unreadable_shard", s, f"{rel}: records cannot be "
-                                            f"read ({type(exc).__name__}: {exc})"))
-            for b in blobs_by_shard.get(s, []):
-                rep.blobs_checked += 1
-                try:
-                    read_blob_checked(f, b)
-                except IntegrityError as exc:
-                    missing = "not in the shard" in str(exc)
-                    st.bad_blobs[b] = str(exc)
-                    rep.problems.append(Finding("missing_blob" if missing else "corrupt_blob",
-                                                b, f"shard {s}: {exc}"))
-                except Exception as exc:  # damaged HDF5 metadata
-                    st.bad_blobs[b] = f"{type(exc).__name__}: {exc}"
-                    rep.problems.append(Finding("corrupt_blob", b, f"shard {s}: "
-                                                f"{type(exc).__name__}: {exc}"))
-    # items
+            _check_shard_contents(f, s, rel, blobs_by_shard.get(s, []), st, records_of)
+    return records_of
+
+
+def _check_shard_contents(f: Any, s: str, rel: str, blobs: list[str], st: _CheckState,
+                          records_of: dict[str, tuple[set, set, set]]) -> None:
+    """One open shard: its records must parse, and every payload the index places in it
+    must be there and hash to its name."""
+    rep = st.report
+    try:
+        raw = f[shard_io.RECORDS_DATASET][()]
+        recs = json.loads(bytes(raw).decode())
+        records_of[s] = (
+            {r.get("key") for r in recs if r.get("type") == "item"},
+            {r.get("name") for r in recs if r.get("type") == "ref"},
+            {(r.get("dataset"), int(r.get("card_id", -1)))
+             for r in recs if r.get("type") == "card"})
+    except Exception as exc:
+        st.unreadable_shards.add(s)
+        rep.problems.append(Finding("unreadable_shard", s, f"{rel}: records cannot be "
+                                    f"read ({type(exc).__name__}: {exc})"))
+    for b in blobs:
+        rep.blobs_checked += 1
+        try:
+            read_blob_checked(f, b)
+        except IntegrityError as exc:
+            missing = "not in the shard" in str(exc)
+            st.bad_blobs[b] = str(exc)
+            rep.problems.append(Finding("missing_blob" if missing else "corrupt_blob",
+                                        b, f"shard {s}: {exc}"))
+        except Exception as exc:  # damaged HDF5 metadata
+            st.bad_blobs[b] = f"{type(exc).__name__}: {exc}"
+            rep.problems.append(Finding("corrupt_blob", b, f"shard {s}: "
+                                        f"{type(exc).__name__}: {exc}"))
+
+
+def _check_items(index: Any, st: _CheckState, records_of: dict[str, tuple[set, set, set]]
+                 ) -> set[str]:
+    """Every item row: its payload present and sound, its key matching what it holds,
+    and its shard listing it. Returns the keys of all items, for refs and cards."""
+    rep = st.report
     present_blobs = set(each(select(index, "blobs", "blob")))
     items: set[str] = set()
     for key, layer, blob, meta, shard in select(index, "items", "key", "layer", "blob", "meta",
@@ -287,6 +341,14 @@ def _check(store: ContentStore, progress: Callable[[int, int], None] | None = No
             st.record_missing_shards.add(shard)
             rep.problems.append(Finding("record_missing", key, f"item row points at shard "
                                         f"{shard}, whose records do not list it"))
+    return items
+
+
+def _check_refs_and_cards(index: Any, st: _CheckState, items: set[str],
+                          records_of: dict[str, tuple[set, set, set]]) -> None:
+    """Refs and cards must point at sound items and be listed by their shard; an evicted
+    card is expected (gc did it) and only noted."""
+    rep = st.report
     for name, key, shard in select(index, "refs", "name", "key", "shard"):
         if key not in items or key in st.bad_items:
             rep.problems.append(Finding("dangling_ref", name, f"target {key} is "
@@ -308,16 +370,6 @@ def _check(store: ContentStore, progress: Callable[[int, int], None] | None = No
             st.record_missing_shards.add(shard)
             rep.problems.append(Finding("record_missing", f"{ds}/{cid}", f"card row points "
                                         f"at shard {shard}, whose records do not list it"))
-    for b in orphan_blobs(index):
-        if b not in st.bad_blobs:
-            rep.notes.append(Finding("orphan_blob", b, "no item references it"))
-    for name, size, mtime in _partials(store):
-        rep.notes.append(Finding("partial_file", f"tmp/{name}",
-                                 f"{size} bytes, {time.time() - mtime:.0f} s old"))
-    rep.problems += [Finding(*f) for f in find_contradictions(store, set(st.bad_items))]
-    _check_artifacts(store, st)
-    rep.seconds = time.time() - t0
-    return st
 
 
 def _check_artifacts(store: ContentStore, st: _CheckState) -> None:
@@ -425,8 +477,10 @@ def _salvage_orphan(store: ContentStore, name: str, rel: str) -> str:
 
 def _repair(store: ContentStore, st: _CheckState, resolver: DatasetResolver | None,
             settings: Any, partial_max_age: float, grace: float) -> None:
+    """Fix what ``_check`` found, in an order where each step makes room for the next:
+    salvage orphans, drop damaged items, rewrite their shards, then restore from the
+    sources of truth (raw images, manifests, models), then clear leftovers."""
     rep = st.report
-    index = store.index
     # 1. orphan shard files
     for name, rel in sorted(st.orphans.items()):
         try:
@@ -435,18 +489,53 @@ def _repair(store: ContentStore, st: _CheckState, resolver: DatasetResolver | No
             rep.unrepaired.append(f"orphan shard {name}: {type(exc).__name__}: {exc}")
     # 2. drop damaged items from the index (keep their metadata to restore raw images)
     drop = dict(st.bad_items)
-    entries = index.items(list(drop)) if drop else {}
+    entries, record_shards = _drop_damaged_items(store, drop)
     raw_meta = {k: e["meta"] for k, e in entries.items() if e["layer"] == "raw"}
-    derived = Counter(e["layer"] for e in entries.values() if e["layer"] in DERIVED_LAYERS)
-    other = Counter(e["layer"] for e in entries.values()
-                    if e["layer"] not in DERIVED_LAYERS and e["layer"] != "raw")
+    # 3. rewrite every shard that holds damaged data or records of dropped items
+    _rewrite_damaged_shards(store, st, record_shards)
+    _report_dropped(rep, drop, entries)
+    # 4. restore raw images from their recorded source
+    unrestored = _restore_raw(store, raw_meta, settings, rep) if raw_meta else {}
+    # 5. cards still without raw images, and dangling manifest refs
+    _refetch_missing_cards(store, resolver, rep)
+    _settle_unrestored(store, unrestored, rep)
+    _repair_models(store, st, settings, rep)
+    _repair_dangling_refs(store, resolver, rep)
+    # 5b. refs and cards that contradict their content, or are stamped in the future
+    fixed, unfixed = repair_contradictions(store, rep.problems, resolver)
+    rep.repaired += fixed
+    rep.unrepaired += unfixed
+    # 6. leftovers
+    removed = clean_partials(store, partial_max_age)
+    if removed:
+        rep.repaired.append(f"removed {len(removed)} stale *.partial files")
+    purged = purge_retired(store, grace)
+    if purged:
+        rep.repaired.append(f"deleted or quarantined {len(purged)} retired shard files")
+
+
+def _drop_damaged_items(store: ContentStore, drop: dict[str, str]
+                        ) -> tuple[dict[str, Any], set[str]]:
+    """Remove damaged items (and payload rows of shards the index no longer lists) from
+    the index. Returns their index entries, read first because raw images are restored
+    from their metadata, and the shards whose records still list them (to be rewritten)."""
+    index = store.index
+    entries = index.items(list(drop)) if drop else {}
     record_shards = {e["shard"] for e in entries.values()}
     record_shards |= set(each(select(index, "items", "shard", distinct=True,
                                      key=OneOf(list(drop)))))
     if drop:
         index_admin.delete_items(index, drop)
     index_admin.delete_blobs_of_unknown_shards(index)
-    # 3. rewrite every shard that holds damaged data or records of dropped items
+    return entries, record_shards
+
+
+def _rewrite_damaged_shards(store: ContentStore, st: _CheckState, record_shards: set[str]
+                            ) -> None:
+    """Rewrite each shard holding damaged payloads or records of dropped items: its good
+    content moves to a new shard, a damaged file is quarantined (kept for a post-mortem),
+    a sound one retired. A shard that cannot be rewritten is reported, not fatal."""
+    rep, index = st.report, store.index
     damaged = ({s for (b, s) in select(index, "blobs", "blob", "shard")
                 if b in st.bad_blobs} | st.missing_shards | st.unreadable_shards)
     affected = (damaged | st.record_missing_shards | record_shards) - set(
@@ -469,6 +558,15 @@ def _repair(store: ContentStore, st: _CheckState, resolver: DatasetResolver | No
             f"{what} shard {s}" + (f"; its good content ({out.carried_items} items, "
                                    f"{out.carried_blobs} payloads, other records) now lives "
                                    f"in {out.new_shard}" if out.new_shard else ""))
+
+
+def _report_dropped(rep: VerifyReport, drop: dict[str, str], entries: dict[str, Any]
+                    ) -> None:
+    """Say what the dropped items were and how each kind comes back: derived items are
+    recomputed lazily, others through their ref or model."""
+    derived = Counter(e["layer"] for e in entries.values() if e["layer"] in DERIVED_LAYERS)
+    other = Counter(e["layer"] for e in entries.values()
+                    if e["layer"] not in DERIVED_LAYERS and e["layer"] != "raw")
     if drop:
         rep.repaired.append(f"removed {len(drop)} damaged items from the index "
                             f"({dict(Counter(e['layer'] for e in entries.values()))})")
@@ -480,10 +578,13 @@ def _repair(store: ContentStore, st: _CheckState, resolver: DatasetResolver | No
         rep.repaired.append(
             f"items {dict(other)} were removed; what a ref still needs is listed below, "
             "weights come back the next time their model is resolved")
-    # 4. restore raw images from their recorded source
-    unrestored = _restore_raw(store, raw_meta, settings, rep) if raw_meta else {}
-    # 5. cards still without raw images, and dangling manifest refs
-    ok_cards = select(index, "cards", "dataset", "card_id", "raw_key", status="ok",
+
+
+def _refetch_missing_cards(store: ContentStore, resolver: DatasetResolver | None,
+                           rep: VerifyReport) -> None:
+    """Cards still without their raw image: downloaded again through ``resolver`` (the
+    PAD API is the source of truth), or reported with the command that fetches them."""
+    ok_cards = select(store.index, "cards", "dataset", "card_id", "raw_key", status="ok",
                       raw_key=NotNull())
     present = set(store.has([r for _, _, r in ok_cards]))
     missing_cards: dict[str, list[int]] = defaultdict(list)
@@ -508,7 +609,13 @@ def _repair(store: ContentStore, st: _CheckState, resolver: DatasetResolver | No
         if summary.failed:
             rep.unrepaired.append(f"{ds}: {len(summary.failed)} cards could not be fetched, "
                                   f"e.g. {sorted(summary.failed.items())[:2]}")
-    still_used = set(each(select(index, "cards", "raw_key", status="ok")))
+
+
+def _settle_unrestored(store: ContentStore, unrestored: dict[str, str], rep: VerifyReport
+                       ) -> None:
+    """A raw image that could not be restored is a problem only while a card uses it;
+    otherwise its removal was the repair."""
+    still_used = set(each(select(store.index, "cards", "raw_key", status="ok")))
     present_now = store.has(list(unrestored))
     for key, why in sorted(unrestored.items()):
         if key in present_now:
@@ -517,8 +624,13 @@ def _repair(store: ContentStore, st: _CheckState, resolver: DatasetResolver | No
             rep.unrepaired.append(f"raw item {key}: {why}")
         else:
             rep.repaired.append(f"removed raw item {key} ({why}; no card uses it any more)")
-    _repair_models(store, st, settings, rep)
-    ref_rows = select(index, "refs", "name", "key")
+
+
+def _repair_dangling_refs(store: ContentStore, resolver: DatasetResolver | None,
+                          rep: VerifyReport) -> None:
+    """Refs whose target is gone: a manifest is fetched again; for other refs only their
+    producer can remake the target, so the report says which one to run."""
+    ref_rows = select(store.index, "refs", "name", "key")
     items_now = store.has([k for _, k in ref_rows])
     for name, key in ref_rows:
         if key in items_now:
@@ -536,17 +648,6 @@ def _repair(store: ContentStore, st: _CheckState, resolver: DatasetResolver | No
             hint = ("re-materialize that partition in Dagster" if name.startswith(refnames.ASSET)
                     else "run its producer again (download, or resolve the model)")
             rep.unrepaired.append(f"ref {name} points at {key}, which is not cached; {hint}")
-    # 5b. refs and cards that contradict their content, or are stamped in the future
-    fixed, unfixed = repair_contradictions(store, rep.problems, resolver)
-    rep.repaired += fixed
-    rep.unrepaired += unfixed
-    # 6. leftovers
-    removed = clean_partials(store, partial_max_age)
-    if removed:
-        rep.repaired.append(f"removed {len(removed)} stale *.partial files")
-    purged = purge_retired(store, grace)
-    if purged:
-        rep.repaired.append(f"deleted or quarantined {len(purged)} retired shard files")
 
 
 def _repair_models(store: ContentStore, st: _CheckState, settings: Any,

@@ -52,8 +52,6 @@ def rewrite_shards(store: ContentStore, sources: Sequence[str], *,
     check (nothing changes), ``BlobInUse`` if a concurrent writer began to use a blob that
     was about to be dropped (nothing changes).
     """
-    import h5py
-
     index = store.index
     index_admin.ensure_retired_table(index)
     srcs = list(dict.fromkeys(sources))
@@ -68,6 +66,35 @@ def rewrite_shards(store: ContentStore, sources: Sequence[str], *,
     dead = [b for b in src_blobs if b not in carry]
     # items that lose their payload with this rewrite (corrupt or explicitly dropped blobs)
     lose = {r[0] for r in select(index, "items", "key", blob=OneOf(dead))}
+    records = _live_records(index, srcs, lose)
+    new = _write_carried(store, paths, carry, records)
+    now = time.time()
+    try:
+        # A put() that deduplicated against a blob we are about to drop makes it live.
+        index_admin.commit_rewrite(index, srcs, paths, new,
+                                   {b: row[1] for b, row in carry.items()}, dead, lose,
+                                   disposition, reason,
+                                   lambda rel: (store.root / rel).exists(), now)
+    except BaseException:
+        if new is not None:
+            # The new file is already under shards/, where another process's recover() may
+            # have indexed it: never unlink it. Index it instead; it holds copies only, so
+            # nothing points at it and the next gc deletes it the safe way.
+            with contextlib.suppress(Exception):
+                index.apply_shard(new[0], new[1], new[2], records,
+                                  [{"blob": b, "kind": r[2], "dtype": r[3],
+                                    "shape": json.loads(r[4]), "nbytes": r[5]}
+                                   for b, r in carry.items()])
+        raise
+    return RewriteOutcome(srcs, new[0] if new else None,
+                          sum(1 for r in records if r["type"] == "item"), len(carry),
+                          len(dead), sum(int(r[5]) for r in carry.values()))
+
+
+def _live_records(index: Any, srcs: list[str], lose: set[str]) -> list[dict[str, Any]]:
+    """The records the new shard carries, rebuilt from the index rows that point at the
+    sources (not from the old files, which may be damaged), with their original
+    timestamps so "newest wins" still holds on a rebuild; items in ``lose`` are left out."""
     item_rows = select(index, "items", "key", "layer", "blob", "meta", "created",
                        shard=OneOf(srcs))
     ref_rows = select(index, "refs", "name", "key", "updated", shard=OneOf(srcs))
@@ -82,6 +109,16 @@ def rewrite_shards(store: ContentStore, sources: Sequence[str], *,
     records += [{"type": "ref", "name": n, "key": k, "ts": float(u)} for n, k, u in ref_rows]
     records += [{"type": "card", "dataset": d, "card_id": int(c), "raw_key": r, "status": s,
                  "detail": det, "ts": float(u)} for d, c, r, s, det, u in card_rows]
+    return records
+
+
+def _write_carried(store: ContentStore, paths: dict[str, str], carry: dict[str, Any],
+                   records: list[dict[str, Any]]) -> tuple[str, str, int] | None:
+    """Write the new shard: every carried payload read from its source and digest-checked
+    before it is written (a bad one raises and nothing changes), stored as new writes are.
+    Returns (shard, path, size), or None when nothing is live."""
+    import h5py
+
     for b, row in carry.items():
         rel = paths.get(row[1])
         if rel is None or not (store.root / rel).is_file():
@@ -104,35 +141,14 @@ def rewrite_shards(store: ContentStore, sources: Sequence[str], *,
             codec = shard_io.codec_for(arr) if kind == "array" and store.compress else ""
             yield shard_io.BlobPayload(b, arr, kind, codec)
 
-    new: tuple[str, str, int] | None = None
     try:
         if records or carry:
-            new = shard_io.write_shard(store.root, payloads(), records)
+            return shard_io.write_shard(store.root, payloads(), records)
+        return None
     finally:
         for f in handles.values():
             with contextlib.suppress(Exception):
                 f.close()
-    now = time.time()
-    try:
-        # A put() that deduplicated against a blob we are about to drop makes it live.
-        index_admin.commit_rewrite(index, srcs, paths, new,
-                                   {b: row[1] for b, row in carry.items()}, dead, lose,
-                                   disposition, reason,
-                                   lambda rel: (store.root / rel).exists(), now)
-    except BaseException:
-        if new is not None:
-            # The new file is already under shards/, where another process's recover() may
-            # have indexed it: never unlink it. Index it instead; it holds copies only, so
-            # nothing points at it and the next gc deletes it the safe way.
-            with contextlib.suppress(Exception):
-                index.apply_shard(new[0], new[1], new[2], records,
-                                  [{"blob": b, "kind": r[2], "dtype": r[3],
-                                    "shape": json.loads(r[4]), "nbytes": r[5]}
-                                   for b, r in carry.items()])
-        raise
-    return RewriteOutcome(srcs, new[0] if new else None,
-                          sum(1 for r in records if r["type"] == "item"), len(carry),
-                          len(dead), sum(int(r[5]) for r in carry.values()))
 
 
 def purge_retired(store: ContentStore, grace_seconds: float = DEFAULT_GRACE_SECONDS,
