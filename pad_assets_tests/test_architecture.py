@@ -25,7 +25,7 @@ import pad_assets
 
 PACKAGE = Path(pad_assets.__file__).resolve().parent
 CORE_PACKAGES = ("sources", "store", "preprocessing", "models", "layers", "comparison",
-                 "maintenance")
+                 "maintenance", "sharing")
 CORE_MODULES = ("dataset", "settings", "errors", "hashing", "keys", "csv_safety", "__init__")
 MAX_FUNCTION_LINES = 80
 

@@ -27,7 +27,7 @@ from ..store import ContentStore
 from ..store import shards as shard_io
 from ..store.fs import file_sha256
 from . import limits
-from .checks import _bundle_rel_ok, _check_items, _inspect_shard, _load_json
+from .checks import _bundle_rel_ok, _check_items, _inspect_shard, _Inspected, _load_json
 from .ingest import _ignored_lines, _move_in_and_index, _payload_reader, _rewrite_into
 from .proposals import vet
 from .tarsafe import _extract_tar
@@ -93,6 +93,44 @@ def import_bundle(store: ContentStore, path: str | os.PathLike[str]) -> ImportRe
 
 
 def _import_dir(store: ContentStore, bdir: Path, shown: str, t0: float) -> ImportReport:
+    """Verify the bundle in ``bdir`` completely (listing, files, shards, records, keys),
+    then write and index it in one go; anything wrong refuses the whole bundle."""
+    dataset, files = _read_bundle_json(bdir, shown)
+    present = _verified_files(bdir, shown, files)
+    inspected = _verified_shards(store, present, dataset, shown)
+    rep = ImportReport(shown, dataset)
+    # Refs and card records are proposals: verified against content, never overriding
+    # local truth, never stamped later than now (dropped ones are reported, not imported).
+    rep.ignored = vet(store, inspected, _payload_reader(store, inspected),
+                      dataset=dataset).ignored
+    recs = [r for s in inspected for r in s.records]
+    rep.items = dict(Counter(r["layer"] for r in recs if r["type"] == "item"))
+    rep.already_cached = len(store.has([r["key"] for r in recs if r["type"] == "item"]))
+    rep.refs = sum(1 for r in recs if r["type"] == "ref")
+    rep.cards = sum(1 for r in recs if r["type"] == "card")
+    staging = store.root / "tmp" / f"import-{uuid.uuid4().hex[:12]}{shard_io.PARTIAL_SUFFIX}"
+    try:
+        written = _rewrite_into(store, inspected, staging)
+    except IntegrityError as exc:
+        raise IntegrityError(f"bundle {shown} changed while it was imported ({exc}); nothing "
+                             "was imported") from exc
+    try:
+        # Everything is verified and written: move the files in, then one transaction.
+        # (A crash in between leaves complete, verified shards that recover() indexes;
+        # refs and cards move last, so none points at an item that did not arrive.)
+        _move_in_and_index(store, staging, written)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    store.index.touch([r["key"] for r in recs if r["type"] == "item"], older_than=0.0)
+    rep.shards_written = len(written)
+    rep.bytes_written = sum(w[2] for w in written)
+    rep.seconds = time.time() - t0
+    return rep
+
+
+def _read_bundle_json(bdir: Path, shown: str) -> tuple[str, list[Any]]:
+    """The bundle's own description, read under a size limit (it comes from someone else)
+    and checked for format, version and a valid dataset name. Returns (dataset, files)."""
     jpath = bdir / limits.BUNDLE_JSON
     if not jpath.is_file():
         raise IntegrityError(f"bundle {shown} has no {limits.BUNDLE_JSON}; expected a directory or tar "
@@ -118,6 +156,13 @@ def _import_dir(store: ContentStore, bdir: Path, shown: str, t0: float) -> Impor
     if len(files) > limits.MAX_TAR_MEMBERS:
         raise IntegrityError(f"bundle {shown}: {limits.BUNDLE_JSON} lists {len(files)} files, over "
                              f"the limit of {limits.MAX_TAR_MEMBERS}")
+    return dataset, files
+
+
+def _verified_files(bdir: Path, shown: str, files: list[Any]) -> dict[str, Path]:
+    """Match the files on disk against the listing: every listed file present, of its
+    declared size, under the size limit and with its sha256; nothing unlisted and no
+    symbolic links. Returns shard name -> path; any problem refuses the bundle."""
     problems: list[str] = []
     listed: dict[str, tuple[str, str]] = {}
     sizes: dict[str, int | None] = {}
@@ -134,7 +179,7 @@ def _import_dir(store: ContentStore, bdir: Path, shown: str, t0: float) -> Impor
             problems.append(f"listed file {rel} declares size {declared!r}, expected bytes")
         else:
             sizes[name] = declared
-    present = {}
+    present: dict[str, Path] = {}
     sdir = bdir / "shards"
     if sdir.is_dir():
         for n, p in enumerate(sdir.rglob("*")):
@@ -168,6 +213,14 @@ def _import_dir(store: ContentStore, bdir: Path, shown: str, t0: float) -> Impor
         if got != sha:
             problems.append(f"file {rel} has sha256 {got}, {limits.BUNDLE_JSON} says {sha}")
     _refuse(problems, shown)
+    return present
+
+
+def _verified_shards(store: ContentStore, present: dict[str, Path], dataset: str,
+                     shown: str) -> list[_Inspected]:
+    """Open every shard and check its records and payloads: cards only of the bundle's
+    dataset, items whose keys match their content (payloads already cached count).
+    Returns the inspected shards; any problem refuses the bundle."""
     inspected = [_inspect_shard(n, present[n]) for n in sorted(present)]
     problems = [p for s in inspected for p in s.problems]
     for s in inspected:
@@ -179,34 +232,8 @@ def _import_dir(store: ContentStore, bdir: Path, shown: str, t0: float) -> Impor
               if r["type"] == "item" and r.get("blob")]
     problems += _check_items(inspected, store.index.present_blobs(needed))
     _refuse(problems, shown)
-    rep = ImportReport(shown, dataset)
-    # Refs and card records are proposals: verified against content, never overriding
-    # local truth, never stamped later than now (dropped ones are reported, not imported).
-    rep.ignored = vet(store, inspected, _payload_reader(store, inspected),
-                      dataset=dataset).ignored
-    recs = [r for s in inspected for r in s.records]
-    rep.items = dict(Counter(r["layer"] for r in recs if r["type"] == "item"))
-    rep.already_cached = len(store.has([r["key"] for r in recs if r["type"] == "item"]))
-    rep.refs = sum(1 for r in recs if r["type"] == "ref")
-    rep.cards = sum(1 for r in recs if r["type"] == "card")
-    staging = store.root / "tmp" / f"import-{uuid.uuid4().hex[:12]}{shard_io.PARTIAL_SUFFIX}"
-    try:
-        written = _rewrite_into(store, inspected, staging)
-    except IntegrityError as exc:
-        raise IntegrityError(f"bundle {shown} changed while it was imported ({exc}); nothing "
-                             "was imported") from exc
-    try:
-        # Everything is verified and written: move the files in, then one transaction.
-        # (A crash in between leaves complete, verified shards that recover() indexes;
-        # refs and cards move last, so none points at an item that did not arrive.)
-        _move_in_and_index(store, staging, written)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    store.index.touch([r["key"] for r in recs if r["type"] == "item"], older_than=0.0)
-    rep.shards_written = len(written)
-    rep.bytes_written = sum(w[2] for w in written)
-    rep.seconds = time.time() - t0
-    return rep
+    _refuse(problems, shown)
+    return inspected
 
 
 def _refuse(problems: list[str], shown: str) -> None:

@@ -68,6 +68,20 @@ def vet(store: ContentStore, shards: Sequence[ForeignShard], read_payload: Paylo
     """
     now = time.time() if now is None else now
     out = Vetting()
+    layer_of, json_of = _content_lookups(store, shards, read_payload)
+    accepted_refs = _vet_refs(store, shards, dataset, layer_of, json_of, out)
+    accepted_cards = _vet_cards(store, shards, accepted_refs, layer_of, json_of,
+                                read_payload, out)
+    _apply_vetting(shards, accepted_refs, accepted_cards, now, out)
+    return out
+
+
+def _content_lookups(store: ContentStore, shards: Sequence[ForeignShard],
+                     read_payload: PayloadReader
+                     ) -> tuple[Callable[[str], str | None], Callable[[str], Any]]:
+    """(layer of a key, parsed JSON payload of a key): what a proposal is checked against,
+    looked up first in what arrived, then in this cache; a payload that is not JSON is
+    None, so a proposal resting on it is refused rather than raising."""
     foreign_items = {r["key"]: r for s in shards for r in s.records if r["type"] == "item"}
     local_entries: dict[str, dict[str, Any]] = {}
 
@@ -88,7 +102,15 @@ def vet(store: ContentStore, shards: Sequence[ForeignShard], read_payload: Paylo
         except (UnicodeDecodeError, ValueError):
             return None
 
-    # ---- refs
+    return layer_of, json_of
+
+
+def _vet_refs(store: ContentStore, shards: Sequence[ForeignShard], dataset: str | None,
+              layer_of: Callable[[str], str | None], json_of: Callable[[str], Any],
+              out: Vetting) -> dict[str, str]:
+    """Ref proposals: one target per name, never another dataset's manifest, never
+    overriding a local ref, and a target of the kind the ref names. Returns the accepted
+    refs (name -> key); refused ones are added to ``out.ignored`` with the reason."""
     ref_targets: dict[str, set[str]] = defaultdict(set)
     for s in shards:
         for r in s.records:
@@ -111,8 +133,16 @@ def vet(store: ContentStore, shards: Sequence[ForeignShard], read_payload: Paylo
             out.ignored.append(f"ref {name}: {why}")
         else:
             accepted_refs[name] = next(iter(targets))
+    return accepted_refs
 
-    # ---- cards
+
+def _vet_cards(store: ContentStore, shards: Sequence[ForeignShard],
+               accepted_refs: dict[str, str], layer_of: Callable[[str], str | None],
+               json_of: Callable[[str], Any], read_payload: PayloadReader,
+               out: Vetting) -> set[tuple[str, int]]:
+    """Card proposals: one raw image per card, never replacing a usable local mapping,
+    only verified images, checked against the dataset's manifest md5s. Returns the
+    accepted (dataset, card_id); refused ones are added to ``out.ignored``."""
     card_targets: dict[tuple[str, int], set[tuple[str | None, str]]] = defaultdict(set)
     for s in shards:
         for r in s.records:
@@ -147,8 +177,14 @@ def vet(store: ContentStore, shards: Sequence[ForeignShard], read_payload: Paylo
                 out.ignored.append(f"card {d}/{c}: {why}")
             else:
                 accepted_cards.add((d, c))
+    return accepted_cards
 
-    # ---- apply: drop what was refused, clamp clocks
+
+def _apply_vetting(shards: Sequence[ForeignShard], accepted_refs: dict[str, str],
+                   accepted_cards: set[tuple[str, int]], now: float, out: Vetting) -> None:
+    """Drop refused ref and card records from the shards in place and clamp every
+    record's clock to ``now`` (a stamp from the future would win "newest wins" forever);
+    ``out.changed`` lists the shards that must be rewritten."""
     for i, s in enumerate(shards):
         kept: list[dict[str, Any]] = []
         for r in s.records:
@@ -162,7 +198,6 @@ def vet(store: ContentStore, shards: Sequence[ForeignShard], read_payload: Paylo
                 out.changed.add(i)
             kept.append(r)
         s.records[:] = kept
-    return out
 
 
 def _ref_problem(name: str, key: str, dataset: str | None,

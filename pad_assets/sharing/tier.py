@@ -233,19 +233,7 @@ def pull(store: ContentStore, remote_url: str, dataset: str | None = None, *,
         raise InvalidInputError(f"remote {remote_url} holds no pad_assets shards; expected a "
                                 "location written by `pad-assets cache push`")
     entries = idx["shards"]
-    # a shard is visible once its entry object exists (written after its bytes were copied
-    # and read back); a file without one is a push in progress, or a killed one's leftover
-    names = set(files) & set(entries)
-    for name in sorted(names):
-        if entries[name].get("conflict"):
-            rep.failed.append(f"{name}: {entries[name]['conflict']}")
-            names.discard(name)
-    if dataset is not None:
-        names = {n for n in names if dataset in (entries.get(n) or {}).get("datasets", [])}
-        if not names:
-            known = sorted({d for e in entries.values() for d in e.get("datasets", [])})
-            raise InvalidInputError(f"remote {remote_url} has no shards for dataset "
-                                    f"{dataset!r}; datasets there: {known or '(none)'}")
+    names = _visible_shards(entries, files, dataset, remote_url, rep)
     with maintenance_lock(store, exclusive=False, what="cache pull"):
         local = set(store.index.shard_paths()) | set(store.shard_files())
         tmp_dir = store.root / "tmp"
@@ -253,30 +241,8 @@ def pull(store: ContentStore, remote_url: str, dataset: str | None = None, *,
         arrived: list[_Inspected] = []
         try:
             # 1. copy and verify every missing shard (kept under tmp/ until vetted)
-            for done, name in enumerate(sorted(names)):
-                if progress is not None:  # ``progress(done, total)``: the CLI's bar
-                    progress(done, len(names))
-                if name in local:
-                    rep.already_here += 1
-                    continue
-                tmp = tmp_dir / f"{name}{shard_io.SHARD_SUFFIX}.{uuid.uuid4().hex[:8]}" \
-                                f"{shard_io.PARTIAL_SUFFIX}"
-                try:
-                    _copy_remote_shard(fs, files[name], tmp, entries.get(name) or {},
-                                       remote_url, name)
-                    insp = _inspect_shard(name, tmp)
-                    problems = insp.problems + _check_items([insp], set(),
-                                                            require_payloads=False)
-                    if problems:
-                        raise IntegrityError("; ".join(problems[:5]))
-                except (IntegrityError, OSError) as exc:
-                    tmp.unlink(missing_ok=True)
-                    rep.failed.append(f"{name}: {exc}")
-                    continue
-                except BaseException:
-                    tmp.unlink(missing_ok=True)
-                    raise
-                arrived.append(insp)
+            _fetch_verified(fs, files, entries, sorted(names), local, tmp_dir, remote_url,
+                            rep, progress, arrived)
             # 2. refs and cards are proposals, vetted together (a model record and its
             # weights may travel in different shards)
             vetting = vet(store, arrived, _payload_reader(store, arrived))
@@ -284,24 +250,7 @@ def pull(store: ContentStore, remote_url: str, dataset: str | None = None, *,
             vet_changed = {arrived[i].name for i in vetting.changed}
             # 3. index what brings something new: verbatim when vetting changed nothing,
             # else rewritten into a fresh local shard (the remote's file keeps its records)
-            pulled_records: list[dict[str, Any]] = []
-            for insp in arrived:
-                if not _brings_something(store, insp):
-                    # e.g. the pre-compaction original of a shard this cache rewrote: its
-                    # content is here already, indexing it would only store it twice
-                    rep.already_here += 1
-                    continue
-                if insp.name in vet_changed:
-                    rep.bytes += _index_rewritten(store, insp)
-                else:
-                    rel = shard_io.shard_relpath(insp.name)
-                    final = store.root / rel
-                    final.parent.mkdir(parents=True, exist_ok=True)
-                    commit(insp.path, final)
-                    store.index_shard_file(insp.name, rel)
-                    rep.bytes += final.stat().st_size
-                rep.pulled.append(insp.name)
-                pulled_records += insp.records
+            pulled_records = _index_arrived(store, arrived, vet_changed, rep)
         finally:
             for insp in arrived:
                 insp.path.unlink(missing_ok=True)
@@ -315,4 +264,84 @@ def pull(store: ContentStore, remote_url: str, dataset: str | None = None, *,
                              f"verification and were not kept ({'; '.join(rep.failed[:3])}); "
                              f"{len(rep.pulled)} good shards were indexed")
     return rep
+
+
+def _visible_shards(entries: dict[str, Any], files: dict[str, Any], dataset: str | None,
+                    remote_url: str, rep: PullReport) -> set[str]:
+    """The remote shards a pull may take: those with both a file and an index entry,
+    without a recorded conflict (reported as failed), and of ``dataset`` when given."""
+    # a shard is visible once its entry object exists (written after its bytes were copied
+    # and read back); a file without one is a push in progress, or a killed one's leftover
+    names = set(files) & set(entries)
+    for name in sorted(names):
+        if entries[name].get("conflict"):
+            rep.failed.append(f"{name}: {entries[name]['conflict']}")
+            names.discard(name)
+    if dataset is not None:
+        names = {n for n in names if dataset in (entries.get(n) or {}).get("datasets", [])}
+        if not names:
+            known = sorted({d for e in entries.values() for d in e.get("datasets", [])})
+            raise InvalidInputError(f"remote {remote_url} has no shards for dataset "
+                                    f"{dataset!r}; datasets there: {known or '(none)'}")
+    return names
+
+
+def _fetch_verified(fs: Any, files: dict[str, Any], entries: dict[str, Any],
+                    names: list[str], local: set[str], tmp_dir: Path, remote_url: str,
+                    rep: PullReport, progress: Callable[[int, int], None] | None,
+                    arrived: list[_Inspected]) -> None:
+    """Copy each shard this cache lacks under ``tmp/`` and verify it there (sha256 against
+    the remote index, payload digests, records, keys). A shard that fails is deleted and
+    reported; the good ones are appended to ``arrived``, which the caller owns so that
+    they are cleaned up whatever happens next."""
+    for done, name in enumerate(names):
+        if progress is not None:  # ``progress(done, total)``: the CLI's bar
+            progress(done, len(names))
+        if name in local:
+            rep.already_here += 1
+            continue
+        tmp = tmp_dir / f"{name}{shard_io.SHARD_SUFFIX}.{uuid.uuid4().hex[:8]}" \
+                        f"{shard_io.PARTIAL_SUFFIX}"
+        try:
+            _copy_remote_shard(fs, files[name], tmp, entries.get(name) or {},
+                               remote_url, name)
+            insp = _inspect_shard(name, tmp)
+            problems = insp.problems + _check_items([insp], set(),
+                                                    require_payloads=False)
+            if problems:
+                raise IntegrityError("; ".join(problems[:5]))
+        except (IntegrityError, OSError) as exc:
+            tmp.unlink(missing_ok=True)
+            rep.failed.append(f"{name}: {exc}")
+            continue
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        arrived.append(insp)
+
+
+def _index_arrived(store: ContentStore, arrived: list[_Inspected], vet_changed: set[str],
+                   rep: PullReport) -> list[dict[str, Any]]:
+    """Index each arrived shard that brings something new: moved in verbatim when vetting
+    left it as it was, else rewritten into a fresh local shard (the remote's file keeps
+    its records). Returns the records indexed, for the missing-payload check."""
+    pulled_records: list[dict[str, Any]] = []
+    for insp in arrived:
+        if not _brings_something(store, insp):
+            # e.g. the pre-compaction original of a shard this cache rewrote: its
+            # content is here already, indexing it would only store it twice
+            rep.already_here += 1
+            continue
+        if insp.name in vet_changed:
+            rep.bytes += _index_rewritten(store, insp)
+        else:
+            rel = shard_io.shard_relpath(insp.name)
+            final = store.root / rel
+            final.parent.mkdir(parents=True, exist_ok=True)
+            commit(insp.path, final)
+            store.index_shard_file(insp.name, rel)
+            rep.bytes += final.stat().st_size
+        rep.pulled.append(insp.name)
+        pulled_records += insp.records
+    return pulled_records
 
