@@ -3,6 +3,7 @@ docs/architecture.md).
 
 * The core (sources, store, preprocessing, models, layers, dataset, comparison and the
   one-idea modules beside them) never imports Dagster, nor the development-only parts.
+  ``maintenance`` and ``sharing`` (called by both the CLI and Dagster) follow the same rules.
 * No import cycle between modules, counting imports inside functions too (a lazy import
   hides a cycle from Python, not from a reader); ``TYPE_CHECKING`` imports do not count.
 * No function in the core is longer than 80 lines.
