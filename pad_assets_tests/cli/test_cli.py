@@ -282,7 +282,7 @@ def test_stats_tables_and_gc_dry_run_reasons(emu: Emulator, env: Path,
     if st["shared_bytes"]:
         assert "stored once" in res.stdout
 
-    res = run("cache", "gc", "--max-size", "10MB", "--dry-run")
+    res = run("cache", "gc", "--max-size", "5MB", "--dry-run")
     assert res.exit_code == 0 and "would rewrite" in res.stdout, res.stdout
     assert "shard(s): holds dead bytes and the cache is still above --max-size" in res.stdout
     assert "1 stale artifact files" in res.stdout
