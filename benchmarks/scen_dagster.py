@@ -34,7 +34,7 @@ LOG_CONFIG = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
 def _project(name: str) -> Any:
-    from pad_assets.orchestration.config import DatasetConfig, ModelConfig, ProjectConfig
+    from pad_assets.project_config import DatasetConfig, ModelConfig, ProjectConfig
 
     return ProjectConfig((DatasetConfig(name),),
                          (ModelConfig("nn_drug", "pad_tflite", model_id=16, pipeline="pad_nn"),))

@@ -99,10 +99,10 @@ def run_b9(ctx: Context) -> list[Row]:
     from pad_assets.models.runtime import clear_runner_cache
     from pad_assets.orchestration.assets import DatasetAssetKeys, partitions_for
     from pad_assets.orchestration.backfill import backfill_in_batches
-    from pad_assets.orchestration.config import DatasetConfig, ModelConfig, ProjectConfig
     from pad_assets.orchestration.definitions import build_definitions, images_job_name
     from pad_assets.orchestration.storage import instance_overrides
     from pad_assets.orchestration.sync import new_card_keys, range_tags
+    from pad_assets.project_config import DatasetConfig, ModelConfig, ProjectConfig
 
     n = ctx.sizes.lab_cards
     ctx.log(f"B9: emulator, {FHI2020} first {n} rows (published ids; md5s rendered once, "
@@ -226,9 +226,9 @@ def run_b10(ctx: Context) -> list[Row]:
     from pad_assets import CachedDataset
     from pad_assets.devtools.demo import _prepare_home
     from pad_assets.orchestration.assets import DatasetAssetKeys, partitions_for
-    from pad_assets.orchestration.config import LAB_CONFIG, load_config
     from pad_assets.orchestration.definitions import build_definitions
     from pad_assets.orchestration.resources import PadResource
+    from pad_assets.project_config import LAB_CONFIG, load_config
 
     emu = _lab_emulator(ctx, md5=False)
     home = _prepare_home(fresh_dir(ctx.out / "dagster" / "b10"))

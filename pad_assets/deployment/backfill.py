@@ -121,10 +121,10 @@ def run_backfill(dataset: str, *, batch_size: int = 50, parallel: int = 2,
     import dagster as dg
 
     from ..orchestration.assets import partitions_for
-    from ..orchestration.config import load_config
     from ..orchestration.definitions import images_job_name
     from ..orchestration.resources import PadResource
     from ..orchestration.sync import new_card_keys
+    from ..project_config import load_config
 
     project = load_config()
     ds = next((d for d in project.datasets if d.name == dataset), None)

@@ -213,7 +213,6 @@ def _run(dataset: str, cards: int, external: bool, port: int, dagster_home: Path
         import dagster as dg
 
         from ..orchestration.assets import DatasetAssetKeys, partitions_for
-        from ..orchestration.config import DatasetConfig, load_config
         from ..orchestration.definitions import (
             build_definitions,
             comparison_job_name,
@@ -222,6 +221,7 @@ def _run(dataset: str, cards: int, external: bool, port: int, dagster_home: Path
             location_tags,
         )
         from ..orchestration.sync import new_card_keys, range_tags
+        from ..project_config import DatasetConfig, load_config
         from ..settings import Settings
 
         project = load_config()

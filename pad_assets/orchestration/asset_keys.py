@@ -11,7 +11,7 @@ from typing import Any
 import dagster as dg
 
 from ..hashing import sha256_bytes
-from .config import DatasetConfig, ModelConfig
+from ..project_config import DatasetConfig, ModelConfig
 
 
 @dataclass(frozen=True)

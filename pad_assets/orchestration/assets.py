@@ -22,6 +22,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from ..project_config import DatasetConfig, ProjectConfig
 from ..settings import Settings
 from . import versions
 from .asset_keys import DatasetAssetKeys, manifest_version, partitions_for
@@ -33,7 +34,6 @@ from .checks import (
     RAW_INTEGRITY,
     TENSOR_SPEC,
 )
-from .config import DatasetConfig, ProjectConfig
 from .resources import PadResource
 
 OWNERS = ["team:pad-lab"]

@@ -31,8 +31,8 @@ from typing import Any
 
 import dagster as dg
 
+from ..project_config import DatasetConfig, ProjectConfig
 from .assets import partitions_for
-from .config import DatasetConfig, ProjectConfig
 from .sync import range_tags
 
 BACKFILL_TAG = "pad/backfill"
@@ -111,7 +111,7 @@ def backfill_in_batches(defs: dg.Definitions, instance: dg.DagsterInstance,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import load_config
+    from ..project_config import load_config
     from .definitions import build_definitions
 
     p = argparse.ArgumentParser(prog="python -m pad_assets.orchestration.backfill",

@@ -6,9 +6,9 @@ from typing import Any
 
 import dagster as dg
 
+from ..project_config import ProjectConfig, load_config
 from ..settings import Settings
 from .assets import DatasetAssetKeys, build_dataset_assets
-from .config import ProjectConfig, load_config
 from .io_manager import PadStoreIOManager
 from .resources import PadResource
 from .sync import build_comparison_sensor, build_new_cards_sensor, build_schedules

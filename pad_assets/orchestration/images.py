@@ -20,10 +20,10 @@ import dagster as dg
 from ..errors import PadAssetsError
 from ..layers.stamp import library_versions
 from ..models.kinds import make_pipeline
+from ..project_config import DatasetConfig
 from . import checks, versions
 from .asset_keys import DatasetAssetKeys, manifest_version, small_record
 from .audit_page import asset_url, chain_markdown
-from .config import DatasetConfig
 from .events import ChangeRecorder
 from .io_manager import PadStoreIOManager
 from .resources import PadResource

@@ -27,8 +27,8 @@ from typing import Any
 
 import dagster as dg
 
+from ..project_config import DatasetConfig, ProjectConfig
 from .assets import DatasetAssetKeys, partitions_for
-from .config import DatasetConfig, ProjectConfig
 from .resources import PadResource
 
 RANGE_START = "dagster/asset_partition_range_start"

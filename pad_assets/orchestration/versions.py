@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import PadAssetsError
 from ..keys import chain_key
-from .config import ModelConfig
+from ..project_config import ModelConfig
 
 RAW_CODE_VERSION = "raw-1"
 MANIFEST_CODE_VERSION = "manifest-1"

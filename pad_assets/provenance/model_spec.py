@@ -88,7 +88,7 @@ def resolve_model_spec(spec: str, settings: Settings, store: ContentStore | None
         return kind.build(path=path, labels=found)
     if kind is not None:
         return kind.build(path=path, labels=labels)
-    from ..orchestration.config import load_config
+    from ..project_config import load_config
 
     models = {m.name: m for m in load_config().models}
     if text in models:

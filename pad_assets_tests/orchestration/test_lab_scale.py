@@ -27,10 +27,10 @@ from pad_assets.devtools.emulator import DatasetSpec, Emulator, EmulatorConfig
 from pad_assets.devtools.emulator.full_registry import FIXTURE, full_registry_config
 from pad_assets.orchestration.assets import DatasetAssetKeys, partitions_for
 from pad_assets.orchestration.backfill import BACKFILL_TAG, BATCH_TAG
-from pad_assets.orchestration.config import LAB_CONFIG, DatasetConfig, load_config
 from pad_assets.orchestration.definitions import build_definitions
 from pad_assets.orchestration.resources import PadResource
 from pad_assets.orchestration.storage import PadSqliteEventLogStorage
+from pad_assets.project_config import LAB_CONFIG, DatasetConfig, load_config
 from pad_assets.settings import Settings
 from pad_assets_tests.conftest import point_env_at
 

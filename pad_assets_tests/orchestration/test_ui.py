@@ -23,7 +23,6 @@ import pytest
 from pad_assets.devtools.demo_models import demo_model_artifacts
 from pad_assets.devtools.emulator import DatasetSpec, Emulator, EmulatorConfig
 from pad_assets.orchestration.assets import DatasetAssetKeys
-from pad_assets.orchestration.config import load_config
 from pad_assets.orchestration.definitions import (
     build_definitions,
     comparison_job_name,
@@ -31,6 +30,7 @@ from pad_assets.orchestration.definitions import (
     sync_job_name,
 )
 from pad_assets.orchestration.resources import PadResource
+from pad_assets.project_config import load_config
 from pad_assets.settings import Settings
 
 DS = "UI_DS"

@@ -20,11 +20,11 @@ from pad_assets.dataset import CachedDataset
 from pad_assets.devtools.demo_models import demo_model_artifacts
 from pad_assets.devtools.emulator import DatasetSpec, Emulator, EmulatorConfig
 from pad_assets.orchestration.assets import DatasetAssetKeys, partitions_for
-from pad_assets.orchestration.config import DatasetConfig, load_config
 from pad_assets.orchestration.definitions import build_definitions
 from pad_assets.orchestration.io_manager import PadStoreIOManager, asset_ref
 from pad_assets.orchestration.resources import PadResource
 from pad_assets.orchestration.sync import range_tags
+from pad_assets.project_config import DatasetConfig, load_config
 from pad_assets.settings import Settings
 from pad_assets_tests.conftest import point_env_at
 

@@ -358,11 +358,11 @@ def test_dagster_partitions_stay_unique_cards_and_report_published_rows_and_leak
 
     from pad_assets.devtools.demo_models import demo_model_artifacts
     from pad_assets.orchestration.assets import DatasetAssetKeys, partitions_for
-    from pad_assets.orchestration.config import DatasetConfig, load_config
     from pad_assets.orchestration.definitions import build_definitions
     from pad_assets.orchestration.io_manager import PadStoreIOManager
     from pad_assets.orchestration.resources import PadResource
     from pad_assets.orchestration.sync import range_tags
+    from pad_assets.project_config import DatasetConfig, load_config
     from pad_assets_tests.conftest import point_env_at
 
     spec = next(d for d in registry_extracts() if d.name == BALANCED + EXTRACT)

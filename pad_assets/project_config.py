@@ -1,4 +1,5 @@
-"""The graph's configuration: datasets and models, from YAML, validated before any asset
+"""The project's configuration (the Dagster graph's, and the named models of the CLI's
+model specs): datasets and models, from YAML, validated before any asset
 is defined (a typo should fail ``dagster definitions validate``, not a run at 3 a.m.).
 
 The asset graph must be derivable without network access, so each adapter kind declares
@@ -16,14 +17,16 @@ from typing import Any
 
 import yaml
 
-from ..errors import InvalidInputError
-from ..models import kinds
-from ..settings import config_file_from_env
-from ..sources.urls import validate_name
+from .errors import InvalidInputError
+from .models import kinds
+from .settings import config_file_from_env
+from .sources.urls import validate_name
 
-DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
+#: the packaged config files stay beside the Dagster graph that they describe
+_CONFIG_DIR = Path(__file__).parent / "orchestration"
+DEFAULT_CONFIG = _CONFIG_DIR / "default_config.yaml"
 #: every dataset of the PAD registry (12) with the lab's models: ``PAD_ASSETS_CONFIG=<this>``
-LAB_CONFIG = Path(__file__).with_name("lab_config.yaml")
+LAB_CONFIG = _CONFIG_DIR / "lab_config.yaml"
 _ASSET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 ADAPTER_KINDS = tuple(kinds.KINDS)
 
