@@ -457,14 +457,8 @@ class Catalog:
         """Every card of the world (union of all datasets), in id order."""
         return list(self._card_ids)
 
-    def has_card(self, card_id: int) -> bool:
-        return int(card_id) in self._card_set
-
     def dataset(self, name: str) -> DatasetSpec | None:
         return self._datasets.get(name)
-
-    def dataset_names(self) -> list[str]:
-        return list(self._datasets)
 
     def add_cards(self, dataset_name: str, card_ids: Iterable[int]) -> list[int]:
         """Append cards to a dataset (created if new); returns the ids actually added.
