@@ -197,7 +197,7 @@ class DaskCluster:
         log = self.folder / f"worker-{name}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                    env={**os.environ, **env})
+                                    env={**os.environ, **WORKER_ENV, **env})
         self.workers[name] = proc
         n = len(self.workers)
         _wait(lambda: self.n_workers() >= n, f"dask worker {name}", timeout, proc, log)
@@ -216,6 +216,13 @@ class DaskCluster:
         for p in self.workers.values():
             _stop(p)
         _stop(self.scheduler)
+
+
+# dask's statistical profiler samples every thread's stack each 10 ms from the worker's
+# event loop (sys._current_frames, with the interpreter's thread lock held): CPU the image
+# steps need, and a part of the hang seen with h5py's global lock (h5py#2019). Off in the
+# workers started here; the README's scale-out profile says to do the same on a cluster.
+WORKER_ENV = {"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}
 
 
 @contextlib.contextmanager

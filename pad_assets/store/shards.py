@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import io
 import json
 import os
@@ -21,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,34 @@ def _write_bytes(fd: int, data: memoryview) -> int:
     return os.write(fd, data)
 
 
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection starts, in any thread, while one is inside.
+
+    Counted, so threads building shards at once do not re-enable it under each other; the
+    state before the first one is restored after the last (a caller that disabled gc keeps
+    it disabled). Reference counting still frees everything not in a cycle.
+    """
+    global _gc_pausers, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()
+
+
 def _shard_image(name: str, blobs: Iterable[BlobPayload], records: list[dict[str, Any]]
                  ) -> memoryview:
     """The complete HDF5 file as bytes, built in memory (h5py on a ``BytesIO``, no file).
@@ -142,9 +171,14 @@ def _shard_image(name: str, blobs: Iterable[BlobPayload], records: list[dict[str
     Why in memory: HDF5 writes its metadata lazily, and on a full disk ``File.flush()``
     crashed the process (SIGSEGV) instead of raising. Built in memory, the only disk write
     is ours (``_write_bytes``), where a full disk is a plain ``OSError`` in Python.
+
+    Cyclic garbage collection is paused meanwhile (``_gc_paused``): on a Python file object
+    HDF5 calls back into Python while h5py holds its global lock, and a collection started by
+    another thread that frees an h5py object needs that lock: the process deadlocks
+    (h5py#2019; it hung a dask worker, download threads beside the worker's own threads).
     """
     buf = io.BytesIO()
-    with h5py.File(buf, "w", libver="latest", locking=False) as f:
+    with _gc_paused(), h5py.File(buf, "w", libver="latest", locking=False) as f:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["shard"] = name
         group = f.create_group(BLOBS_GROUP)
