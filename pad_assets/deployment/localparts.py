@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib
 import os
 import shutil
 import signal
@@ -135,14 +136,19 @@ class S3Server:
         return f"s3://{self.bucket}/{prefix}"
 
 
+def _require(module: str, what: str, extra: str) -> None:
+    """``PartUnavailable`` (a listed skip off CI) when an optional part is not installed."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise PartUnavailable(f"{what} is not installed (pip install "
+                              f"'pad_assets[{extra}]')") from exc
+
+
 @contextlib.contextmanager
 def s3_server(folder: Path, bucket: str = "pad-tier") -> Iterator[S3Server]:
     """moto's S3 server mode (a real HTTP S3 endpoint) on 127.0.0.1, with one bucket."""
-    try:
-        import moto.server  # noqa: F401
-    except ImportError as exc:
-        raise PartUnavailable("moto[server] is not installed (pip install "
-                              "'pad_assets[scaleout-test]')") from exc
+    _require("moto.server", "moto[server]", "scaleout-test")
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = folder / "moto.log"
@@ -232,11 +238,7 @@ def dask_cluster(folder: Path, env: Mapping[str, str] | None = None,
 
     ``allowed_failures=0``: a task whose worker dies fails at once (Dagster sees a failed
     step and the batch run is rerun) instead of being retried silently elsewhere."""
-    try:
-        import distributed  # noqa: F401
-    except ImportError as exc:
-        raise PartUnavailable("dask.distributed is not installed (pip install "
-                              "'pad_assets[scaleout]')") from exc
+    _require("distributed", "dask.distributed", "scaleout")
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = folder / "scheduler.log"
