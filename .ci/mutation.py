@@ -52,7 +52,8 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "store": (["pad_assets/store/index.py", "pad_assets/store/shards.py",
                "pad_assets/store/store.py"],
               ["pad_assets_tests/store/test_store.py",
-               "pad_assets_tests/store/test_store_rebuild.py", "pad_assets_tests/test_hashing.py",
+               "pad_assets_tests/store/test_store_rebuild.py",
+               "pad_assets_tests/store/test_store_full_disk.py", "pad_assets_tests/test_hashing.py",
                "pad_assets_tests/maintenance/test_gc_guarantees.py"]),
     "layers": (["pad_assets/layers/raw.py", "pad_assets/layers/derived.py",
                 "pad_assets/layers/predictions.py", "pad_assets/layers/model_names.py"],
@@ -105,8 +106,30 @@ def run(group: str, max_children: int) -> int:
                             str(max_children)], cwd=here, env=env)
 
 
+def _all_mutants(group: str, module: str) -> tuple[int, int]:
+    """How many mutants ``module`` has on every line (no coverage filter), with and without
+    ``do_not_mutate_patterns``: the difference to the run's own count is the mutants on
+    lines the group's tests never execute (each a survivor, not run), and those skipped in
+    log calls and messages. mutmut reads its config from the group's folder."""
+    code = ("import json, sys\n"
+            "from mutmut.configuration import config\n"
+            "from mutmut.mutation.file_mutation import create_mutations\n"
+            "src = open(sys.argv[1]).read()\n"
+            "n = len(create_mutations(sys.argv[1], src)[1])\n"
+            "config().do_not_mutate_patterns = []\n"
+            "print(json.dumps([n, len(create_mutations(sys.argv[1], src)[1])]))\n")
+    out = subprocess.run([sys.executable, "-c", code, module], cwd=OUT / group,
+                         capture_output=True, text=True, check=True).stdout
+    with_patterns, without = json.loads(out.strip().splitlines()[-1])
+    return with_patterns, without
+
+
 def scores() -> dict[str, dict[str, int | float]]:
-    """Per mutated module: counts per status and the score, from mutmut's result files."""
+    """Per mutated module: counts per status and the score, from mutmut's result files.
+
+    ``score`` is killed / (killed + survived) over the mutants the run made (covered lines);
+    ``score_with_uncovered`` also counts the mutants on uncovered lines as survivors.
+    """
     out: dict[str, dict[str, int | float]] = {}
     for group in GROUPS:
         for meta in sorted((OUT / group / "mutants").rglob("*.py.meta")):
@@ -114,8 +137,14 @@ def scores() -> dict[str, dict[str, int | float]]:
             codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
             counts = Counter(STATUS.get(c, "suspicious") for c in codes.values())
             tried = counts["killed"] + counts["survived"]
-            out[module] = {**counts, "mutants": len(codes),
-                           "score": round(100 * counts["killed"] / tried, 1) if tried else 0.0}
+            every, unfiltered = _all_mutants(group, module)
+            uncovered = max(every - len(codes), 0)
+            out[module] = {**counts, "mutants": len(codes), "uncovered": uncovered,
+                           "in_messages": unfiltered - every,
+                           "score": round(100 * counts["killed"] / tried, 1) if tried else 0.0,
+                           "score_with_uncovered": round(
+                               100 * counts["killed"] / (tried + uncovered), 1)
+                           if tried + uncovered else 0.0}
     return out
 
 
@@ -137,10 +166,11 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "scores.json").write_text(json.dumps(table, indent=2))
     for module, s in table.items():
-        print(f"{module:48} {s['score']:5}%  killed {s.get('killed', 0):4}  survived "
+        print(f"{module:40} {s['score']:5}%  killed {s.get('killed', 0):4}  survived "
               f"{s.get('survived', 0):4}  timeout {s.get('timeout', 0):3}  no tests "
               f"{s.get('no tests', 0):4}  not checked {s.get('not checked', 0):4}  of "
-              f"{s['mutants']}")
+              f"{s['mutants']}; uncovered {s['uncovered']} ({s['score_with_uncovered']}% "
+              f"counting them), in messages {s['in_messages']}")
     return 0
 
 

@@ -1,0 +1,216 @@
+"""A full disk under ``write_shard`` and ``ContentStore.put``, on a real 2 MB tmpfs.
+
+Each way the disk can be full gets its own test, in-process so the store's mutation run
+(``.ci/mutation.py store``) reaches them: the free-space check before the write refuses a
+shard that would leave less than ``FREE_SPACE_RESERVE``; the disk filling up during the
+write (another process took the space after the check) is the kernel's ENOSPC; no inode
+left for the staging folder; and the index unable to grow after the shard was written
+(SQLite's "database or disk is full"). In every case the error is a ``CacheFullError``
+naming the cache and the numbers, nothing half-written stays behind, and the same write
+succeeds once space is freed. Written for the survivors of the store's mutation run: these
+branches were reached only by the sharing and fault tests in subprocesses.
+
+A tmpfs needs root to mount; without it these tests skip with a listed reason
+(``allowed_skips.txt``). The injected-ENOSPC variants in ``test_trust_boundaries.py`` and
+``test_faults.py`` run everywhere.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pad_assets.errors import CacheFullError
+from pad_assets.maintenance import verify
+from pad_assets.store import CardRecord, ContentStore, NewItem
+from pad_assets.store import shards as shard_io
+from pad_assets.store.index_admin import delete_items
+
+NO_MOUNT = "a real full disk needs a tmpfs mount (root and mount(8))"
+
+
+def _mount(path: Path, options: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs, unmounted afterwards."""
+    mnt = tmp_path / "disk"
+    if not _mount(mnt, "size=2m"):
+        pytest.skip(NO_MOUNT)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _free(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def _fill(mnt: Path, leave: int, name: str = "filler") -> Path:
+    """A file taking all but ``leave`` bytes (to the page) of the disk's free space."""
+    filler = mnt / name
+    with open(filler, "ab") as fh:
+        while _free(mnt) > leave:
+            try:
+                fh.write(b"\0" * min(4096, _free(mnt) - leave))
+                fh.flush()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+    return filler
+
+
+def _state(root: Path) -> tuple[list[str], list[str]]:
+    """Shard files and whatever is in the staging folder."""
+    shards = sorted(p.name for p in (root / "shards").rglob("*.h5"))
+    tmp = sorted(p.name for p in (root / "tmp").iterdir()) if (root / "tmp").exists() else []
+    return shards, tmp
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _store_with_a_dead_payload(root: Path) -> tuple[ContentStore, int]:
+    """A cache holding one live item and one payload no item uses any more (its item was
+    deleted, as ``cache rm`` does): ``full_error`` reports both sizes."""
+    store = ContentStore(root, compress=False)
+    store.put([NewItem("k-live", "raw", os.urandom(150_000))])
+    dead = os.urandom(250_000)
+    store.put([NewItem("k-removed", "raw", dead)])
+    delete_items(store.index, ["k-removed"])
+    return store, len(dead)
+
+
+def _shard_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in (root / "shards").rglob("*.h5"))
+
+
+def test_a_shard_that_would_leave_less_than_the_reserve_is_refused_before_writing(
+        disk: Path) -> None:
+    root = disk / "cache"
+    store, dead = _store_with_a_dead_payload(root)
+    payload = os.urandom(400_000)
+    record = {"type": "item", "key": "k-new", "layer": "raw", "blob": "b" * 64, "meta": {},
+              "ts": 1764493200.123456}  # what put records, to a few bytes
+    image = len(shard_io._shard_image(shard_io.new_shard_name(), [shard_io.BlobPayload(
+        "b" * 64, np.frombuffer(payload, np.uint8), "bytes")], [record]))
+    # the shard fits, but would leave only half the reserve for the index
+    filler = _fill(disk, image + shard_io.FREE_SPACE_RESERVE // 2)
+    free, before = _free(root), _state(root)
+    assert image < free < image + shard_io.FREE_SPACE_RESERVE
+    with pytest.raises(CacheFullError) as err:
+        store.put([NewItem("k-new", "raw", payload)])
+    msg = str(err.value)
+    assert msg.startswith(f"cache {root} is full ({_mb(_shard_bytes(root))} of shards, "
+                          f"{_mb(free)} free on its disk): ")
+    assert f"no space for a {_mb(image)} shard ({_mb(free)} free)" in msg
+    assert f"`pad-assets cache gc` frees {_mb(dead)} of payloads no item uses" in msg
+    assert msg.endswith("Nothing was half-written.")
+    assert err.value.__cause__.detail == f"no space for a {_mb(image)} shard ({_mb(free)} free)"
+    assert _state(root) == before and _free(root) == free, "the refused write left a file"
+    assert store.has(["k-new"]) == set()
+    filler.unlink()
+    assert store.put([NewItem("k-new", "raw", payload)])
+    assert store.get("k-new") == payload
+    store.close()
+
+
+def test_the_disk_filling_up_during_the_write_is_a_cache_full_error_and_leaves_nothing(
+        disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = disk / "cache"
+    store, _dead = _store_with_a_dead_payload(root)
+    before = _state(root)
+    real_write, fillers = shard_io._write_bytes, []
+
+    def another_process_takes_the_space(fd: int, data: memoryview) -> int:
+        if not fillers:  # after the free-space check passed: the kernel says ENOSPC
+            fillers.append(_fill(disk, 0))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(shard_io, "_write_bytes", another_process_takes_the_space)
+    with pytest.raises(CacheFullError) as err:
+        store.put([NewItem("k-new", "raw", os.urandom(300_000))])
+    msg = str(err.value)
+    assert msg.startswith(f"cache {root} is full (")
+    assert "shard (the disk is full: No space left on device)" in msg, msg
+    assert isinstance(err.value.__cause__, CacheFullError)
+    assert isinstance(err.value.__cause__.__cause__, OSError)
+    assert err.value.__cause__.__cause__.errno == errno.ENOSPC
+    assert _state(root) == before, "the partial file of the failed write was left"
+    monkeypatch.undo()
+    fillers[0].unlink()
+    assert store.put([NewItem("k-new", "raw", b"fits now")]) and store.get("k-new") == b"fits now"
+    store.close()
+
+
+def test_no_inode_left_for_the_staging_folder_is_a_cache_full_error(tmp_path: Path) -> None:
+    mnt = tmp_path / "disk"
+    if not _mount(mnt, "size=2m,nr_inodes=64"):
+        pytest.skip(NO_MOUNT)
+    try:
+        root = mnt / "cache"
+        store = ContentStore(root)  # a new cache: no staging folder yet
+        assert not (root / "tmp").exists()
+        n = 0
+        while True:  # another program takes every inode left
+            try:
+                (mnt / f"f{n}").touch()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+            n += 1
+        with pytest.raises(CacheFullError) as err:
+            store.put([NewItem("k", "raw", b"payload")])
+        assert str(err.value).startswith(f"cache {root} is full (")
+        assert err.value.__cause__.detail == "no space for a 0.0 MB shard (0.0 MB free)"
+        assert isinstance(err.value.__cause__.__cause__, OSError)
+        for i in range(n):
+            (mnt / f"f{i}").unlink()
+        assert store.put([NewItem("k", "raw", b"payload")]) and store.get("k") == b"payload"
+        store.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_an_index_that_cannot_grow_is_a_cache_full_error_and_the_shard_is_recovered(
+        disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = disk / "cache"
+    store = ContentStore(root, compress=False)
+    store.put([NewItem("k0", "tensor", np.zeros(12, np.float32))])
+    real_write_shard, fillers = shard_io.write_shard, []
+
+    def shard_written_then_the_disk_fills(*args, **kwargs):
+        out = real_write_shard(*args, **kwargs)
+        fillers.append(_fill(disk, 0))
+        return out
+
+    monkeypatch.setattr(shard_io, "write_shard", shard_written_then_the_disk_fills)
+    # enough card records that the index must take new pages
+    cards = [CardRecord("ds", i, "k1", "ok", "x" * 200) for i in range(3000)]
+    with pytest.raises(CacheFullError) as err:
+        store.put([NewItem("k1", "tensor", np.arange(12, dtype=np.float32))], cards=cards)
+    msg = str(err.value)
+    assert f"cache {root} is full (" in msg
+    assert "the index could not grow (database or disk is full)" in msg, msg
+    assert isinstance(err.value.__cause__, Exception) and "full" in str(err.value.__cause__)
+    monkeypatch.undo()
+    store.close()
+    fillers[0].unlink()
+    # the shard file is complete: opening the cache again indexes it
+    again = ContentStore(root)
+    assert again.get("k1").tolist() == list(range(12)) and len(again.cards("ds")) == 3000
+    assert verify(again).ok
+    again.close()
