@@ -11,8 +11,9 @@ succeeds once space is freed. Written for the survivors of the store's mutation 
 branches were reached only by the sharing and fault tests in subprocesses.
 
 A tmpfs needs root to mount; without it these tests skip with a listed reason
-(``allowed_skips.txt``). The injected-ENOSPC variants in ``test_trust_boundaries.py`` and
-``test_faults.py`` run everywhere.
+(``allowed_skips.txt``), and fail under CI (``CI`` set), so a CI run never skips them. The
+injected-ENOSPC variants in ``test_trust_boundaries.py`` and ``test_faults.py`` run
+everywhere.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ from pad_assets.store.index_admin import delete_items
 NO_MOUNT = "a real full disk needs a tmpfs mount (root and mount(8))"
 
 
+def _no_mount() -> None:
+    """Skip with the listed reason; under CI (which runs as root) fail instead."""
+    if os.environ.get("CI"):
+        pytest.fail(f"under CI: {NO_MOUNT}")
+    pytest.skip(NO_MOUNT)
+
+
 def _mount(path: Path, options: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or shutil.which("mount") is None:
@@ -49,7 +57,7 @@ def disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MB tmpfs, unmounted afterwards."""
     mnt = tmp_path / "disk"
     if not _mount(mnt, "size=2m"):
-        pytest.skip(NO_MOUNT)
+        _no_mount()
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
@@ -159,7 +167,7 @@ def test_the_disk_filling_up_during_the_write_is_a_cache_full_error_and_leaves_n
 def test_no_inode_left_for_the_staging_folder_is_a_cache_full_error(tmp_path: Path) -> None:
     mnt = tmp_path / "disk"
     if not _mount(mnt, "size=2m,nr_inodes=64"):
-        pytest.skip(NO_MOUNT)
+        _no_mount()
     try:
         root = mnt / "cache"
         store = ContentStore(root)  # a new cache: no staging folder yet
