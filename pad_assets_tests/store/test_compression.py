@@ -100,3 +100,23 @@ def test_an_unknown_codec_is_refused_naming_it(tmp_path: Path) -> None:
         ContentStore(tmp_path).get("t")
 
 
+
+
+def test_the_codec_is_chosen_at_its_documented_bounds() -> None:
+    """``codec_for``: unsigned, at least 2-D, at least 2 rows, ``MIN_CODEC_BYTES`` and 256
+    values per row; one step below any bound is stored as is (the store's mutation run
+    found each bound unpinned)."""
+    rows, per_row = 2, shard_io.MIN_CODEC_BYTES // 2
+    at = np.zeros((rows, per_row), np.uint8)  # exactly MIN_CODEC_BYTES, 2 rows
+    assert at.nbytes == shard_io.MIN_CODEC_BYTES
+    assert shard_io.codec_for(at) == shard_io.DELTA_ZSTD
+    assert shard_io.codec_for(np.zeros((2, per_row - 1), np.uint8)) == ""  # 1 byte short
+    assert shard_io.codec_for(np.zeros((1, 2 * per_row), np.uint8)) == ""  # one row
+    assert shard_io.codec_for(np.zeros(2 * per_row, np.uint8)) == ""  # 1-D
+    assert shard_io.codec_for(np.zeros((rows, per_row), np.int8)) == ""  # signed
+    assert shard_io.codec_for(np.zeros((rows, per_row // 2), np.uint16)) == shard_io.DELTA_ZSTD
+    # 256 values per row is enough, 255 is not (a tall, narrow array)
+    assert shard_io.codec_for(np.zeros((256, 256), np.uint8)) == shard_io.DELTA_ZSTD
+    assert shard_io.codec_for(np.zeros((1024, 255), np.uint8)) == ""
+    # 3-D image crops count every value of a row: 454 x 454 x 3
+    assert shard_io.codec_for(np.zeros((454, 454, 3), np.uint8)) == shard_io.DELTA_ZSTD

@@ -222,3 +222,24 @@ def test_an_index_that_cannot_grow_is_a_cache_full_error_and_the_shard_is_recove
     assert again.get("k1").tolist() == list(range(12)) and len(again.cards("ds")) == 3000
     assert verify(again).ok
     again.close()
+
+
+def test_a_full_disk_while_staging_an_import_names_the_cache_and_the_staging_folder(
+        disk: Path) -> None:
+    # sharing (bundle import, pull) writes shards under <cache>/tmp/<staging> first
+    cache = disk / "cache"
+    staging = cache / "tmp" / "import-1234"
+    blob = shard_io.BlobPayload("b" * 64, np.frombuffer(os.urandom(600_000), np.uint8), "bytes")
+    filler = _fill(disk, 300_000)
+    free = _free(disk)
+    with pytest.raises(CacheFullError) as err:
+        shard_io.write_shard(staging, [blob], [])
+    assert not list((staging / "tmp").iterdir()) and not list(staging.rglob("*.h5"))
+    filler.unlink()
+    _name, rel, nbytes = shard_io.write_shard(staging, [blob], [])  # the same shard, room now
+    assert (staging / rel).stat().st_size == nbytes
+    detail = (f"no space for a {_mb(nbytes)} shard ({_mb(free)} free) while staging in "
+              "tmp/import-1234")
+    assert err.value.detail == detail
+    assert str(err.value) == (f"cache {cache}: {detail}; nothing was written. Free space, or "
+                              "run `pad-assets cache gc --max-size SIZE`")
