@@ -241,6 +241,70 @@ def test_pad_event_log_storage_is_read_by_the_stock_storage(tmp_path: Path) -> N
     assert len(stock.get_logs_for_run(res.run_id)) > 60
 
 
+def test_per_partition_materializations_are_written_in_batches_seen_in_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step's per-partition materializations are held and written
+    ``MATERIALIZATION_BATCH`` at a time, yet the step reads every one it yielded (as the
+    image step does between layers), the run log keeps the order they happened in, and
+    each asset's latest materialization is the last one yielded."""
+    from pad_assets.orchestration import storage
+
+    parts = dg.DynamicPartitionsDefinition(name="cards")
+    keys = [dg.AssetKey(["ds", n]) for n in ("raw", "pred")]
+    pk = [str(i) for i in range(150)]
+    seen: list[int] = []
+
+    @dg.multi_asset(specs=[dg.AssetSpec(k, partitions_def=parts, skippable=True) for k in keys],
+                    can_subset=True, partitions_def=parts)
+    def images(context):  # noqa: ANN001, ANN202 - Dagster reads the annotation, strings fail
+        for k in keys:
+            for p in context.partition_keys:
+                yield dg.AssetMaterialization(asset_key=k, partition=p, metadata={"card": p})
+            seen.append(len(context.instance.event_log_storage.get_latest_storage_id_by_partition(
+                k, dg.DagsterEventType.ASSET_MATERIALIZATION, set(pk))))
+
+    writes: list[int] = []
+    real = PadSqliteEventLogStorage._write_materializations
+
+    def spy(self, events):  # noqa: ANN001, ANN202
+        writes.append(len(events))
+        return real(self, events)
+
+    monkeypatch.setattr(PadSqliteEventLogStorage, "_write_materializations", spy)
+    job = dg.Definitions(assets=[images], jobs=[dg.define_asset_job(
+        "j", selection=dg.AssetSelection.assets(*keys))]).resolve_job_def("j")
+    runs_dir = str(tmp_path / "history" / "runs")
+    overrides = {"event_log_storage": {"module": "pad_assets.orchestration.storage",
+                                       "class": "PadSqliteEventLogStorage",
+                                       "config": {"base_dir": runs_dir}}}
+    with dg.instance_for_test(temp_dir=str(tmp_path), overrides=overrides) as instance:
+        instance.add_dynamic_partitions("cards", pk)
+        res = job.execute_in_process(instance=instance, tags={
+            "dagster/asset_partition_range_start": pk[0],
+            "dagster/asset_partition_range_end": pk[-1]})
+        assert res.success
+        assert seen == [len(pk), len(pk)]  # read back right after yielding
+        assert sum(writes) == 2 * len(pk) and max(writes) == storage.MATERIALIZATION_BATCH
+        assert len(writes) <= 2 * len(pk) // 10
+        logs = instance.get_records_for_run(res.run_id).records
+        kinds = [r.event_log_entry.dagster_event_type for r in logs]
+        mats = [i for i, t in enumerate(kinds) if t == dg.DagsterEventType.ASSET_MATERIALIZATION]
+        assert len(mats) == 2 * len(pk)
+        assert max(mats) < kinds.index(dg.DagsterEventType.STEP_SUCCESS)
+        order = [(r.event_log_entry.dagster_event.asset_key, r.event_log_entry.dagster_event.
+                  partition) for r in logs if r.event_log_entry.dagster_event_type
+                 == dg.DagsterEventType.ASSET_MATERIALIZATION]
+        assert order == [(k, p) for k in keys for p in pk]
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+    stock = SqliteEventLogStorage(runs_dir)
+    for k in keys:
+        assert stock.get_materialized_partitions(k) == set(pk)
+        (rec,) = stock.get_asset_records([k])
+        latest = rec.asset_entry.last_materialization_record
+        assert latest.event_log_entry.dagster_event.partition == pk[-1]
+
+
 @pytest.mark.parametrize("bad", ["0", "-5", "many", "true"])
 def test_a_bad_backfill_batch_size_is_refused_naming_the_setting(tmp_path: Path, bad: str
                                                                   ) -> None:
