@@ -117,3 +117,49 @@ def test_explained_gaps_warn_and_name_the_cards(store: ContentStore) -> None:
     warned = res.metadata["warning_cards"].value
     assert set(warned) == {str(CARDS[0]), str(CARDS[3])}
     assert "unknown_drug" in warned[str(CARDS[0])] and "HTTP 404" in warned[str(CARDS[3])]
+
+
+def _png(seed: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), seed, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_raw_integrity_takes_the_downloads_evidence_and_reads_the_rest(tmp_path: Path) -> None:
+    """Images the step downloaded are judged on their index record (md5 against the manifest,
+    sha256 against the key, truncated flag against the download's); the others are read
+    back and decoded. Each kind of mismatch is an ERROR naming the card."""
+    from pad_assets.hashing import md5_bytes, sha256_bytes
+
+    s = ContentStore(tmp_path / "c")
+    raw_key = dg.AssetKey([DS, "raw_image"])
+    data = {c: _png(i) for i, c in enumerate(CARDS)}
+    data[CARDS[3]] = b"not an image at all"
+    keys = {c: sha256_bytes(b) for c, b in data.items()}
+    s.put([NewItem(keys[c], "raw", b, {"md5": md5_bytes(b), "sha256": keys[c],
+                                       "truncated": False}) for c, b in data.items()])
+    md5 = {c: md5_bytes(b) for c, b in data.items()}
+    downloaded = {c: False for c in CARDS[:3]}
+
+    ok = checks.raw_integrity(s, raw_key, {c: keys[c] for c in CARDS[:3]}, md5,
+                              downloaded=downloaded)
+    assert ok.passed
+    assert ok.metadata["verified_at_download"].value == 3
+    assert ok.metadata["decoded"].value == 0 and ok.metadata["read_back"].value == 0
+
+    bad_md5 = {**md5, CARDS[0]: "0" * 32}  # the manifest says otherwise
+    res = checks.raw_integrity(s, raw_key, keys, bad_md5,
+                               downloaded={**downloaded, CARDS[1]: True})
+    assert res.passed is False and res.severity == dg.AssetCheckSeverity.ERROR
+    listed = res.metadata["error_cards"].value
+    assert set(listed) == {str(CARDS[0]), str(CARDS[1]), str(CARDS[3])}
+    assert "!= manifest" in listed[str(CARDS[0])]
+    assert "download found truncated=True" in listed[str(CARDS[1])]
+    assert "not a PNG or JPEG" in listed[str(CARDS[3])]  # not downloaded here: decoded
+    assert res.metadata["decoded"].value == 0 and res.metadata["read_back"].value == 1
+    read = checks.raw_integrity(s, raw_key, {CARDS[2]: keys[CARDS[2]]}, md5)
+    assert read.passed and read.metadata["decoded"].value == 1
