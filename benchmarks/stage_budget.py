@@ -155,8 +155,8 @@ def instrument() -> dict[str, float]:
     wrapped = {}
     for attr in ("sha256_bytes", "md5_bytes", "array_digest"):
         wrapped[getattr(hashing, attr)] = wrap("hashing", getattr(hashing, attr))
-    for extra in ("decode_rows", "decode_png_rows"):
-        for modname in ("pad_assets.preprocessing.decode",):
+    for extra in ("decode_rows", "decode_png_rows", "top_rows"):
+        for modname in ("pad_assets.preprocessing.decode", "pad_assets.preprocessing.png_rows"):
             mod = sys.modules.get(modname)
             fn = getattr(mod, extra, None) if mod else None
             if fn is not None:

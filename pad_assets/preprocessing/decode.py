@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageFile
 
 from ..errors import ImageDecodeError
+from .png_rows import top_rows
 
 #: Larger images are refused before decoding (a PAD card is 730 x 1220 = 0.9 Mpx).
 MAX_PIXELS = 40_000_000
@@ -160,6 +161,10 @@ def decode_top_rows(data: bytes, rows: int, source: str = "image") -> Image.Imag
             or tiles[0][0] != "zip" or tuple(tiles[0][1]) != (0, 0, width, height)
             or img.info.get("interlace") or getattr(img, "n_frames", 1) != 1):
         return None
+    # ISA-L inflate + NumPy unfilter where the file allows it (same pixels, ~half the CPU)
+    fast = top_rows(data, tiles[0][2], width, rows)
+    if fast is not None:
+        return fast
     _LOCK.acquire_shared()
     try:
         if ImageFile.LOAD_TRUNCATED_IMAGES:
