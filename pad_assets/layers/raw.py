@@ -225,7 +225,9 @@ class RawLayer:
         def flush() -> None:
             nonlocal pending_items, pending_cards, pending_bytes
             if pending_items or pending_cards:
-                self.store.put(pending_items, cards=pending_cards)
+                # Written around the page cache: this run preprocesses the bytes it holds
+                # and reads none of them back (shards.write_shard, ~1 ms/card less CPU).
+                self.store.put(pending_items, cards=pending_cards, page_cache=False)
             pending_items, pending_cards, pending_bytes = [], [], 0
 
         bar = _progress(len(todo), f"download {dataset}", progress)

@@ -16,6 +16,7 @@ import errno
 import gc
 import io
 import json
+import mmap
 import os
 import shutil
 import threading
@@ -211,13 +212,85 @@ def _full(root: Path, needed: int, free: int | None, cause: str = "") -> CacheFu
         "`pad-assets cache gc --max-size SIZE`", detail)
 
 
+#: ``O_DIRECT`` (Linux; 0 where the platform has none) and the alignment it needs of the
+#: buffer, the file offset and the length (4096 covers 512- and 4096-byte sectors).
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+_DIRECT_ALIGN = 4096
+#: Smaller shards are written through the page cache (nothing to gain).
+_DIRECT_MIN_BYTES = 1 << 20
+#: The aligned staging buffer is kept per thread up to this size (a raw batch is <= 48 MB).
+_DIRECT_KEEP_BYTES = 64 << 20
+_direct_local = threading.local()
+
+
+def _aligned(image: memoryview) -> memoryview:
+    """``image`` copied into a page-aligned buffer, padded to a multiple of
+    ``_DIRECT_ALIGN`` (the padding is cut off by the caller's ``ftruncate``)."""
+    size = -(-len(image) // _DIRECT_ALIGN) * _DIRECT_ALIGN
+    buf = getattr(_direct_local, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = mmap.mmap(-1, size)  # anonymous mappings are page-aligned
+        if size <= _DIRECT_KEEP_BYTES:
+            _direct_local.buf = buf
+    view = memoryview(buf)[:size]
+    view[:len(image)] = image
+    return view
+
+
+def _set_direct(fd: int, on: bool) -> bool:
+    """Switch ``O_DIRECT`` on or off for ``fd``; False when the file system refuses it."""
+    import fcntl  # POSIX only: called only where os.O_DIRECT exists
+
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT if on else flags & ~_O_DIRECT)
+    except OSError:
+        return False
+    return True
+
+
+def _write_file(fd: int, image: memoryview, direct: bool) -> None:
+    """All of ``image`` into ``fd`` (from offset 0), through ``_write_bytes``.
+
+    ``direct``: bypass the page cache (``O_DIRECT``). Why: a buffered write of a 23 MB raw
+    batch costs the writer 5-40 ms of kernel CPU (page allocation, reclaim of other cached
+    pages, the copy), 0.3-2.5 ms per card, against ~1 ms per shard direct (measured on
+    this machine's ext4, 2026-11-30); and raw images are not read again by the run that
+    downloads them. Where the file system refuses it, the write is buffered as before.
+    """
+    if direct and _O_DIRECT and len(image) >= _DIRECT_MIN_BYTES and _set_direct(fd, True):
+        view = _aligned(image)
+        try:
+            while view:
+                n = _write_bytes(fd, view)
+                view = view[n:]
+                if view and n % _DIRECT_ALIGN:  # a short, unaligned write: go on buffered
+                    _set_direct(fd, False)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # accepted at open, refused at write (some FUSE and network file systems)
+            _set_direct(fd, False)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            _write_file(fd, image, direct=False)
+            return
+        os.ftruncate(fd, len(image))
+        return
+    view = image
+    while view:
+        view = view[_write_bytes(fd, view):]
+
+
 def write_shard(
-    root: Path, blobs: Iterable[BlobPayload], records: list[dict[str, Any]]
+    root: Path, blobs: Iterable[BlobPayload], records: list[dict[str, Any]],
+    direct: bool = False,
 ) -> tuple[str, str, int]:
     """Write one shard atomically; returns (shard name, relative path, size in bytes).
 
     Raises ``CacheFullError`` (nothing left behind: the ``.partial`` file is removed at
-    once) when the disk cannot take the shard plus ``FREE_SPACE_RESERVE``.
+    once) when the disk cannot take the shard plus ``FREE_SPACE_RESERVE``. ``direct``:
+    write it around the page cache (for payloads nobody reads back soon: ``_write_file``).
     """
     name = new_shard_name()
     rel = shard_relpath(name)
@@ -240,9 +313,7 @@ def write_shard(
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            view = memoryview(image)
-            while view:
-                view = view[_write_bytes(fd, view):]
+            _write_file(fd, memoryview(image), direct)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -91,11 +91,14 @@ class ContentStore:
         items: Sequence[NewItem] = (),
         refs: Iterable[tuple[str, str]] = (),
         cards: Iterable[CardRecord] = (),
+        page_cache: bool = True,
     ) -> str | None:
         """Write one new shard with these items, refs and card records; index it atomically.
 
         Payloads already stored (same digest) are not written again. Returns the shard
-        name, or None when there was nothing to write.
+        name, or None when there was nothing to write. ``page_cache=False``: the shard is
+        written around the OS page cache (``shards.write_shard(direct=True)``), less CPU
+        for payloads this process will not read back.
         """
         now = time.time()
         records: list[dict[str, Any]] = []
@@ -125,7 +128,8 @@ class ContentStore:
         for _attempt in range(3):
             new_blobs = [b for bid, b in blobs.items() if bid not in existing]
             try:
-                name, rel, nbytes = shard_io.write_shard(self.root, new_blobs, records)
+                name, rel, nbytes = shard_io.write_shard(self.root, new_blobs, records,
+                                                         direct=not page_cache)
                 vanished = self.index.apply_shard(name, rel, nbytes, records,
                                                   [_blob_row(b) for b in new_blobs],
                                                   reused=[b for b in blobs if b in existing])
