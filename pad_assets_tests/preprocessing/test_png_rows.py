@@ -158,3 +158,50 @@ def test_without_isal_pillow_decodes(monkeypatch: pytest.MonkeyPatch) -> None:
     assert png_rows.top_rows(data, _offset(data), 12, 10) is None
     top = decode_top_rows(data, 10)
     assert top is not None and np.array_equal(np.asarray(top), _reference(data)[:10])
+
+
+def _pillow_verifies(data: bytes) -> bool:
+    try:
+        Image.open(io.BytesIO(data), formats=("PNG",)).verify()
+    except Exception:  # noqa: BLE001 - any failure: the slow path decides
+        return False
+    return True
+
+
+def test_the_fast_chunk_walk_passes_only_what_pillow_verify_passes() -> None:
+    from pad_assets.preprocessing.decode import _chunks_verify, check_image
+
+    good = encode_png(_pixels(40, 16, 7), [2] * 40, idat_size=300)
+    off = _offset(good)
+    text_after = good[:-12] + _chunk(b"tEXt", b"Comment\x00late") + good[-12:]
+    variants = {"good": good, "text after IDAT": text_after,
+                "real 25834": (REAL / "25834_processed.png").read_bytes(),
+                "real 19208 (truncated)": (REAL / "19208_processed.png").read_bytes(),
+                "no IEND": good[:-12], "cut in a chunk": good[: len(good) // 2],
+                "cut in a CRC": good[:off + 300 + 2]}
+    flipped = bytearray(good)
+    flipped[off + 100] ^= 1  # IDAT data changed
+    variants["bad IDAT CRC"] = bytes(flipped)
+    late = bytearray(text_after)
+    late[-14] ^= 1  # the late tEXt's CRC
+    variants["bad late tEXt CRC"] = bytes(late)
+    badtype = bytearray(good)
+    badtype[off - 4:off] = b"ID T"  # not a chunk type
+    variants["bad chunk type"] = bytes(badtype)
+    for name, data in variants.items():
+        start = Image.open(io.BytesIO(data)).tile[0][2] if name != "bad chunk type" else off
+        fast = _chunks_verify(data, start)
+        assert fast == _pillow_verifies(data), name
+        assert fast == (name in ("good", "text after IDAT", "real 25834")), name
+    assert check_image(variants["real 19208 (truncated)"]) is True
+    assert check_image(good) is False
+
+
+def test_with_global_tolerance_on_pillow_decides(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import ImageFile
+
+    from pad_assets.preprocessing.decode import _chunks_verify
+
+    good = encode_png(_pixels(10, 8, 8), [0] * 10)
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    assert _chunks_verify(good, _offset(good)) is False
