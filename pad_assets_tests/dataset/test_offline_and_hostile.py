@@ -498,6 +498,16 @@ def test_decompression_bombs_are_refused_before_decoding(
         return real_load(self)
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", recording_load)
+    # ... and every decode of the fast row decoder (ISA-L + NumPy), which skips Pillow's
+    from pad_assets.preprocessing import decode as decode_module
+
+    real_rows = decode_module.top_rows
+
+    def recording_rows(data, offset, width, rows):  # noqa: ANN001, ANN202
+        decoded.append((width, rows))
+        return real_rows(data, offset, width, rows)
+
+    monkeypatch.setattr(decode_module, "top_rows", recording_rows)
     before = snapshot(good_cache)
     ds = CachedDataset(BOMB_DS, settings=_settings(hostile.base_url, hostile.registry_url,
                                                    good_cache), progress=False)
