@@ -6,7 +6,7 @@ SYNTHETIC pixels rendered on request), models 16 (MobileNetV2 stand-in, realisti
 18 (the real PLS coefficient file), empty cache, the lab's event-log storage
 (``PadSqliteEventLogStorage``) in a temp DAGSTER_HOME:
 
-* Dagster: ``refresh_manifests_job``, partitions added, then ``backfill_in_batches`` (batch
+* Dagster: ``refresh_manifests_job``, partitions added, then ``orchestration.backfill`` (batch
   runs of ``Sizes.lab_batch`` cards): wall, CPU, peak RSS of this process (``ru_maxrss``; the
   in-process emulator included), event-log bytes on disk, materializations.
 * Second full run with nothing new: the images job over every partition as ONE run: wall
@@ -98,7 +98,7 @@ def run_b9(ctx: Context) -> list[Row]:
     from pad_assets import CachedDataset, PADTensorFlowAdapter, PLSModelAdapter
     from pad_assets.models.runtime import clear_runner_cache
     from pad_assets.orchestration.assets import DatasetAssetKeys, partitions_for
-    from pad_assets.orchestration.backfill import backfill_in_batches
+    from pad_assets.orchestration.backfill import backfill
     from pad_assets.orchestration.definitions import build_definitions, images_job_name
     from pad_assets.orchestration.storage import instance_overrides
     from pad_assets.orchestration.sync import new_card_keys, range_tags
@@ -132,8 +132,11 @@ def run_b9(ctx: Context) -> list[Row]:
                     ids = d.manifest().card_ids
                 instance.add_dynamic_partitions(partitions_for(ds).name,
                                                 new_card_keys(instance, ds, ids))
-                return backfill_in_batches(defs, instance, project, ds,
-                                           progress=ctx.log, run_config=LOG_CONFIG)
+                rep = backfill(ds, project=project, defs=defs, instance=instance,
+                               progress=ctx.log, run_config=LOG_CONFIG)
+                if not rep.ok:
+                    raise RuntimeError(f"B9 backfill failed: {rep}")
+                return rep
 
             full = timed(first)
             events = sum(len(instance.get_materialized_partitions(k)) for k in keys.image_keys)

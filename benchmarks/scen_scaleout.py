@@ -3,7 +3,7 @@
 The deployment of README "Scale-out", started on 127.0.0.1 by ``pad_assets.deployment.
 localparts``: PostgreSQL holds the Dagster instance, moto's S3 server the shared tier, a dask
 scheduler places the image steps on worker processes (``taskset -c i``: worker i owns core
-i). The backfill driver (``pad_assets.deployment.backfill``) splits ``scaleout_cards`` cards
+i). The backfill driver (``pad_assets.orchestration.backfill``) splits ``scaleout_cards`` cards
 into batch runs of ``scaleout_batch`` with as many in flight as there are workers. Each
 configuration starts from empty worker caches and an empty tier prefix, so both do the same
 work: download, preprocess, MobileNetV2 stand-in (model 16), push to the tier.
@@ -26,6 +26,7 @@ import statistics
 import tempfile
 import textwrap
 import time
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ def run_b11(ctx: Context) -> list[Row]:
 
     from pad_assets.deployment import DAGSTER_YAML
     from pad_assets.deployment import localparts as lp
-    from pad_assets.deployment.backfill import run_backfill
+    from pad_assets.deployment.executor import step_placements
+    from pad_assets.orchestration.backfill import backfill
 
     n = ctx.sizes.scaleout_cards
     batch = ctx.sizes.scaleout_batch
@@ -91,21 +93,27 @@ def run_b11(ctx: Context) -> list[Row]:
                     os.environ["PAD_ASSETS_DASK"] = f"existing: {{address: '{dask.address}'}}"
                     os.environ["PAD_CACHE_DIR"] = str(fresh_dir(base / f"driver-{workers}w"))
                     t = time.time()
-                    rep = run_backfill(name, batch_size=batch, parallel=workers, card_ids=cards)
+                    # resume=False: the same cards as the 1-worker pass, run again in full
+                    rep = backfill(name, batch_cards=batch, parallel=workers, card_ids=cards,
+                                   resume=False)
                     wall = time.time() - t
                     if not rep.ok:
                         raise RuntimeError(f"B11 backfill with {workers} workers failed: {rep}")
                     with dg.DagsterInstance.get() as instance:
                         steps = [_step_seconds(instance, r.run_id) for r in rep.runs]
+                        where = Counter(p.worker for r in rep.runs
+                                        for p in step_placements(instance, r.run_id))
                     overhead = [r.seconds - s for r, s in zip(rep.runs, steps, strict=True)]
                     results[workers] = {
                         "wall_s": wall, "cards_per_s": n / wall, "batches": len(rep.runs),
                         "step_s_median": statistics.median(steps),
                         "overhead_s_median": statistics.median(overhead),
-                        "overhead_s_max": max(overhead)}
+                        "overhead_s_max": max(overhead),
+                        "batch_steps_per_worker": dict(sorted(where.items()))}
                     ctx.log(f"  {workers} worker(s): {wall:.1f} s, {n / wall:.2f} cards/s, "
                             f"per batch: step {results[workers]['step_s_median']:.1f} s, engine "
-                            f"overhead {results[workers]['overhead_s_median']:.2f} s (median)")
+                            f"overhead {results[workers]['overhead_s_median']:.2f} s (median); "
+                            f"batch steps per worker {dict(sorted(where.items()))}")
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -5,8 +5,9 @@ Why a package of its own: nothing here is needed on one machine. It holds the ex
 chosen by configuration (``PAD_ASSETS_DASK``: image steps on a dask.distributed cluster
 through dagster-dask, including SLURM/SGE/PBS through dask-jobqueue), the read-through /
 write-back between each worker's local cache and the shared tier (``PAD_TIER_URL``), the
-guard that keeps SQLite and HDF5 off network file systems, and a backfill driver that splits
-a dataset into batch runs the workers share.
+guard that keeps SQLite and HDF5 off network file systems, and the real parts started on
+127.0.0.1 for tests and benchmarks. The backfill driver that splits a dataset into batch runs
+the workers share is ``orchestration.backfill`` (``--parallel``), the same as on one machine.
 """
 
 from pathlib import Path

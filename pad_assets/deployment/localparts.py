@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class PartUnavailable(RuntimeError):
@@ -47,6 +48,10 @@ def _wait(pred, what: str, timeout: float, proc: subprocess.Popen | None = None,
                 return
         time.sleep(0.2)
     raise PartUnavailable(f"{what} did not start within {timeout:.0f} s")
+
+
+def _spawn(cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen:
+    return subprocess.Popen(list(cmd), **kwargs)
 
 
 def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
@@ -105,6 +110,7 @@ def postgres(folder: Path) -> Iterator[str]:
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
     r = subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log),
                         "-o", opts, "-w", "-t", "60", "start"], **run)
+    stop = [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]
     if r.returncode != 0:
         tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
         raise PartUnavailable(f"pg_ctl start failed: {r.stdout[-800:]} {tail}")
@@ -115,8 +121,7 @@ def postgres(folder: Path) -> Iterator[str]:
             raise PartUnavailable(f"createdb failed: {r.stdout[-800:]}")
         yield f"postgresql+psycopg2://pad@127.0.0.1:{port}/dagster"
     finally:
-        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "-w", "stop"], **run)
+        subprocess.run(stop, **run)
 
 
 # --------------------------------------------------------------------- S3 (moto server)
@@ -153,8 +158,8 @@ def s3_server(folder: Path, bucket: str = "pad-tier") -> Iterator[S3Server]:
     port = free_port()
     log = folder / "moto.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                                 "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+        proc = _spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                       "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"
     _forget_s3_clients()  # fsspec reuses an S3 client per process: it would keep an old endpoint
     try:
@@ -188,32 +193,55 @@ class DaskCluster:
     folder: Path
     scheduler: subprocess.Popen
     workers: dict[str, subprocess.Popen] = field(default_factory=dict)
+    _args: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add_worker(self, name: str, env: Mapping[str, str], cpus: Sequence[int] | None = None,
-                   timeout: float = 120) -> subprocess.Popen:
-        """One worker process (one thread, no nanny: a killed worker stays dead, as a lost
-        machine does), optionally pinned to ``cpus`` with taskset."""
+                   timeout: float = 120, nthreads: int = 1,
+                   resources: Mapping[str, float] | None = None) -> subprocess.Popen:
+        """One worker process (no nanny: a killed worker stays dead, as a lost machine
+        does), optionally pinned to ``cpus`` with taskset. It declares ``resources``
+        (default: one ``pad_batch``, what README "Scale-out" asks of a lab's workers)."""
+        from .executor import BATCH_RESOURCE
+
+        self._args[name] = {"env": dict(env), "cpus": cpus, "timeout": timeout,
+                            "nthreads": nthreads, "resources": resources}
+        declared = {BATCH_RESOURCE: 1} if resources is None else dict(resources)
         cmd = [sys.executable, "-m", "distributed.cli.dask_worker", self.address,
-               "--name", name, "--nthreads", "1", "--no-nanny", "--no-dashboard",
+               "--name", name, "--nthreads", str(nthreads), "--no-nanny", "--no-dashboard",
                "--local-directory", str(self.folder / f"dask-{name}")]
+        if declared:
+            cmd += ["--resources", ",".join(f"{k}={v}" for k, v in declared.items())]
         if cpus is not None:
             if not shutil.which("taskset"):
                 raise PartUnavailable("taskset (util-linux) is needed to pin workers")
             cmd = ["taskset", "-c", ",".join(str(c) for c in cpus), *cmd]
         log = self.folder / f"worker-{name}.log"
         with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                    env={**os.environ, **WORKER_ENV, **env})
+            proc = _spawn(cmd, stdout=out, stderr=subprocess.STDOUT,
+                          env={**os.environ, **WORKER_ENV, **env})
         self.workers[name] = proc
-        n = len(self.workers)
-        _wait(lambda: self.n_workers() >= n, f"dask worker {name}", timeout, proc, log)
+        _wait(lambda: name in self.worker_names(), f"dask worker {name}", timeout, proc, log)
         return proc
 
-    def n_workers(self) -> int:
+    def revive(self) -> list[str]:
+        """Start again, with the same arguments, every worker whose process has exited (a
+        test that SIGKILLs one leaves the cluster as the next test expects it)."""
+        dead = [n for n, p in self.workers.items() if p.poll() is not None]
+        for name in dead:
+            _wait(lambda n=name: n not in self.worker_names(), f"dask worker {name} gone",
+                  60)
+            self.add_worker(name, **self._args[name])
+        return dead
+
+    def worker_names(self) -> set[str]:
         from distributed import Client
 
         with Client(self.address, timeout=5) as c:
-            return len(c.scheduler_info(n_workers=-1)["workers"])
+            return {str(w.get("name")) for w in c.scheduler_info(n_workers=-1)["workers"]
+                    .values()}
+
+    def n_workers(self) -> int:
+        return len(self.worker_names())
 
     def worker_pids(self) -> dict[str, int]:
         return {n: p.pid for n, p in self.workers.items() if p.poll() is None}
@@ -245,10 +273,9 @@ def dask_cluster(folder: Path, env: Mapping[str, str] | None = None,
     senv = {**os.environ, **(env or {}),
             "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(allowed_failures)}
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler",
-                                 "--host", "127.0.0.1", "--port", str(port),
-                                 "--no-dashboard"], stdout=out, stderr=subprocess.STDOUT,
-                                env=senv)
+        proc = _spawn([sys.executable, "-m", "distributed.cli.dask_scheduler",
+                       "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                      stdout=out, stderr=subprocess.STDOUT, env=senv)
     cluster = DaskCluster(f"tcp://127.0.0.1:{port}", folder, proc)
     try:
         _wait(lambda: cluster.n_workers() >= 0, "dask scheduler", 60, proc, log)

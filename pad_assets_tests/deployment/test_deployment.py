@@ -10,8 +10,14 @@ import pytest
 
 from pad_assets import maintenance as mt
 from pad_assets.deployment import DAGSTER_YAML
-from pad_assets.deployment.backfill import contiguous_batches
-from pad_assets.deployment.executor import dask_cluster_config
+from pad_assets.deployment import localparts as lp
+from pad_assets.deployment.executor import (
+    BATCH_RESOURCE,
+    dask_cluster_config,
+    require_batch_workers,
+    step_resources,
+    with_batch_resource,
+)
 from pad_assets.deployment.localdisk import mount_type, require_local_disk
 from pad_assets.errors import IntegrityError, InvalidInputError
 from pad_assets.hashing import sha256_bytes
@@ -56,6 +62,49 @@ def test_the_dask_cluster_config_may_be_a_yaml_file(tmp_path: Path) -> None:
     assert dask_cluster_config(str(f)) == {"sge": {"cores": 1, "memory": "2GB"}}
 
 
+def test_clusters_the_executor_starts_declare_one_batch_slot_per_worker() -> None:
+    assert with_batch_resource("local", {"n_workers": 2}) == {
+        "n_workers": 2, "resources": {BATCH_RESOURCE: 1}}
+    assert with_batch_resource("local", {"resources": {BATCH_RESOURCE: 3}})["resources"] == {
+        BATCH_RESOURCE: 3}  # a lab's own count is kept
+    assert with_batch_resource("ssh", {"hosts": ["a", "b"]})["worker_options"] == {
+        "resources": {BATCH_RESOURCE: 1}}
+    assert with_batch_resource("existing", {"address": "tcp://h:1"}) == {"address": "tcp://h:1"}
+    kept = ["--resources", f"{BATCH_RESOURCE}=2"]
+    assert with_batch_resource("sge", {"worker_extra_args": kept})["worker_extra_args"] == kept
+    # dask-jobqueue writes the declaration into the batch job's worker command
+    pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is a scaleout extra")
+    from dask_jobqueue import SLURMCluster
+
+    opts = with_batch_resource("slurm", {"cores": 1, "memory": "1GB", "processes": 1})
+    with SLURMCluster(**opts, scheduler_options={"host": "127.0.0.1"}) as cluster:
+        script = cluster.job_script()
+    assert f"--resources {BATCH_RESOURCE}=1" in script, script
+
+
+def test_a_step_holds_one_batch_slot_unless_its_op_asks_otherwise() -> None:
+    assert step_resources({}) == {BATCH_RESOURCE: 1}
+    assert step_resources({"dagster-dask/resource_requirements": '{"GPU": 1}'}) == {"GPU": 1}
+
+
+def test_workers_without_the_batch_slot_are_refused_naming_the_flag(tmp_path: Path) -> None:
+    from distributed import Client
+
+    try:
+        with lp.dask_cluster(tmp_path / "dask") as dask, \
+                Client(dask.address, timeout=10) as client:
+            require_batch_workers(client, dask.address)  # no workers yet: they may come
+            dask.add_worker("plain", {}, resources={})
+            with pytest.raises(InvalidInputError,
+                               match=rf"\['plain'\] declare no '{BATCH_RESOURCE}'.*"
+                                     rf"--resources {BATCH_RESOURCE}=1"):
+                require_batch_workers(client, dask.address)
+            dask.add_worker("pad", {})  # localparts declares one pad_batch by default
+            require_batch_workers(client, dask.address)
+    except lp.PartUnavailable as exc:
+        pytest.skip(f"scale-out part unavailable: {exc}")
+
+
 def test_a_cache_on_a_network_file_system_is_refused(tmp_path: Path) -> None:
     mounts = tmp_path / "mounts"
     mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/export {tmp_path}/nfs nfs4 rw 0 0\n"
@@ -69,17 +118,6 @@ def test_a_cache_on_a_network_file_system_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="fuse.s3fs"):
         require_local_disk(tmp_path / "bucket" / "c", mounts=str(mounts))
     require_local_disk(tmp_path / "local", mounts=str(mounts))  # no error
-
-
-def test_batches_are_contiguous_in_the_instance_order() -> None:
-    ordered = [str(i) for i in range(10)]
-    assert contiguous_batches(ordered, ["0", "1", "2", "3", "4"], 2) == [
-        ["0", "1"], ["2", "3"], ["4"]]
-    # a gap (a card not wanted) ends a batch: each batch is one partition range
-    assert contiguous_batches(ordered, ["1", "2", "4", "5", "6"], 5) == [
-        ["1", "2"], ["4", "5", "6"]]
-    with pytest.raises(InvalidInputError, match="batch size"):
-        contiguous_batches(ordered, ["1"], 0)
 
 
 def _store_with(root: Path, dataset: str, n: int, start: int = 0) -> ContentStore:

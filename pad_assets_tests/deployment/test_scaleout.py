@@ -30,9 +30,10 @@ from pad_assets import maintenance as mt
 from pad_assets.dataset import CachedDataset
 from pad_assets.deployment import DAGSTER_YAML
 from pad_assets.deployment import localparts as lp
-from pad_assets.deployment.backfill import run_backfill
+from pad_assets.deployment.executor import BATCH_RESOURCE, step_placements
 from pad_assets.deployment.tier_sync import pull_dataset
 from pad_assets.devtools.emulator import DatasetSpec, Emulator, ModelArtifact
+from pad_assets.orchestration.backfill import backfill
 from pad_assets.settings import Settings
 from pad_assets.sharing import pull, push
 from pad_assets.sharing.remote import remote_index
@@ -90,6 +91,12 @@ def _served(emu: Emulator, cache: Path, dataset: str) -> tuple[dict[int, str], A
             res)
 
 
+def _log_tails(base: Path, chars: int = 1500) -> dict[str, str]:
+    """The dask logs' last lines, for a failure message."""
+    return {p.name: p.read_text(errors="replace")[-chars:]
+            for p in sorted((base / "dask").glob("*.log"))}
+
+
 def _layer_count(cache: Path, layer: str) -> int:
     if not (cache / "index.sqlite3").exists():
         return 0
@@ -139,7 +146,10 @@ def world(tiny_tflite_path: Path) -> Iterator[dict[str, Any]]:
         dask = start_part(stack, lp.dask_cluster(base / "dask", env))
         caches = {name: base / f"cache-{name}" for name in ("w0", "w1")}
         for name, cache in caches.items():
-            dask.add_worker(name, {**env, "PAD_CACHE_DIR": str(cache)})
+            # two threads but one pad_batch: the resource, not the thread count, is what
+            # keeps a worker to one batch step at a time
+            dask.add_worker(name, {**env, "PAD_CACHE_DIR": str(cache)}, nthreads=2,
+                            resources={BATCH_RESOURCE: 1})
         env["PAD_ASSETS_DASK"] = f"existing: {{address: '{dask.address}'}}"
         yield {"emu": emu, "base": base, "env": env, "tier": tier, "dask": dask,
                "caches": caches, "pg_url": pg_url}
@@ -147,7 +157,9 @@ def world(tiny_tflite_path: Path) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture
 def deployed(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """This process (the backfill driver) sees the deployment's environment."""
+    """This process (the backfill driver) sees the deployment's environment, and both
+    workers are up (a worker SIGKILLed by an earlier test is started again)."""
+    world["dask"].revive()
     for k, v in world["env"].items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("PAD_CACHE_DIR", str(world["base"] / "cache-driver"))
@@ -162,7 +174,7 @@ def test_a_200_card_backfill_on_two_dask_workers_matches_one_machine_and_serves_
     reference = _reference(emu, deployed["base"] / "single", DS)
     assert len(reference) == len(DS_IDS)
 
-    rep = run_backfill(DS, batch_size=50, parallel=2)
+    rep = backfill(DS, batch_cards=50, parallel=2, add_partitions=True)
     assert rep.ok, str(rep)
     assert len(rep.runs) == 4 and rep.cards == len(DS_IDS)
     # both workers computed a share (each holds predictions it made or pulled)
@@ -172,8 +184,18 @@ def test_a_200_card_backfill_on_two_dask_workers_matches_one_machine_and_serves_
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         runs = instance.get_runs(dg.RunsFilter(run_ids=[r.run_id for r in rep.runs]))
         assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
+        # where each batch step ran, as the runs' event logs record it: one step per run,
+        # both workers ran batch steps, and no worker ran two at once
+        placed = {r.run_id: step_placements(instance, r.run_id) for r in rep.runs}
         key = dg.AssetKey([DS, "prediction_tiny"])
         assert instance.get_materialized_partitions(key) == {str(c) for c in DS_IDS}
+    assert all(len(p) == 1 for p in placed.values()), placed
+    steps = [p[0] for p in placed.values()]
+    assert {p.worker for p in steps} == {"w0", "w1"}, steps
+    for name in ("w0", "w1"):
+        mine = sorted((p for p in steps if p.worker == name), key=lambda p: p.start)
+        overlaps = [(a, b) for a, b in zip(mine, mine[1:], strict=False) if b.start < a.end]
+        assert not overlaps, overlaps
 
     published = remote_index(tier)
     assert published and any(DS in e["datasets"] for e in published.values())
@@ -197,18 +219,20 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_the_rerun_completes(
     before = _layer_count(caches[victim], "raw")
     outcome: dict[str, Any] = {}
 
-    def backfill() -> None:
+    def run() -> None:
         try:
-            outcome["report"] = run_backfill(KILL_DS, batch_size=30, parallel=2)
+            outcome["report"] = backfill(KILL_DS, batch_cards=30, parallel=2, add_partitions=True)
         except BaseException as exc:  # reported below, never swallowed
             outcome["error"] = exc
 
-    t = threading.Thread(target=backfill)
+    t = threading.Thread(target=run)
     t.start()
     deadline = time.time() + 600
-    while _layer_count(caches[victim], "raw") <= before and time.time() < deadline:
+    while (_layer_count(caches[victim], "raw") <= before and time.time() < deadline
+           and t.is_alive()):
         time.sleep(0.05)
-    assert time.time() < deadline, "the victim worker never started a batch"
+    assert _layer_count(caches[victim], "raw") > before, (
+        "the victim worker never started a batch", outcome, _log_tails(deployed["base"]))
     os.kill(dask.workers[victim].pid, signal.SIGKILL)
     dask.workers[victim].wait(30)
     t.join(900)
@@ -220,7 +244,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_the_rerun_completes(
     assert verify_tier(tier).ok
 
     # rerun on the surviving worker completes every batch
-    again = run_backfill(KILL_DS, batch_size=30, parallel=2)
+    again = backfill(KILL_DS, batch_cards=30, parallel=2, add_partitions=True)
     assert again.ok, str(again)
 
     # cache verify: the tier and both local caches (the killed one recovers on open)
