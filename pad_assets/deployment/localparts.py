@@ -2,7 +2,8 @@
 
 Why: the tests, the B11 benchmark and a lab trying the profile on one machine need the
 same parts the cluster runs (PostgreSQL from the system packages, an S3-protocol server,
-a dask scheduler and worker processes), started the same way and stopped cleanly. Each
+a dask scheduler and worker processes), started the same way and stopped cleanly, also when
+the process that started them is killed (``reaper``: a watchdog undoes what is left). Each
 starter raises ``PartUnavailable`` with the reason when its part cannot start here (no
 ``initdb``, no ``moto``...), so a caller can report that instead of guessing.
 """
@@ -50,8 +51,18 @@ def _wait(pred, what: str, timeout: float, proc: subprocess.Popen | None = None,
     raise PartUnavailable(f"{what} did not start within {timeout:.0f} s")
 
 
+# Every part runs in a session of its own, registered with this process's watchdog
+# (``reaper``): if this process dies without its teardown (SIGTERM, SIGKILL), the watchdog
+# kills the part's process group; a part stopped here is dropped from its list.
+_TOKENS: dict[int, int] = {}
+
+
 def _spawn(cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen:
-    return subprocess.Popen(list(cmd), **kwargs)
+    from .reaper import reaper
+
+    proc = subprocess.Popen(list(cmd), start_new_session=True, **kwargs)
+    _TOKENS[proc.pid] = reaper().kill_group_on_death(proc.pid)
+    return proc
 
 
 def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
@@ -62,6 +73,14 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+    # what the part left in its group (e.g. a log tailer of a dask worker's Dagster step)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    token = _TOKENS.pop(proc.pid, None)
+    if token is not None:
+        from .reaper import reaper
+
+        reaper().forget(token)
 
 
 # ------------------------------------------------------------------------- PostgreSQL
@@ -112,8 +131,12 @@ def postgres(folder: Path) -> Iterator[str]:
                         "-o", opts, "-w", "-t", "60", "start"], **run)
     stop = [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]
     if r.returncode != 0:
+        subprocess.run(stop, **run)  # pg_ctl may time out on a server that did start
         tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
         raise PartUnavailable(f"pg_ctl start failed: {r.stdout[-800:]} {tail}")
+    from .reaper import reaper
+
+    token = reaper().run_on_death(stop)  # the postmaster is a daemon: pg_ctl stops it
     try:
         r = subprocess.run([*prefix, str(bindir / "createdb"), "-h", "127.0.0.1", "-p",
                             str(port), "-U", "pad", "dagster"], **run)
@@ -122,6 +145,7 @@ def postgres(folder: Path) -> Iterator[str]:
         yield f"postgresql+psycopg2://pad@127.0.0.1:{port}/dagster"
     finally:
         subprocess.run(stop, **run)
+        reaper().forget(token)
 
 
 # --------------------------------------------------------------------- S3 (moto server)
