@@ -35,6 +35,18 @@ def asset_url(key: dg.AssetKey, partition: str | None = None) -> str:
     return f"{url}?view=partitions&partition={quote(partition, safe='')}" if partition else url
 
 
+def run_url(run_id: str) -> str:
+    return f"{ui_base()}/runs/{quote(run_id, safe='')}"
+
+
+def shared_facts_link(run_id: str, code_version: str) -> dg.MetadataValue:
+    """Where the facts shared by every card of the run are: the run's "shared facts"
+    observation of this asset (its page lists it; so does the asset's Events tab)."""
+    return dg.MetadataValue.md(
+        f"[run {run_id[:8]}]({run_url(run_id)}): observation \"shared facts\" of this asset "
+        f"(code version `{code_version}`)")
+
+
 def chain_markdown(card_id: int, layers: Iterable[tuple[str, dg.AssetKey, str | None]],
                    manifest: dg.AssetKey, comparison: dg.AssetKey) -> dg.MetadataValue:
     """Links to this card in every layer; ``layers`` is (label, asset key, content key)."""

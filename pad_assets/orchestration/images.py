@@ -111,7 +111,7 @@ def materialize_images(context: dg.AssetExecutionContext, pad: PadResource, ds: 
     selected = set(context.selected_asset_keys)
     selected_checks = {(ck.asset_key, ck.name) for ck in context.selected_asset_check_keys}
     dataset = pad.dataset(ds.name)
-    recorder = ChangeRecorder(context.instance)
+    recorder = ChangeRecorder(context.instance, context.run.run_id)
     integrity = _IntegrityEvidence()
     n_ok = 0
     try:
@@ -290,14 +290,15 @@ def _downloaded_and_decoded(batch: Batch) -> dict[int, bool]:
 
 
 def _events(batch: Batch, recorder: ChangeRecorder, selected: set[dg.AssetKey]
-            ) -> Iterator[dg.AssetMaterialization]:
+            ) -> Iterator[dg.AssetMaterialization | dg.AssetObservation]:
     """One materialization per changed (asset, card), layer by layer, each with the card's
-    whole chain."""
+    own facts and whole chain; what every card shares goes once per asset and run on the
+    recorder's "shared facts" observation."""
     keys, raw = batch.keys, batch.raw
     if keys.raw in selected:
         yield from recorder.layer(keys.raw, versions.RAW_CODE_VERSION, [
             (c, raw[c], _bind(lambda c: _raw_event_facts(batch, c), c), {})
-            for c in batch.ok_ids])
+            for c in batch.ok_ids], shared=lambda: _dataset_facts(batch))
     describes = {p: pipe.describe() for p, pipe in batch.pipelines.items()}
     for pname in keys.pipelines:
         ak = keys.preprocessed(pname)
@@ -305,13 +306,12 @@ def _events(batch: Batch, recorder: ChangeRecorder, selected: set[dg.AssetKey]
             continue
         d = describes[pname]
         yield from recorder.layer(ak, versions.pipeline_version_of(d), [
-            (c, pk, _bind(lambda c, pk=pk, trunc=trunc, d=d: {
+            (c, pk, _bind(lambda c, pk=pk, trunc=trunc: {
                 "card_id": c, "preprocessed_key": pk, "raw_key": raw[c],
-                "raw_md5": batch.raw_facts(c)["md5"], "pipeline": d["name"],
-                "pipeline_parameters": d["parameters"],
-                "pipeline_code_version": d["code_version"], "truncated": trunc,
+                "raw_md5": batch.raw_facts(c)["md5"], "truncated": trunc,
                 "chain": batch.chain(c)}, c), {keys.raw: raw[c]})
-            for c, (pk, trunc) in batch.pre[pname].items()])
+            for c, (pk, trunc) in batch.pre[pname].items()],
+            shared=lambda d=d: _pipeline_facts(d))
     for tk, m in keys.tensor_models.items():
         if tk not in batch.tensors:
             continue
@@ -319,43 +319,57 @@ def _events(batch: Batch, recorder: ChangeRecorder, selected: set[dg.AssetKey]
         d = describes[m.pipeline]
         pre = batch.pre[m.pipeline]
         yield from recorder.layer(tk, versions.tensor_version_of(d, spec), [
-            (c, key, _bind(lambda c, key=key, spec=spec, d=d, pre=pre: {
+            (c, key, _bind(lambda c, key=key, pre=pre: {
                 "card_id": c, "tensor_key": key, "preprocessed_key": pre[c][0],
-                "raw_key": raw[c], "raw_md5": batch.raw_facts(c)["md5"], "tensor_spec": spec,
-                "pipeline": d["name"], "pipeline_parameters": d["parameters"],
+                "raw_key": raw[c], "raw_md5": batch.raw_facts(c)["md5"],
                 "chain": batch.chain(c)}, c),
              {keys.preprocessed(m.pipeline): pre[c][0]})
-            for c, key in batch.tensors[tk].items()])
+            for c, key in batch.tensors[tk].items()],
+            shared=lambda d=d, spec=spec: {**_pipeline_facts(d), "tensor_spec": spec})
     yield from _prediction_events(batch, recorder, selected, describes)
 
 
+def _dataset_facts(batch: Batch) -> dict[str, Any]:
+    return {"dataset": batch.ds.name, "manifest_version": batch.manifest_version,
+            "manifest_url": asset_url(batch.keys.manifest)}
+
+
+def _pipeline_facts(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {"pipeline": d["name"], "pipeline_parameters": d["parameters"],
+            "pipeline_code_version": d["code_version"]}
+
+
 def _raw_event_facts(batch: Batch, c: int) -> dict[str, Any]:
-    facts = batch.raw_facts(c)
+    facts = {k: v for k, v in batch.raw_facts(c).items() if k not in _dataset_facts(batch)}
     return {**facts, "chain": batch.chain(c),
             "preview": preview_markdown(facts["source_url"], c)}
 
 
 def _prediction_events(batch: Batch, recorder: ChangeRecorder, selected: set[dg.AssetKey],
                        describes: Mapping[str, Mapping[str, Any]]
-                       ) -> Iterator[dg.AssetMaterialization]:
+                       ) -> Iterator[dg.AssetMaterialization | dg.AssetObservation]:
     keys = batch.keys
-    libs = library_versions()
     for m in keys.models:
         pk_ = keys.prediction(m)
         if pk_ not in selected:
             continue
         adapter = batch.adapters[m.name]
-        desc = small_record(adapter.describe())
-        d = describes[m.pipeline]
-        spec = adapter.get_tensor_spec().as_dict()
-        version = versions.prediction_version_of(adapter.get_cache_signature())
-        yield from recorder.layer(pk_, version, [
+        signature = adapter.get_cache_signature()
+
+        def shared(adapter: Any = adapter, m: Any = m, signature: str = signature
+                   ) -> dict[str, Any]:
+            desc = small_record(adapter.describe())
+            return {**_dataset_facts(batch), **_pipeline_facts(describes[m.pipeline]),
+                    "tensor_spec": adapter.get_tensor_spec().as_dict(), "model": m.name,
+                    "model_signature": signature, "model_record": desc,
+                    "weights_url": desc.get("weights_url"), "libraries": library_versions()}
+
+        yield from recorder.layer(pk_, versions.prediction_version_of(signature), [
             (c, r["prediction_key"],
-             _bind(lambda c, r=r, adapter=adapter, desc=desc, d=d, spec=spec, m=m:
-                   _prediction_facts(c, r, adapter, desc, d, spec, m.name, batch.rows[c],
-                                     batch.raw_facts(c), libs, batch.chain(c)), c),
+             _bind(lambda c, r=r, adapter=adapter: _prediction_facts(
+                 c, r, adapter, batch.rows[c], batch.raw_facts(c), batch.chain(c)), c),
              {keys.tensor(m): r["tensor_key"]})
-            for c, r in batch.predictions[m.name].items()])
+            for c, r in batch.predictions[m.name].items()], shared=shared)
 
 
 def _store_checks(plan: _Plan, selected_checks: set[tuple[dg.AssetKey, str]]
@@ -381,10 +395,10 @@ def _bind(fn: Callable[[int], Mapping[str, Any]], c: int) -> Callable[[], Mappin
     return lambda: fn(c)
 
 
-def _prediction_facts(c: int, r: Mapping[str, Any], adapter: Any, desc: Mapping[str, Any],
-                      pipeline: Mapping[str, Any], spec: Mapping[str, Any], model: str,
-                      row: Mapping[str, Any], raw: Mapping[str, Any], libs: Any,
-                      chain: dg.MetadataValue) -> dict[str, Any]:
+def _prediction_facts(c: int, r: Mapping[str, Any], adapter: Any, row: Mapping[str, Any],
+                      raw: Mapping[str, Any], chain: dg.MetadataValue) -> dict[str, Any]:
+    """What is this card's own on its prediction page (the model, pipeline and libraries
+    are on the run's shared facts)."""
     context = adapter.prediction_context(dict(row))
     facts = {
         "card_id": c, "status": r["status"], "prediction": r["prediction"],
@@ -394,12 +408,7 @@ def _prediction_facts(c: int, r: Mapping[str, Any], adapter: Any, desc: Mapping[
         "prediction_key": r["prediction_key"], "tensor_key": r["tensor_key"],
         "preprocessed_key": r["preprocessed_key"], "raw_key": r["raw_key"],
         "raw_md5": raw["md5"], "raw_sha256": r["raw_key"], "source_url": raw["source_url"],
-        "fetched_at": raw["fetched_at"], "manifest_version": raw["manifest_version"],
-        "pipeline": pipeline["name"], "pipeline_parameters": pipeline["parameters"],
-        "pipeline_code_version": pipeline["code_version"], "tensor_spec": spec,
-        "model": model, "model_signature": r["model_signature"], "model_record": desc,
-        "weights_url": desc.get("weights_url"), "libraries": libs,
-        "truncated": bool(r["truncated"]),
+        "fetched_at": raw["fetched_at"], "truncated": bool(r["truncated"]),
     }
     if context:
         facts["model_context"] = dict(context)  # e.g. PLS: the drug that chose coefficients

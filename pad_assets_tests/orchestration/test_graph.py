@@ -113,8 +113,17 @@ def test_whole_graph_materializes_and_lineage_leads_to_the_raw_md5(
         pred = _partition_event(instance, keys.prediction(model), card)
         meta = {k: v.value for k, v in pred.metadata.items()}
         assert pred.tags["dagster/data_version"] == meta["prediction_key"]
-        assert meta["model_signature"] and meta["model_record"]["weights_sha256"]
-        assert meta["libraries"]["numpy"]
+        # what every card of the run shares is the run's "shared facts" observation of the
+        # asset, which the card's event links to
+        run_id = pred_run_id(instance, keys, model, card)
+        assert f"/runs/{run_id}" in meta["shared_facts"]
+        (facts,) = [{k: v.value for k, v in r.asset_observation.metadata.items()}
+                    for r in instance.fetch_observations(keys.prediction(model), limit=20).records
+                    if r.run_id == run_id and r.partition_key is None]
+        assert facts["model_signature"] and facts["model_record"]["weights_sha256"]
+        assert facts["libraries"]["numpy"] and facts["pipeline_parameters"]
+        assert facts["code_version"] == pred.tags["dagster/code_version"]
+        assert "model_record" not in meta and "libraries" not in meta
         raw = _partition_event(instance, keys.raw, card)
         raw_meta = {k: v.value for k, v in raw.metadata.items()}
         assert raw.tags["dagster/data_version"] == meta["raw_key"] == raw_meta["raw_key"]

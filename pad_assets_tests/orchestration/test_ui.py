@@ -230,6 +230,10 @@ MAT_Q = """query($path: [String!]!, $parts: [String!]) {
                         ... on TextMetadataEntry { text } ... on UrlMetadataEntry { url } } } } } }"""
 
 
+OBS_Q = """query($path: [String!]!) { assetOrError(assetKey: {path: $path}) { ... on Asset {
+  assetObservations(limit: 20) { runId partition metadataEntries { label } } } } }"""
+
+
 def test_prediction_partition_links_resolve_to_the_same_card_in_every_layer(world) -> None:
     ws = Webserver(world["env"])
     try:
@@ -258,6 +262,15 @@ def test_prediction_partition_links_resolve_to_the_same_card_in_every_layer(worl
                     raw_md5 = meta["md5"]["text"]
                     assert meta["preview"]["mdStr"].startswith("![card")
         assert raw_md5 and raw_md5 == entries["raw_md5"]["text"]
+        # what every card shares (model record, libraries, pipeline) is one click away: the
+        # run's "shared facts" observation of the asset (design of issue 19: not per card)
+        run_id = re.search(r"\]\(/runs/([^)]+)\)", entries["shared_facts"]["mdStr"]).group(1)
+        obs = ws.query(OBS_Q, {"path": [DS, "prediction_nn_drug"]})
+        labels = [{e["label"] for e in o["metadataEntries"]}
+                  for o in obs["assetOrError"]["assetObservations"]
+                  if o["runId"] == run_id and not o["partition"]]
+        assert labels and {"model_record", "model_signature", "libraries",
+                           "pipeline_parameters"} <= labels[0]
     finally:
         ws.stop()
 
