@@ -132,6 +132,8 @@ class PredictionLayer:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pad-prepare") as stage:
             ahead: Future[_Prepared] | None = (
                 stage.submit(prepare, chunks[0]) if chunks else None)
+            if chunks:
+                job.model.warm_up()  # e.g. the interpreter, built while chunk 0 is prepared
             for n in range(len(chunks)):
                 assert ahead is not None
                 prepared = ahead.result()

@@ -133,6 +133,15 @@ class ModelAdapter(ABC):
         """Per-card inputs besides the image (empty for image-only models)."""
         return {}
 
+    def warm_up(self) -> None:
+        """Build what ``predict_batch`` needs (an interpreter, a session) now.
+
+        Called by a cold run while its first cards are being downloaded and preprocessed,
+        so that the build overlaps that work instead of following it. The default does
+        nothing; an adapter whose first ``predict_batch`` builds something overrides it.
+        """
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Lineage: what this model is and where it came from."""
         return {"name": self.name, "class": type(self).__qualname__,
