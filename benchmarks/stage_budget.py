@@ -161,6 +161,10 @@ def instrument() -> dict[str, float]:
             fn = getattr(mod, extra, None) if mod else None
             if fn is not None:
                 wrapped[fn] = wrap("png decode", fn)
+    fast_verify = getattr(sys.modules.get("pad_assets.preprocessing.decode"), "_chunks_verify",
+                          None)
+    if fast_verify is not None:  # check_image's own chunk walk (Pillow's verify otherwise)
+        wrapped[fast_verify] = wrap("png verify", fast_verify)
     for mod in list(sys.modules.values()):
         if getattr(mod, "__name__", "").startswith("pad_assets"):
             for attr, val in list(vars(mod).items()):
