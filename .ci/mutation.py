@@ -128,11 +128,11 @@ def _all_mutants(group: str, module: str) -> tuple[int, int]:
     log calls and messages. mutmut reads its config from the group's folder."""
     code = ("import json, sys\n"
             "from mutmut.configuration import config\n"
-            "from mutmut.mutation.file_mutation import create_mutations\n"
+            "from mutmut.mutation.file_mutation import mutate_file_contents\n"
             "src = open(sys.argv[1]).read()\n"
-            "n = len(create_mutations(sys.argv[1], src)[1])\n"
+            "n = len(mutate_file_contents(sys.argv[1], src).mutant_names)\n"
             "config().do_not_mutate_patterns = []\n"
-            "print(json.dumps([n, len(create_mutations(sys.argv[1], src)[1])]))\n")
+            "print(json.dumps([n, len(mutate_file_contents(sys.argv[1], src).mutant_names)]))\n")
     out = subprocess.run([sys.executable, "-c", code, module], cwd=OUT / group,
                          capture_output=True, text=True, check=True).stdout
     with_patterns, without = json.loads(out.strip().splitlines()[-1])

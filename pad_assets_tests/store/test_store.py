@@ -35,6 +35,22 @@ def test_put_get_roundtrip_bytes_arrays_and_meta_only(tmp_path: Path) -> None:
     assert store.ref("manifest/x") == "r1"
     assert store.cards("ds")[7]["raw_key"] == "r1"
     assert store.has(["t1", "r1", "p1", "nope"]) == {"t1", "r1", "p1"}
+    # a meta-only item has no blob: reading payloads leaves it out rather than failing
+    assert store.entries(["p1"])["p1"]["blob"] is None
+    assert set(store.get_many(["t1", "p1", "r1"])) == {"t1", "r1"}
+
+
+def test_refs_under_a_prefix_are_exactly_those_in_name_order(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    store.put([NewItem("k1", "prediction", None, {}), NewItem("k2", "prediction", None, {})],
+              refs=[("asset/ds/prediction/8", "k2"), ("asset/ds/prediction/10", "k1"),
+                    ("asset/ds/raw/8", "k1"), ("asset/ds2/prediction/8", "k1")])
+    got = store.index.refs("asset/ds/prediction/")
+    assert list(got.items()) == [("asset/ds/prediction/10", "k1"),
+                                 ("asset/ds/prediction/8", "k2")]
+    assert store.index.refs("asset/ds/") == {**got, "asset/ds/raw/8": "k1"}
+    assert store.index.refs("nothing/") == {}
+    store.close()
 
 
 def test_identical_payloads_are_stored_once(tmp_path: Path) -> None:

@@ -128,6 +128,7 @@ def test_a_shard_that_would_leave_less_than_the_reserve_is_refused_before_writin
     assert f"`pad-assets cache gc` frees {_mb(dead)} of payloads no item uses" in msg
     assert msg.endswith("Nothing was half-written.")
     assert err.value.__cause__.detail == f"no space for a {_mb(image)} shard ({_mb(free)} free)"
+    assert str(err.value.__cause__).startswith(f"cache {root}: {err.value.__cause__.detail}; ")
     assert _state(root) == before and _free(root) == free, "the refused write left a file"
     assert store.has(["k-new"]) == set()
     filler.unlink()
