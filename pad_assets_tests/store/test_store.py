@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from pad_assets.errors import CacheCorruptionError, InvalidInputError
+from pad_assets.hashing import array_digest
 from pad_assets.store import CardRecord, ContentStore, NewItem
 from pad_assets.store.store import INDEX_NAME
 
@@ -221,3 +222,123 @@ def test_processes_opening_a_new_cache_at_the_same_instant_all_succeed(tmp_path:
     out = subprocess.run([sys.executable, "-c", _OPEN_TOGETHER, "15", str(tmp_path)],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     assert out.strip() == "0 []", out
+
+
+# --- written for survivors of the store's mutation run (.ci/mutation.py store) -----------
+def test_reads_record_use_at_most_once_an_hour_and_only_when_asked(tmp_path: Path) -> None:
+    # gc evicts least-recently-used items first: last_used is what it orders by
+    store = ContentStore(tmp_path)
+    store.put([NewItem(k, "tensor", np.full(4, i, np.uint8)) for i, k in enumerate("abcd")])
+    now = time.time()
+    ages = {"a": 7200, "b": 7200, "c": 600, "d": 7200}
+    with store.index.transaction() as con:
+        con.executemany("UPDATE items SET last_used=? WHERE key=?",
+                        [(now - age, k) for k, age in ages.items()])
+    before = {k: e["last_used"] for k, e in store.entries(list(ages)).items()}
+    assert set(store.get_many(["a", "c"])) == {"a", "c"}  # touch=True: the default
+    assert set(store.get_many(["b"], touch=False)) == {"b"}
+    after = {k: e["last_used"] for k, e in store.entries(list(ages)).items()}
+    assert after["a"] >= now  # read now, last recorded two hours ago
+    assert after["c"] == before["c"]  # recorded ten minutes ago: once an hour is enough
+    assert after["b"] == before["b"]  # read with touch=False (verify, export)
+    assert after["d"] == before["d"]  # not read
+    e = store.entries(["a"])["a"]
+    (created, last_used, shard), = store.index.query(
+        "SELECT created, last_used, shard FROM items WHERE key='a'")
+    assert (e["created"], e["last_used"], e["shard"]) == (created, last_used, shard)
+    store.close()
+
+
+def test_opening_a_cache_indexes_orphan_shards_and_removes_only_stale_partials(
+        tmp_path: Path) -> None:
+    from pad_assets.store import shards as shard_io
+
+    ContentStore(tmp_path).close()
+    arr = np.arange(6, dtype=np.uint8)
+    blob = shard_io.BlobPayload(array_digest(arr), arr, "array")
+    good, _, _ = shard_io.write_shard(tmp_path, [blob], [
+        {"type": "item", "key": "orphan", "layer": "tensor", "blob": blob.blob_id, "meta": {},
+         "ts": time.time()}])
+    bad = tmp_path / "shards" / "000000" / "00000000T000000-unreadable.h5"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not hdf5")  # sorts first: one bad shard must not stop the others
+    tmp = tmp_path / "tmp"
+    stale, fresh = tmp / "old.h5.partial", tmp / "new.h5.partial"  # crashed / writing now
+    staging = tmp / "import-1"  # an import's staging folder, older than an hour
+    staging.mkdir()
+    for f in (stale, fresh):
+        f.write_bytes(b"x")
+    two_hours_ago = time.time() - 7200
+    for f in (stale, staging):
+        os.utime(f, (two_hours_ago, two_hours_ago))
+
+    store = ContentStore(tmp_path, recover=False)  # verify's and reindex's way to open
+    assert store.has(["orphan"]) == set() and stale.exists()
+    with pytest.warns(RuntimeWarning, match="000000/00000000T000000-unreadable.h5"):
+        assert store.recover() == [good]
+    assert np.array_equal(store.get("orphan"), arr)
+    assert not stale.exists() and fresh.exists() and staging.exists()
+    store.close()
+
+
+def test_an_interrupted_shard_write_leaves_no_partial_and_raises_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pad_assets.store import shards as shard_io
+
+    store = ContentStore(tmp_path)
+    store.put([NewItem("k0", "tensor", np.zeros(3, np.uint8))])
+
+    def interrupted(fd: int, data: memoryview) -> int:
+        os.write(fd, data[:100])  # part of the shard is on disk when Ctrl-C arrives
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shard_io, "_write_bytes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.put([NewItem("k1", "tensor", np.ones(3, np.uint8))])
+    assert list((tmp_path / "tmp").iterdir()) == []
+    monkeypatch.undo()
+    assert store.has(["k0", "k1"]) == {"k0"}
+    store.close()
+
+
+def test_lock_waits_retry_only_locked_or_busy_errors_until_the_deadline() -> None:
+    import sqlite3
+
+    from pad_assets.store import index as index_mod
+
+    calls: list[int] = []
+
+    def locked_twice() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlite3.OperationalError("database is locked")
+        return "done"
+
+    assert index_mod._retry_locked(locked_twice, deadline_s=5.0) == "done" and len(calls) == 3
+
+    def broken() -> None:
+        calls.append(1)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    calls.clear()
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        index_mod._retry_locked(broken, deadline_s=5.0)
+    assert len(calls) == 1
+
+    def always_busy() -> None:
+        calls.append(1)
+        raise sqlite3.OperationalError("database is busy")
+
+    calls.clear()
+    with pytest.raises(sqlite3.OperationalError, match="busy"):
+        index_mod._retry_locked(always_busy, deadline_s=0.05)
+    assert len(calls) >= 2  # retried until the deadline, then raised
+
+
+def test_each_index_connection_waits_the_documented_time_for_a_lock(tmp_path: Path) -> None:
+    from pad_assets.store import index as index_mod
+
+    store = ContentStore(tmp_path)
+    (wait_ms,), = store.index.query("PRAGMA busy_timeout")
+    assert wait_ms == int(index_mod._LOCK_WAIT_S * 1000)
+    store.close()

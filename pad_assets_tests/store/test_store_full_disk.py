@@ -189,6 +189,20 @@ def test_no_inode_left_for_the_staging_folder_is_a_cache_full_error(tmp_path: Pa
         for i in range(n):
             (mnt / f"f{i}").unlink()
         assert store.put([NewItem("k", "raw", b"payload")]) and store.get("k") == b"payload"
+        # the staging folder exists now: no inode for the partial file itself
+        taken = []
+        while True:
+            try:
+                (mnt / f"g{len(taken)}").touch()
+            except OSError:
+                break
+            taken.append(mnt / f"g{len(taken)}")
+        with pytest.raises(CacheFullError) as err:
+            store.put([NewItem("k2", "raw", b"payload 2")])
+        assert err.value.__cause__.detail.endswith("(the disk is full: No space left on device)")
+        assert list((root / "tmp").iterdir()) == [] and store.has(["k2"]) == set()
+        for f in taken:
+            f.unlink()
         store.close()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
