@@ -308,5 +308,27 @@ def dask_cluster(folder: Path, env: Mapping[str, str] | None = None,
         cluster.stop()
 
 
-__all__ = ["DaskCluster", "PartUnavailable", "S3Server", "dask_cluster", "free_port",
-           "pg_bindir", "postgres", "s3_server"]
+# ---------------------------------------------------------------------- dagster-daemon
+@contextlib.contextmanager
+def dagster_daemon(folder: Path, workspace: Path, env: Mapping[str, str]
+                   ) -> Iterator[subprocess.Popen]:
+    """``dagster-daemon run`` for the instance in ``env['DAGSTER_HOME']``: it dequeues the
+    QueuedRunCoordinator's runs and runs sensors, schedules and UI backfills."""
+    exe = shutil.which("dagster-daemon") or str(Path(sys.executable).with_name("dagster-daemon"))
+    if not Path(exe).exists():
+        raise PartUnavailable("dagster-daemon is not installed (pip install dagster)")
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "daemon.log"
+    with open(log, "wb") as out:
+        proc = _spawn([exe, "run", "-w", str(workspace)], stdout=out,
+                      stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=folder)
+    try:
+        _wait(lambda: b"daemon" in log.read_bytes().lower() and proc.poll() is None,
+              "dagster-daemon", 120, proc, log)
+        yield proc
+    finally:
+        _stop(proc)
+
+
+__all__ = ["DaskCluster", "PartUnavailable", "S3Server", "dagster_daemon", "dask_cluster",
+           "free_port", "pg_bindir", "postgres", "s3_server"]

@@ -243,9 +243,12 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_the_rerun_completes(
     # the tier shows nothing half-written: every published shard verifies
     assert verify_tier(tier).ok
 
-    # rerun on the surviving worker completes every batch
-    again = backfill(KILL_DS, batch_cards=30, parallel=2, add_partitions=True)
+    # rerun on the surviving worker, one run in flight (as B11's 1-worker pass), completes
+    # the backfill: only the failed batches run again
+    again = backfill(KILL_DS, batch_cards=30, parallel=1, add_partitions=True)
     assert again.ok, str(again)
+    assert again.backfill_id == first.backfill_id
+    assert again.ran == [r.index for r in first.runs if not r.success], (first, again)
 
     # cache verify: the tier and both local caches (the killed one recovers on open)
     assert verify_tier(tier).ok
