@@ -1,4 +1,6 @@
-"""B6 storage: Dagster's per-partition floor on SQLite, in-memory and Postgres storage.
+"""B6 storage: Dagster's per-partition floor on Dagster's stock SQLite event log ("sqlite"),
+the lab's (``PadSqliteEventLogStorage``, "lab sqlite", what B6' reports), in-memory and
+Postgres storage.
 
 Optional (``--postgres``): needs PostgreSQL server binaries (``initdb``, ``pg_ctl``) and the
 ``dagster-postgres`` + ``psycopg2-binary`` packages (psycopg 3 trips over dagster-postgres'
@@ -91,7 +93,13 @@ def run_b6_storage(ctx: Context) -> list[Row]:
     from pad_assets.orchestration.io_manager import PadStoreIOManager
     from pad_assets.orchestration.resources import PadResource
 
-    from .scen_dagster import _project, _recorded_events, _run_graph, floor_definitions
+    from .scen_dagster import (
+        _instance,
+        _project,
+        _recorded_events,
+        _run_graph,
+        floor_definitions,
+    )
 
     n = ctx.sizes.storage_cards
     name = ctx.dataset_for(n)
@@ -115,6 +123,8 @@ def run_b6_storage(ctx: Context) -> list[Row]:
     with dg.DagsterInstance.local_temp(tempdir=str(fresh_dir(ctx.out / "dagster" / "s_sqlite"))
                                        ) as instance:
         results["sqlite"] = _run_graph(fdefs, instance, project, part_keys)
+    with _instance(fresh_dir(ctx.out / "dagster" / "s_lab")) as instance:
+        results["lab sqlite"] = _run_graph(fdefs, instance, project, part_keys)
     with dg.DagsterInstance.ephemeral() as instance:
         results["in-memory"] = _run_graph(fdefs, instance, project, part_keys)
     pg_error = None
