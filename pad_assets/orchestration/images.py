@@ -16,6 +16,7 @@ when a page is opened (``audit_page.preview_markdown``), not rendered per card.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -114,9 +115,11 @@ def materialize_images(context: dg.AssetExecutionContext, pad: PadResource, ds: 
     recorder = ChangeRecorder(context.instance, context.run.run_id)
     integrity = _IntegrityEvidence()
     n_ok = 0
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(dataset.close)  # after the background thread is done (closing below)
         plan = _plan(dataset, ds, keys, card_ids, selected)
-        for batch in _built_ahead(plan, _chunks(card_ids)):
+        built = stack.enter_context(contextlib.closing(_built_ahead(plan, _chunks(card_ids))))
+        for batch in built:
             for msg in batch.warnings:
                 context.log.warning(msg)
             for c, why in batch.failed.items():
@@ -140,8 +143,6 @@ def materialize_images(context: dg.AssetExecutionContext, pad: PadResource, ds: 
         context.log.info(f"{ds.name}: {len(card_ids)} cards, {n_ok} with images, "
                          f"{len(selected)} assets, {len(check_results)} checks in "
                          f"{time.time() - t0:.1f} s")
-    finally:
-        dataset.close()
 
 
 @dataclass
