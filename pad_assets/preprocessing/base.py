@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..hashing import canonical_json
 from ..keys import pipeline_key
-from .decode import DecodedImage, decode_image, decode_top_rows
+from .decode import DecodedImage, decode_image, decode_top_rows, use_pillow_block_cache
 
 
 class PreprocessingPipeline(ABC):
@@ -69,6 +69,7 @@ class PreprocessingPipeline(ABC):
         ``truncated`` is the raw layer's flag for these bytes when known (computed once, at
         download); False lets a pipeline with ``rows_needed`` decode only those rows.
         """
+        use_pillow_block_cache()  # once per process: images reuse memory, same pixels
         rows = self.rows_needed() if truncated is False else None
         top = decode_top_rows(data, rows, source) if rows is not None else None
         if top is not None:

@@ -205,3 +205,40 @@ def test_with_global_tolerance_on_pillow_decides(monkeypatch: pytest.MonkeyPatch
     good = encode_png(_pixels(10, 8, 8), [0] * 10)
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     assert _chunks_verify(good, _offset(good)) is False
+
+
+def test_pillow_block_cache_changes_no_pixel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pipelines switch Pillow's block cache on (reused image memory); outputs are the
+    same bits with and without it, on the real cards and on Pillow-written ones."""
+    from PIL import Image as PILImage
+
+    from pad_assets import WhiteBalancedNNPipeline
+    from pad_assets.preprocessing import PADNeuralNetworkPipeline
+    from pad_assets.preprocessing import decode as decode_module
+
+    cards = [(REAL / "25834_processed.png").read_bytes(),
+             (REAL / "19208_processed.png").read_bytes()]
+    pix = _reference(cards[0])
+    cards.append(encode_png(pix, [0] + [2] * (pix.shape[0] - 1)))
+    pipelines = [PADNeuralNetworkPipeline(), WhiteBalancedNNPipeline()]
+    previous = PILImage.core.get_blocks_max()
+    try:
+        PILImage.core.set_blocks_max(0)
+        monkeypatch.delenv("PILLOW_BLOCKS_MAX", raising=False)
+        monkeypatch.setattr(decode_module, "_block_cache_checked", True)  # stays off
+        plain = [p.run(c, "card", False)[0] for p in pipelines for c in cards[::2]]
+        plain += [p.run(cards[1], "card")[0] for p in pipelines]  # truncated: whole decode
+        assert PILImage.core.get_blocks_max() == 0
+        monkeypatch.setattr(decode_module, "_block_cache_checked", False)
+        for _round in range(2):  # the second round reuses blocks the first one freed
+            cached = [p.run(c, "card", False)[0] for p in pipelines for c in cards[::2]]
+            cached += [p.run(cards[1], "card")[0] for p in pipelines]
+            assert PILImage.core.get_blocks_max() == decode_module.PILLOW_BLOCKS_MAX  # on
+            assert all(np.array_equal(a, b) for a, b in zip(plain, cached, strict=True))
+        # a user's own setting is kept
+        PILImage.core.set_blocks_max(3)
+        monkeypatch.setattr(decode_module, "_block_cache_checked", False)
+        pipelines[0].run(cards[0], "card", False)
+        assert PILImage.core.get_blocks_max() == 3
+    finally:
+        PILImage.core.set_blocks_max(previous)
