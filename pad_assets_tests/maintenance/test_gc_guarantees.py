@@ -13,6 +13,7 @@ where the reader reads.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -135,7 +136,8 @@ class _GraceClock:
 
 @pytest.mark.parametrize("how", ["api", "cli"])
 def test_a_reader_that_looked_up_before_gc_reads_during_the_grace_period(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """``api``: ``gc(grace_seconds=5)``; ``cli``: ``pad-assets cache gc`` as a user runs it,
     with the default grace period (a default of 0 would fail here)."""
     store = ContentStore(tmp_path / "c")
@@ -164,6 +166,9 @@ def test_a_reader_that_looked_up_before_gc_reads_during_the_grace_period(
         assert main(["cache", "gc", "--cache-dir", str(store.root), "--keep-dataset", "keep",
                      "--json"]) == 0
         assert store.has(drop) == set()
+        out = json.loads(capsys.readouterr().out)  # what a script reads (mutation survivor)
+        assert out["evicted"] == {"raw": len(drop)} and out["target_met"] is True
+        assert out["protected"] == {"kept dataset": len(keep)} and out["dry_run"] is False
 
     assert reads, "gc deleted the rewritten shards without waiting out the grace period"
     assert all(all(r.values()) and len(r) == len(keep) for r in reads)
