@@ -342,3 +342,40 @@ def test_each_index_connection_waits_the_documented_time_for_a_lock(tmp_path: Pa
     (wait_ms,), = store.index.query("PRAGMA busy_timeout")
     assert wait_ms == int(index_mod._LOCK_WAIT_S * 1000)
     store.close()
+
+
+def test_one_index_connection_and_shard_handle_per_thread_and_process(tmp_path: Path) -> None:
+    # Why it matters: apply_shard checks inside its write transaction that reused payloads
+    # still exist (a concurrent gc); that read must use the transaction's connection. A
+    # forked child (process pools, dask) must never use its parent's SQLite or HDF5 handles.
+    import threading
+
+    store = ContentStore(tmp_path)
+    store.put([NewItem("k", "tensor", np.arange(4, dtype=np.uint8))])
+    idx, reader = store.index, store._reader
+    rel = store.entries(["k"])["k"]["path"]
+    store.get("k")
+    handle = reader._handle(rel)
+    assert reader._handle(rel) is handle  # kept open: opening HDF5 costs ~1 ms
+    with idx.transaction() as con:
+        assert idx._connect() is con
+    other: list[object] = []
+    thread = threading.Thread(target=lambda: other.append(idx._connect()))
+    thread.start()
+    thread.join()
+    assert other[0] is not con and idx._connect() is con
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports, then leaves without running any cleanup
+        try:
+            ok = (idx._connect() is not con and idx._connect() is idx._connect()
+                  and reader._handle(rel) is not handle
+                  and np.array_equal(store.get("k"), np.arange(4, dtype=np.uint8)))
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(r, 1) == b"1"
+    os.close(r)
+    os.close(w)
+    store.close()
