@@ -13,7 +13,7 @@ Each group works in ``build/mutation/<group>/`` (links to the sources and tests,
 options, and the group's ``only_mutate`` and test files). mutmut keeps its results there,
 so a second run re-tests only the mutants of changed code. Usage, at low priority::
 
-    nice -n 19 python .ci/mutation.py [GROUP ...] [--max-children N]
+    nice -n 15 python .ci/mutation.py [GROUP ...] [--max-children 2]
     python .ci/mutation.py --report            # scores from the results so far
     cd build/mutation/store && mutmut results  # survivors; then: mutmut show NAME
 
