@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         ref_code = export(args.ref, Path(tmp) / "ref")
         for kind, folder, n in worlds:
             name = world.dataset_name(n, tag=kind[:4])
-            emu = world.start_emulator(folder, {name: n}, models, out)
+            emu = world.start_emulator(folder, {name: n}, models, out, in_process=True)
             try:
                 runs = {}
                 for who, code in (("ref", ref_code), ("new", REPO)):

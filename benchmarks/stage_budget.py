@@ -37,7 +37,7 @@ out, n, cache = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 models = world.bench_models(out, print)
 folder = world.card_folder(out, n, None, print)
 name = world.dataset_name(n)
-emu = world.start_emulator(folder, {name: n}, models, out)
+emu = world.start_emulator(folder, {name: n}, models, out, in_process=True)
 emu.warm()
 import pad_assets.dataset  # noqa: F401  (everything the cold path imports)
 import pad_assets.models.tflite  # noqa: F401

@@ -170,8 +170,19 @@ def dataset_name(n: int, tag: str = "") -> str:
 
 
 def start_emulator(folder: Path, sizes: dict[str, int], models: dict[int, BenchModel],
-                   out: Path, latency: float = 0.0, render_on_request: bool = False) -> Any:
-    """An emulator with one registry dataset per entry of ``sizes`` (name -> first n cards)."""
+                   out: Path, latency: float = 0.0, render_on_request: bool = False,
+                   in_process: bool = False) -> Any:
+    """An emulator with one registry dataset per entry of ``sizes`` (name -> first n cards).
+
+    By default it is served by a child process (``emulator_process``), so that neither
+    client measured side by side shares an interpreter with the server; ``in_process``
+    builds it here (the child itself, and tools that time a client in a child process).
+    """
+    if not in_process:
+        from .emulator_process import EmulatorProcess
+
+        return EmulatorProcess({"folder": str(folder), "datasets": sizes, "out": str(out),
+                                "latency": latency, "render_on_request": render_on_request})
     from pad_assets.devtools.emulator import DatasetSpec, Emulator, EmulatorConfig
 
     datasets = [DatasetSpec(name, range(FIRST_CARD, FIRST_CARD + n),
