@@ -70,6 +70,7 @@ class BatchRun:
     success: bool
     seconds: float
     new_materializations: int = 0
+    error: str = ""  # a failed run's first step error (the whole trace is in its log)
 
 
 @dataclass
@@ -157,13 +158,29 @@ def finished_batches(instance: dg.DagsterInstance, bid: str) -> set[int]:
 
 # ------------------------------------------------------------------ where a batch runs
 Launch = Callable[[str, list[tuple[int, list[str], dict[str, str]]]],
-                  Iterator[tuple[int, str, bool, float, int]]]
+                  Iterator[tuple[int, str, bool, float, int, str]]]
+
+
+def _first_error(res: Any) -> str:
+    """The innermost cause of a failed run's first failure event, on one line."""
+    for ev in res.all_events:
+        if ev.event_type_value not in ("STEP_FAILURE", "PIPELINE_FAILURE"):
+            continue
+        data = ev.step_failure_data if ev.event_type_value == "STEP_FAILURE" \
+            else ev.job_failure_data
+        err = getattr(data, "error", None)
+        while err is not None and err.cause is not None:
+            err = err.cause
+        if err is not None:
+            return " ".join(err.message.split())[:500]
+        return ev.message or ""
+    return ""
 
 
 def _in_process(defs: dg.Definitions, instance: dg.DagsterInstance,
                 run_config: dict[str, Any] | None) -> Launch:
     def launch(job_name: str, todo: list[tuple[int, list[str], dict[str, str]]]
-               ) -> Iterator[tuple[int, str, bool, float, int]]:
+               ) -> Iterator[tuple[int, str, bool, float, int, str]]:
         job = defs.resolve_job_def(job_name)
         for i, batch, tags in todo:
             t = time.perf_counter()
@@ -171,12 +188,13 @@ def _in_process(defs: dg.Definitions, instance: dg.DagsterInstance,
                                          tags={**tags, **range_tags(batch)},
                                          raise_on_error=False)
             yield (i, res.run_id, res.success, time.perf_counter() - t,
-                   len(res.get_asset_materialization_events()))
+                   len(res.get_asset_materialization_events()),
+                   "" if res.success else _first_error(res))
     return launch
 
 
 def _execute_batch(instance_ref: Any, job_name: str, batch: list[str], tags: dict[str, str],
-                   run_config: dict[str, Any] | None) -> tuple[str, bool, float, int]:
+                   run_config: dict[str, Any] | None) -> tuple[str, bool, float, int, str]:
     """One batch run in a pool process; its steps go where the location's executor puts
     them (a dask worker with ``PAD_ASSETS_DASK``)."""
     from dagster._core.definitions.reconstruct import ReconstructableRepository
@@ -188,7 +206,8 @@ def _execute_batch(instance_ref: Any, job_name: str, batch: list[str], tags: dic
         res = dg.execute_job(recon, instance=instance, raise_on_error=False,
                              run_config=run_config, tags={**tags, **range_tags(batch)})
         new = len(res.get_asset_materialization_events())
-        return res.run_id, res.success, time.perf_counter() - t0, new
+        return (res.run_id, res.success, time.perf_counter() - t0, new,
+                "" if res.success else _first_error(res))
 
 
 def _through_location(instance: dg.DagsterInstance, parallel: int,
@@ -200,7 +219,7 @@ def _through_location(instance: dg.DagsterInstance, parallel: int,
     ref = instance.get_ref()
 
     def launch(job_name: str, todo: list[tuple[int, list[str], dict[str, str]]]
-               ) -> Iterator[tuple[int, str, bool, float, int]]:
+               ) -> Iterator[tuple[int, str, bool, float, int, str]]:
         # spawn: a fresh interpreter per pool process (no forked Dagster/HDF5 state)
         with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(_execute_batch, ref, job_name, batch, tags, run_config): i
@@ -273,10 +292,10 @@ def backfill(dataset: str | DatasetConfig, *, batch_cards: int | None = None,
         t0 = time.perf_counter()
         cards_done = sum(len(plan[i - 1]) for i in report.skipped)
         ran_cards = 0
-        for i, run_id, ok, secs, new in launch(images_job_name(ds.key), todo):
+        for i, run_id, ok, secs, new, error in launch(images_job_name(ds.key), todo):
             batch = plan[i - 1]
             report.runs.append(BatchRun(i, batch[0], batch[-1], len(batch), run_id, ok,
-                                        secs, new))
+                                        secs, new, error))
             ran_cards += len(batch)
             if ok:
                 cards_done += len(batch)
@@ -285,7 +304,8 @@ def backfill(dataset: str | DatasetConfig, *, batch_cards: int | None = None,
             eta = elapsed / ran_cards * left if ran_cards else 0.0
             say(f"batch {i}/{len(plan)} {'done' if ok else 'FAILED'}: cards "
                 f"{batch[0]}..{batch[-1]} ({len(batch)}), {new} new materializations, "
-                f"{secs:.1f} s, run {run_id}; {cards_done}/{len(keys)} cards, ETA {eta:.0f} s")
+                f"{secs:.1f} s, run {run_id}; {cards_done}/{len(keys)} cards, ETA {eta:.0f} s"
+                + (f"; error: {error}" if error else ""))
         report.runs.sort(key=lambda r: r.index)
         report.seconds = time.perf_counter() - t0
     return report

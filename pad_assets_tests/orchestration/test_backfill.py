@@ -75,7 +75,10 @@ def test_a_failed_batch_is_reported_and_only_it_runs_again(tmp_path: Path) -> No
                                                                (3, True)]
         assert not first.ok and first.cards == 6 and first.skipped == []
         assert "FAILED batches: 1/3" in str(first)
-        assert any(line.startswith("batch 1/3 FAILED: cards 10..13 (4)") for line in lines)
+        failed = [line for line in lines if line.startswith("batch 1/3 FAILED: cards 10..13")]
+        assert len(failed) == 1 and failed[0].endswith(
+            "; error: RuntimeError: card 13 is bad until fixed"), lines  # the cause, shown
+        assert first.runs[0].error == "RuntimeError: card 13 is bad until fixed"
         assert instance.get_dynamic_partitions(partitions_for(DS).name) == [
             str(c) for c in range(10, 20)]
 
