@@ -122,6 +122,9 @@ def world(tiny_tflite_path: Path) -> Iterator[dict[str, Any]]:
         stack.callback(shutil.rmtree, base, True)
         emu = stack.enter_context(Emulator(make_config(
             [DatasetSpec(DS, DS_IDS), DatasetSpec(KILL_DS, KILL_IDS)], models=[model])))
+        # the manifests' md5s (one rendered card each) now, not inside the first manifest
+        # request: at load ~20 that request outlived the client's 30 s read timeout twice
+        emu.warm()
         pg_url = start_part(stack, lp.postgres(base / "pg"))
         s3 = start_part(stack, lp.s3_server(base / "s3"))
         home = base / "dagster_home"
