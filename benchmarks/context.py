@@ -22,7 +22,7 @@ class Sizes:
     storage_cards: int = 250    # B6 storage (--postgres)
     memory_sizes: tuple[int, ...] = (1000, 5000)  # B7
     scaleout_cards: int = 1000  # B11
-    scaleout_batch: int = 50    # B11: cards per batch run
+    scaleout_batch: int = 100   # B11: cards per batch run (50: ~4 s of driver CPU per 12 s step)
     lab_cards: int = 8001       # B9 (FHI2020 at its published size)
     lab_batch: int = 1000       # B9 cards per backfill run
 
