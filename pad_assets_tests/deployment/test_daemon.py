@@ -26,18 +26,10 @@ from pad_assets.deployment import DAGSTER_YAML
 from pad_assets.deployment import localparts as lp
 from pad_assets.devtools.emulator import DatasetSpec, Emulator
 from pad_assets_tests.conftest import make_config
+from pad_assets_tests.deployment.test_scaleout import start_part
 
 ROOT = Path(__file__).resolve().parents[2]
 DS = "daemon_ds"
-
-
-def _start(stack: ExitStack, cm: Any) -> Any:
-    try:
-        return stack.enter_context(cm)
-    except lp.PartUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"scale-out part unavailable under CI: {exc}")
-        pytest.skip(f"scale-out part unavailable: {exc}")
 
 
 @pytest.fixture
@@ -48,7 +40,7 @@ def deployment(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
         stack.callback(shutil.rmtree, base, True)
         emu = stack.enter_context(Emulator(make_config([DatasetSpec(DS, range(74000, 74004))],
                                                        models=[])))
-        pg_url = _start(stack, lp.postgres(base / "pg"))
+        pg_url = start_part(stack, lp.postgres(base / "pg"))
         home = base / "dagster_home"
         home.mkdir()
         shutil.copy(DAGSTER_YAML, home / "dagster.yaml")  # the documented profile, verbatim
