@@ -48,6 +48,17 @@ CREATE TABLE IF NOT EXISTS cards (
 _LOCK_WAIT_S = 60.0
 
 
+#: Refs under a prefix, exactly: ``LIKE`` would treat ``_`` and ``%`` in a name as
+#: wildcards and compare ASCII case-insensitively (dataset ``FHI2020_X`` would take refs of
+#: ``fhi2020-x``). A range on the name's binary order is exact and uses the primary key.
+_UNDER = "name >= ? AND name < ?"
+
+
+def _under(prefix: str) -> tuple[str, str]:
+    """Bounds of the names starting with ``prefix``: no character sorts above U+10FFFF."""
+    return prefix, prefix + "\U0010ffff"
+
+
 def _retry_locked(step: Callable[[], Any], deadline_s: float = _LOCK_WAIT_S) -> Any:
     """Run ``step``, retrying while SQLite reports a lock it would not wait for itself.
 
@@ -310,22 +321,24 @@ class Index:
         return row[0] if row else None
 
     def refs(self, prefix: str = "") -> dict[str, str]:
+        """``{name: key}`` of the refs whose name starts with ``prefix``, in name order."""
         rows = self._connect().execute(
-            "SELECT name, key FROM refs WHERE name LIKE ? ORDER BY name", (prefix + "%",))
+            f"SELECT name, key FROM refs WHERE {_UNDER} ORDER BY name", _under(prefix))
         return dict(rows.fetchall())
 
     def refs_newest_first(self, prefix: str) -> list[tuple[str, str]]:
         """``(name, key)`` of the refs under ``prefix``, most recently moved first."""
         return self._connect().execute(
-            "SELECT name, key FROM refs WHERE name LIKE ? ORDER BY updated DESC",
-            (prefix + "%",)).fetchall()
+            f"SELECT name, key FROM refs WHERE {_UNDER} ORDER BY updated DESC",
+            _under(prefix)).fetchall()
 
     def refs_ending(self, prefix: str, last: str) -> list[tuple[str, str]]:
         """``(name, key)`` of refs under ``prefix`` whose name ends with ``/last``, newest
-        first (``LIKE`` may over-match on ``_``; ``refs.newest_for`` compares exactly)."""
+        first."""
+        tail = "/" + last
         return self._connect().execute(
-            "SELECT name, key FROM refs WHERE name LIKE ? AND name LIKE ? ORDER BY updated DESC",
-            (prefix + "%", "%/" + last)).fetchall()
+            f"SELECT name, key FROM refs WHERE {_UNDER} AND substr(name, -?) = ? "
+            "ORDER BY updated DESC", (*_under(prefix), len(tail), tail)).fetchall()
 
     def refs_for(self, names: Sequence[str]) -> dict[str, str]:
         return dict(self._select_in("SELECT name, key FROM refs WHERE name IN ({marks})", names))

@@ -45,7 +45,8 @@ class Above:
 
 @dataclass(frozen=True)
 class Prefix:
-    """Filter: a text column starts with ``value`` (``LIKE value%``: no ``%``/``_`` in it)."""
+    """Filter: a text column starts with ``value``, exactly and case-sensitively (a range
+    on binary order, not ``LIKE``, whose ``_``/``%`` are wildcards)."""
 
     value: str
 
@@ -90,8 +91,8 @@ def _where(table: str, where: Mapping[str, Any]) -> tuple[list[str], list[Any], 
             parts.append(f"{expr} > ?")
             params.append(cond.value)
         elif isinstance(cond, Prefix):
-            parts.append(f"{expr} LIKE ?")
-            params.append(cond.value + "%")
+            parts.append(f"{expr} >= ? AND {expr} < ?")
+            params.extend((cond.value, cond.value + "\U0010ffff"))
         elif isinstance(cond, OneOf):
             if in_expr is not None:
                 raise ValueError("select takes one OneOf filter")

@@ -54,6 +54,29 @@ def test_refs_under_a_prefix_are_exactly_those_in_name_order(tmp_path: Path) -> 
     store.close()
 
 
+def test_ref_prefixes_are_exact_not_patterns(tmp_path: Path) -> None:
+    """``_`` and ``%`` in a dataset name are characters, and case matters: a prefix query
+    for ``FHI_A`` takes nothing of ``FHIxA`` or ``fhi_a`` (SQL ``LIKE`` would take both)."""
+    from pad_assets.store.queries import Prefix, select
+    from pad_assets.store.refs import newest_for
+
+    store = ContentStore(tmp_path)
+    store.put([NewItem("k1", "manifest", None, {}), NewItem("k2", "manifest", None, {}),
+               NewItem("k3", "manifest", None, {})],
+              refs=[("asset/FHI_A/raw/1", "k1"), ("asset/FHIxA/raw/1", "k2"),
+                    ("asset/fhi_a/raw/1", "k3"), ("asset/50%/raw/1", "k1"),
+                    ("manifest/srv1/FHI_A", "k1"), ("manifest/srv2/FHIxA", "k2"),
+                    ("manifest/srv3/fhi_a", "k3")])
+    assert store.index.refs("asset/FHI_A/") == {"asset/FHI_A/raw/1": "k1"}
+    assert store.index.refs("asset/50%") == {"asset/50%/raw/1": "k1"}
+    assert [n for n, _ in store.index.refs_newest_first("asset/FHI_")] == ["asset/FHI_A/raw/1"]
+    assert store.index.refs_ending("manifest/", "FHI_A") == [("manifest/srv1/FHI_A", "k1")]
+    assert newest_for(store.index, "manifest/", "fhi_a") == [("manifest/srv3/fhi_a", "k3")]
+    assert select(store.index, "refs", "name", name=Prefix("asset/FHI_")) == [
+        ("asset/FHI_A/raw/1",)]
+    store.close()
+
+
 def test_identical_payloads_are_stored_once(tmp_path: Path) -> None:
     store = ContentStore(tmp_path)
     a = _arr(2)
