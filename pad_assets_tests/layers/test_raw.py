@@ -36,6 +36,28 @@ def shared_emulator():
         yield emu
 
 
+def test_download_summary_reads_as_printed() -> None:
+    """The summary ``download_and_cache`` returns and the CLI prints: counts, MB (10^6
+    bytes), then one line per failed card, the truncated and unverified cards, warnings."""
+    from pad_assets.layers.raw import DownloadSummary
+
+    s = DownloadSummary("FHI2020", total=5, downloaded=[1, 2, 3], reused=[4],
+                        failed={9: "HTTP 404", 5: "md5 mismatch"}, truncated=[3],
+                        unverified=[2], bytes_downloaded=1_250_001, seconds=2.04,
+                        warnings=["registry lists card 7 twice"])
+    assert str(s) == (
+        "FHI2020: 5 cards, 3 downloaded (1.3 MB), 1 already cached, 2 failed, 1 truncated "
+        "[2.0 s]\n"
+        "  failed card 5: md5 mismatch\n"
+        "  failed card 9: HTTP 404\n"
+        "  truncated PNGs (decoded with tolerance, flagged): [3]\n"
+        "  unverified (no md5 published; first download's sha256 is the reference): 1 card(s)\n"
+        "  warning: registry lists card 7 twice")
+    assert not s.ok
+    assert str(DownloadSummary("X")) == (
+        "X: 0 cards, 0 downloaded (0.0 MB), 0 already cached, 0 failed, 0 truncated [0.0 s]")
+
+
 def test_download_once_then_zero_requests_and_shared_cards_fetched_once(
         shared_emulator: Emulator, tmp_path: Path) -> None:
     emu = shared_emulator
