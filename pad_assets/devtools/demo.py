@@ -263,22 +263,24 @@ def _run(dataset: str, cards: int, external: bool, port: int, dagster_home: Path
             downloaded = (stats1["image"] - stats0["image"]) if emu else None
             steps.done(f"run {images.run_id[:8]}: {recorded} new partition materializations"
                        + (f", {downloaded} images downloaded" if downloaded is not None else ""))
-            checks = [(e.check_name, e.asset_key.to_user_string(), e.passed, e.severity.value)
-                      for e in images.get_asset_check_evaluations()]
+            evaluations = list(images.get_asset_check_evaluations())
 
             steps.start("model comparison")
             comparison = defs.resolve_job_def(comparison_job_name(ds.key)).execute_in_process(
                 instance=instance, run_config=_log_config(), raise_on_error=True, tags=tags)
             file_run_under_location(instance, comparison.run_id)
             value = comparison.asset_value(keys.comparison.path)
-            checks += [(e.check_name, e.asset_key.to_user_string(), e.passed, e.severity.value)
-                       for e in comparison.get_asset_check_evaluations()]
+            evaluations += comparison.get_asset_check_evaluations()
             steps.done(f"{value['items_compared']} of {value['published_rows']} published "
                        "rows scored")
         steps.start("checks")
-        for name, key, passed, severity in checks:
-            state = "passed" if passed else ("WARN" if severity == "WARN" else "FAILED")
-            print(f"      {state:<6} {key.split('/', 1)[-1]}:{name}", file=out)
+        checks = [(e.check_name, e.asset_key.to_user_string(), e.passed, e.severity.value)
+                  for e in evaluations]
+        for e in evaluations:
+            state = "passed" if e.passed else ("WARN" if e.severity.value == "WARN" else "FAILED")
+            why = "" if e.passed or not e.description else f"  ({_one_line(e.description)})"
+            print(f"      {state:<6} {e.asset_key.to_user_string().split('/', 1)[-1]}:"
+                  f"{e.check_name}{why}", file=out)
         print(f"\nModel comparison (identical cards for every model, item set "
               f"{value['item_set_hash'][:12]}):", file=out)
         print(_compact(value), file=out)
@@ -294,6 +296,12 @@ def _run(dataset: str, cards: int, external: bool, port: int, dagster_home: Path
         return {"images_run": images.run_id, "downloaded": downloaded, "partitions": len(parts),
                 "checks": checks, "comparison": value, "image_materializations": recorded,
                 "dagster_dev": dagster_dev_command(home, settings), "registry_shapes": shapes}
+
+
+def _one_line(text: str, width: int = 200) -> str:
+    """A check's description on the demo's one line per check (the UI shows it whole)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[:width - 3] + "..."
 
 
 def _registry_shapes(settings: Any, out: Any) -> dict[str, dict[str, Any]]:

@@ -64,6 +64,17 @@ def _num(item: tuple[str, Any]) -> tuple[int, str]:
     return (int(k), k) if k.isdigit() else (0, k)
 
 
+def _summary(n: int, what: str, problems: Mapping[str, str]) -> str:
+    """``6 warning(s): cards 1, 2, ... (card 1: unknown_drug: ...)``: the one line the UI's
+    check list and the demo show, so the first reason is readable without opening the
+    metadata (which lists every card's reason)."""
+    first = sorted(problems.items(), key=_num)
+    ids = ", ".join(k for k, _ in first[:10]) + (", ..." if n > 10 else "")
+    reason = " ".join(str(first[0][1]).split()).rstrip("; ")
+    reason = reason if len(reason) <= 80 else reason[:77] + "..."
+    return f"{n} {what}: cards {ids} (card {first[0][0]}: {reason})"
+
+
 def result(key: dg.AssetKey, name: str, checked: int, errors: Mapping[str, str],
            warnings: Mapping[str, str] | None = None, **extra: Any) -> dg.AssetCheckResult:
     """Passed when nothing was found; ERROR severity if any error, else WARN."""
@@ -75,11 +86,9 @@ def result(key: dg.AssetKey, name: str, checked: int, errors: Mapping[str, str],
     if warnings:
         meta["warning_cards"] = _listed(warnings)
         meta["warning_card_ids"] = ", ".join(sorted(warnings, key=lambda k: _num((k, 0))))
-    what = []
-    if errors:
-        what.append(f"{len(errors)} error(s): cards {', '.join(sorted(errors)[:10])}")
-    if warnings:
-        what.append(f"{len(warnings)} warning(s): cards {', '.join(sorted(warnings)[:10])}")
+    what = [_summary(len(errors), "error(s)", errors) if errors else "",
+            _summary(len(warnings), "warning(s)", warnings) if warnings else ""]
+    what = [w for w in what if w]
     return dg.AssetCheckResult(
         asset_key=key, check_name=name, passed=not errors and not warnings,
         severity=ERROR if errors else WARN, metadata=meta,

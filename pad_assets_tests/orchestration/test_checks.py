@@ -117,6 +117,20 @@ def test_explained_gaps_warn_and_name_the_cards(store: ContentStore) -> None:
     warned = res.metadata["warning_cards"].value
     assert set(warned) == {str(CARDS[0]), str(CARDS[3])}
     assert "unknown_drug" in warned[str(CARDS[0])] and "HTTP 404" in warned[str(CARDS[3])]
+    # the one line the UI's check list and the demo show: the cards, and the first reason
+    first, second = sorted((CARDS[0], CARDS[3]))
+    assert res.description == (
+        f"2 warning(s): cards {first}, {second} (card {first}: "
+        + ("unknown_drug: drug 'x' not in coefficients)" if first == CARDS[0] else
+           "no image (failed: HTTP 404))"))
+
+
+def test_a_check_line_lists_ten_cards_and_the_first_reason_in_card_order() -> None:
+    long = "x" * 100
+    res = checks.result(PRED, "c", 12, {}, {str(c): f"r{c} {long}" for c in range(12, 0, -1)})
+    assert res.description == ("12 warning(s): cards 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ... "
+                               f"(card 1: r1 {'x' * 74}...)")
+    assert checks.result(PRED, "c", 3, {}, {}).description == "all 3 checked passed"
 
 
 def _png(seed: int) -> bytes:
