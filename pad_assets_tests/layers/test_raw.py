@@ -28,8 +28,8 @@ def _settings(emu: Emulator, cache: Path, **kw) -> Settings:
 @pytest.fixture(scope="module")
 def shared_emulator():
     config = EmulatorConfig(datasets=[
-        DatasetSpec("A200", range(20000, 20200)),
-        DatasetSpec("B_shares_50", [*range(20150, 20200), *range(30000, 30030)]),
+        DatasetSpec("A60", range(20000, 20060)),
+        DatasetSpec("B_shares_20", [*range(20040, 20060), *range(30000, 30030)]),
         DatasetSpec("K64", range(40000, 40064)),
     ], models_provider=lambda: [])
     with Emulator(config) as emu:
@@ -62,35 +62,35 @@ def test_download_once_then_zero_requests_and_shared_cards_fetched_once(
         shared_emulator: Emulator, tmp_path: Path) -> None:
     emu = shared_emulator
     emu.reset_stats()
-    a = CachedDataset("A200", settings=_settings(emu, tmp_path), progress=False)
+    a = CachedDataset("A60", settings=_settings(emu, tmp_path), progress=False)
     s1 = a.download_and_cache()
-    assert len(s1.downloaded) == 200 and not s1.failed
-    assert emu.stats()["image"] == 200
+    assert len(s1.downloaded) == 60 and not s1.failed
+    assert emu.stats()["image"] == 60
 
     emu.reset_stats()
     s2 = a.download_and_cache()
     assert emu.stats()["image"] == 0
-    assert len(s2.reused) == 200 and not s2.downloaded
+    assert len(s2.reused) == 60 and not s2.downloaded
 
     emu.reset_stats()
-    b = CachedDataset("B_shares_50", settings=_settings(emu, tmp_path), progress=False)
+    b = CachedDataset("B_shares_20", settings=_settings(emu, tmp_path), progress=False)
     s3 = b.download_and_cache()
     assert emu.stats()["image"] == 30  # only the cards A did not have
-    assert len(s3.downloaded) == 30 and len(s3.reused) == 50
+    assert len(s3.downloaded) == 30 and len(s3.reused) == 20
     raw_items = a.store.index.query("SELECT COUNT(*) FROM items WHERE layer='raw'")[0][0]
-    assert raw_items == 230  # the 50 shared cards are stored once
+    assert raw_items == 90  # the 20 shared cards are stored once
 
 
 def test_offline_lists_missing_and_makes_no_request(shared_emulator: Emulator,
                                                     tmp_path: Path) -> None:
     emu = shared_emulator
-    online = CachedDataset("A200", settings=_settings(emu, tmp_path), progress=False)
+    online = CachedDataset("A60", settings=_settings(emu, tmp_path), progress=False)
     online.manifest()  # manifest cached, images not
     emu.reset_stats()
-    off = CachedDataset("A200", settings=_settings(emu, tmp_path, offline=True), progress=False)
+    off = CachedDataset("A60", settings=_settings(emu, tmp_path, offline=True), progress=False)
     with pytest.raises(OfflineError) as err:
         off.download_and_cache()
-    assert len(err.value.missing) == 200 and "card 20000" in str(err.value)
+    assert len(err.value.missing) == 60 and "card 20000" in str(err.value)
     assert emu.stats()["total"] == 0
 
 
