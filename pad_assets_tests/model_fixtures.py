@@ -19,6 +19,7 @@ registers it, and it holds no asserts, so assertion rewriting is off (no import 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import warnings
@@ -103,17 +104,39 @@ def write_tiny_tflite(
     path: str | Path, n_classes: int = 5, seed: int = 0, batch_size: int | None = None
 ) -> Path:
     """Write the tiny model as TF Lite; ``batch_size=None`` gives a dynamic batch dim,
-    ``batch_size=1`` a fixed one (like the real PAD models)."""
+    ``batch_size=1`` a fixed one (like the real PAD models).
+
+    The converted bytes are kept in ``tiny_tflite_cache_dir()`` under a key that hashes this
+    file, the TensorFlow version and the arguments: besides saving ~2 s per conversion, a
+    process forked from one that already ran TensorFlow (mutmut's test workers) hangs
+    forever in the MLIR converter, so such a process must find the model converted."""
     import tensorflow as tf
 
-    model = build_tiny_keras_model(n_classes, seed, batch_size)
-    signature = [tf.TensorSpec([batch_size, *INPUT_SHAPE], tf.float32)]
-    with tempfile.TemporaryDirectory(prefix="tiny-savedmodel-") as tmp:
-        model.export(tmp, format="tf_saved_model", verbose=False, input_signature=signature)
-        data = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
+    key = hashlib.sha256(b"\0".join([
+        Path(__file__).read_bytes(), tf.__version__.encode(),
+        repr((n_classes, seed, batch_size)).encode()])).hexdigest()[:24]
+    cached = tiny_tflite_cache_dir() / f"tiny-{key}.tflite"
+    try:
+        data = cached.read_bytes()
+    except FileNotFoundError:
+        model = build_tiny_keras_model(n_classes, seed, batch_size)
+        signature = [tf.TensorSpec([batch_size, *INPUT_SHAPE], tf.float32)]
+        with tempfile.TemporaryDirectory(prefix="tiny-savedmodel-") as tmp:
+            model.export(tmp, format="tf_saved_model", verbose=False, input_signature=signature)
+            data = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
+        partial.write_bytes(data)
+        os.replace(partial, cached)  # whole or absent for a concurrent reader
     path = Path(path)
     path.write_bytes(data)
     return path
+
+
+def tiny_tflite_cache_dir() -> Path:
+    """Where converted tiny models are kept (``PAD_TEST_MODEL_CACHE``, else the temp dir)."""
+    return Path(os.environ.get("PAD_TEST_MODEL_CACHE")
+                or Path(tempfile.gettempdir()) / "pad-assets-tiny-tflite")
 
 
 def write_tiny_keras(path: str | Path, n_classes: int = 5, seed: int = 0) -> Path:
