@@ -194,3 +194,48 @@ def test_a_size_limit_is_reported_and_met_the_same_way_in_both(tmp_path: Path) -
     assert real_store.has(gone[:n]) == set() and real_store.has(gone[n:]) == set(gone[n:])
     dry_store.close()
     real_store.close()
+
+
+def test_the_report_reads_as_printed_by_cache_gc() -> None:
+    """``pad-assets cache gc`` prints ``str(report)``: every line, for a run and a dry run."""
+    from pad_assets.maintenance.collection import GcReport
+
+    rep = GcReport("/c", False, size_before=2_500_000, size_after=1_200_000,
+                   live_bytes_before=2_000_000, live_bytes_after=900_000, max_size=1_000_000,
+                   evicted={"raw": 3, "tensor": 2}, evicted_bytes=1_100_000,
+                   protected={"kept dataset": 4}, cards_marked_evicted=3,
+                   compacted=["s1", "s2", "s3"], deleted_shards=["s4"], new_shards=["n1"],
+                   skipped=["shards ['s9']: disk full"],
+                   outside={"stale_artifacts": ["a.tflite"], "report_runs": ["r/1", "r/2"],
+                            "bytes": 4_500},
+                   reasons={"s1": "merge small shards", "s2": "merge small shards",
+                            "s3": "only 20% of its payload is live", "s4": "no live data"})
+    assert str(rep) == "\n".join([
+        "cache gc /c: evicted 5 items {'raw': 3, 'tensor': 2} (1.1 MB of payload)",
+        "  size on disk 2.5 MB -> 1.2 MB; live payload 2.0 MB -> 900.0 KB",
+        "  protected: {'kept dataset': 4}",
+        "  rewrote 3 shards into 1 new ones",
+        "  deleted 1 shards with no live data",
+        "    2 shard(s): small files merged into one (fewer files to open and sync)",
+        "    1 shard(s): nothing in it is used any more (evicted or superseded): deleted",
+        "    1 shard(s): only 20% of its payload is live",
+        "  3 cards marked 'evicted': their cached predictions are still served; a new model "
+        "or a download fetches the image again",
+        "  removed 1 stale artifact files and 2 old report runs (4.5 KB)",
+        "  skipped: shards ['s9']: disk full",
+        "  warning: still above --max-size 1.0 MB: the rest is protected (refs, kept "
+        "datasets) or recently used"])
+    assert rep.as_dict()["target_met"] is False
+
+    dry = GcReport("/c", True, size_before=2_000, size_after=1_500, max_size=1_500,
+                   compacted=["s1"], reasons={"s1": "size pressure"})
+    assert str(dry) == "\n".join([
+        "cache gc /c (dry run: nothing changed): would evict 0 items  (0 B of payload)",
+        "  size on disk 2.0 KB -> ~1.5 KB; live payload 0 B -> 0 B",
+        "  would rewrite 1 shards",
+        "    1 shard(s): holds dead bytes and the cache is still above --max-size"])
+    assert dry.target_met and dry.as_dict()["target_met"] is True
+    stale = GcReport("/c", True, deleted_shards=["s4"], outside={"stale_artifacts": ["x"]})
+    assert str(stale).splitlines()[2:] == [
+        "  would delete 1 shards with no live data",
+        "  would remove 1 stale artifact files and 0 old report runs (0 B)"]

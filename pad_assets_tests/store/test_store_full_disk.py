@@ -258,3 +258,33 @@ def test_a_full_disk_while_staging_an_import_names_the_cache_and_the_staging_fol
     assert err.value.detail == detail
     assert str(err.value) == (f"cache {cache}: {detail}; nothing was written. Free space, or "
                               "run `pad-assets cache gc --max-size SIZE`")
+
+
+def test_gc_on_a_full_disk_deletes_dead_shards_first_to_make_room_for_its_rewrites(
+        disk: Path) -> None:
+    """What frees a full disk is ``cache gc``, so it must work there: a shard with nothing
+    live is deleted before any rewrite, and the space it frees is what the rewrite of a
+    sparse shard needs (rewriting first fails for want of space and skips that shard)."""
+    from pad_assets.hashing import sha256_bytes
+    from pad_assets.maintenance import gc
+
+    root = disk / "cache"
+    store = ContentStore(root, compress=False)
+    live, gone1, gone2 = (os.urandom(n) for n in (100_000, 350_000, 300_000))
+    kept = sha256_bytes(live)
+    store.put([NewItem(sha256_bytes(gone1), "raw", gone1)])
+    store.put([NewItem(kept, "raw", live), NewItem(sha256_bytes(gone2), "raw", gone2)])
+    delete_items(store.index, [sha256_bytes(gone1), sha256_bytes(gone2)])
+    names = {k: Path(e["shard"]).stem for k, e in store.index.items([kept]).items()}
+    shards_before = _state(root)[0]
+    # room for the index, not for the sparse shard's rewrite (100 kB + the reserve)
+    _fill(disk, 60_000)
+    rep = gc(store, grace_seconds=0)
+    assert rep.skipped == []
+    assert len(rep.deleted_shards) == 1 and rep.compacted == [names[kept]]
+    assert rep.reasons[rep.deleted_shards[0]] == "no live data"
+    assert len(rep.new_shards) == 1 and _state(root)[0] == sorted(
+        set(shards_before) - {f"{s}.h5" for s in rep.deleted_shards + rep.compacted}
+        | {f"{rep.new_shards[0]}.h5"})
+    assert store.get(kept) == live and verify(store).ok
+    store.close()
