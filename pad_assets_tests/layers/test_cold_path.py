@@ -48,6 +48,12 @@ def test_cold_run_reads_nothing_back_and_matches_a_recompute_from_the_cache(
     assert again["prediction"].tolist() == ok["prediction"].tolist()
     assert np.allclose(again["probability"], ok["probability"], rtol=0, atol=1e-12)
     assert again["truncated"].tolist() == ok["truncated"].tolist()
+    # warm: every answer from the cache, with the flags and keys the cold run recorded
+    warm = dataset.apply_model(model).set_index("card_id").loc[ok.index]
+    assert warm["cached"].all()
+    assert warm["truncated"].tolist() == ok["truncated"].tolist()
+    for col in ("prediction", "raw_key", "preprocessed_key", "tensor_key", "prediction_key"):
+        assert warm[col].tolist() == ok[col].tolist(), col
     store = dataset.store
     for cid, row in ok.iterrows():
         raw = store.get(row["raw_key"])
