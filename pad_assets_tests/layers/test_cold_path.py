@@ -48,6 +48,21 @@ def test_cold_run_reads_nothing_back_and_matches_a_recompute_from_the_cache(
     assert again["prediction"].tolist() == ok["prediction"].tolist()
     assert np.allclose(again["probability"], ok["probability"], rtol=0, atol=1e-12)
     assert again["truncated"].tolist() == ok["truncated"].tolist()
+    # each stored prediction records its whole chain and how it was made (what an audit
+    # reads): the keys, the model and pipeline descriptions, the tensor spec, the flag
+    metas = dataset.store.metas(ok["prediction_key"].tolist())
+    desc = model.describe()
+    for cid, row in ok.iterrows():
+        meta = metas[row["prediction_key"]]
+        assert (meta["raw_key"], meta["preprocessed_key"], meta["tensor_key"]) == (
+            row["raw_key"], row["preprocessed_key"], row["tensor_key"]), cid
+        assert meta["model"] == desc and meta["truncated"] == bool(row["truncated"])
+        assert meta["pipeline"] == PADNeuralNetworkPipeline().describe()
+        assert meta["spec"]["shape"] and meta["spec"]["dtype"], meta["spec"]
+        assert meta["record"]["prediction"] == row["prediction"]
+        assert 0 < meta["inference_seconds"] < 60 and meta["created_at"] > 0
+        assert meta["context"] == {}  # the NN takes no per-card context (PLS: the drug)
+        assert meta["libraries"]["numpy"] == np.__version__
     # warm: every answer from the cache, with the flags and keys the cold run recorded
     warm = dataset.apply_model(model).set_index("card_id").loc[ok.index]
     assert warm["cached"].all()
