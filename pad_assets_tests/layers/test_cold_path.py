@@ -76,3 +76,32 @@ def test_cold_run_reads_nothing_back_and_matches_a_recompute_from_the_cache(
         assert flag == bool(row["truncated"])
         assert np.array_equal(store.get(row["tensor_key"]), whole), cid
     dataset.close()
+
+
+def test_many_chunks_each_card_gets_its_own_prediction(tiny_tflite_path: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """~150 cards: a first chunk of 16, then chunks of 64 prepared one ahead while the model
+    runs on the last; every card's row, keys and stored record must be its own (the other
+    tests have fewer cards than one chunk, so no mutant of the chunking failed them)."""
+    from pad_assets.devtools.emulator import DatasetSpec
+    from pad_assets.layers import predictions
+    from pad_assets_tests.conftest import make_config
+
+    cards = list(range(70000, 70200))  # the manifest publishes ~3/4 of a spec's ids
+    with Emulator(make_config([DatasetSpec("chunks", cards)], models=[])) as emu:
+        point_env_at(emu, tmp_path / "cache", monkeypatch)
+        dataset = CachedDataset("chunks", progress=False)
+        model = PADTensorFlowAdapter(model_path=tiny_tflite_path, labels=TINY_DRUG_LABELS)
+        cold = dataset.apply_model(model)
+    assert (cold["status"] == "ok").all() and cold["card_id"].is_unique
+    assert len(cold) > predictions.FIRST_CHUNK + 2 * predictions.PREDICT_CHUNK
+    assert cold["raw_key"].nunique() == len(cold) == cold["prediction_key"].nunique()
+    store = dataset.store
+    rows = store.cards("chunks")
+    metas = store.metas(cold["prediction_key"].tolist())
+    for _, row in cold.iterrows():
+        assert row["raw_key"] == rows[row["card_id"]]["raw_key"], row["card_id"]
+        alone = model.predict_batch(store.get(row["tensor_key"])[None], [{}])[0]
+        assert (row["prediction"], row["probability"]) == (alone.prediction, alone.probability)
+        assert metas[row["prediction_key"]]["tensor_key"] == row["tensor_key"]
+    dataset.close()
