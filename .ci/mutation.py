@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -114,7 +115,10 @@ def prepare(group: str, timeout_multiplier: float | None = None) -> Path:
     if timeout_multiplier is not None:
         common = re.sub(r"^timeout_multiplier\s*=.*$",
                         f"timeout_multiplier = {float(timeout_multiplier)}", common, flags=re.M)
-    config = (_section(text, "tool.pytest.ini_options") + "\n" + common
+    # thousands of test sessions: keep no pytest temp folders (36 GB filled the disk once)
+    pytest_options = _section(text, "tool.pytest.ini_options").rstrip() + (
+        '\ntmp_path_retention_policy = "none"\n')
+    config = (pytest_options + "\n" + common
               + f"only_mutate = {_toml_list(modules)}\n"
               + f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n")
     (here / "pyproject.toml").write_text(config)
@@ -125,7 +129,12 @@ def run(group: str, max_children: int, names: list[str] | None = None,
         timeout_multiplier: float | None = None) -> int:
     """One ``mutmut run`` of the group; ``names``: only these mutants (globs), re-tested."""
     here = prepare(group, timeout_multiplier)
-    env = dict(os.environ, PYTHONPATH=str(here / "mutants"))
+    tmp = here / "tmp"  # the tests' own temp files, apart from the machine's
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    # converted test models outlive the run: a forked worker must never convert one
+    env = dict(os.environ, PYTHONPATH=str(here / "mutants"), TMPDIR=str(tmp),
+               PAD_TEST_MODEL_CACHE=str(here / "models"))
     print(f"== {group}: {' '.join(GROUPS[group][0])}", flush=True)
     return subprocess.call([sys.executable, "-m", "mutmut", "run", "--max-children",
                             str(max_children), *(names or [])], cwd=here, env=env)
