@@ -115,10 +115,7 @@ def prepare(group: str, timeout_multiplier: float | None = None) -> Path:
     if timeout_multiplier is not None:
         common = re.sub(r"^timeout_multiplier\s*=.*$",
                         f"timeout_multiplier = {float(timeout_multiplier)}", common, flags=re.M)
-    # thousands of test sessions: keep no pytest temp folders (36 GB filled the disk once)
-    pytest_options = _section(text, "tool.pytest.ini_options").rstrip() + (
-        '\ntmp_path_retention_policy = "none"\n')
-    config = (pytest_options + "\n" + common
+    config = (_section(text, "tool.pytest.ini_options") + "\n" + common
               + f"only_mutate = {_toml_list(modules)}\n"
               + f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n")
     (here / "pyproject.toml").write_text(config)
@@ -136,8 +133,32 @@ def run(group: str, max_children: int, names: list[str] | None = None,
     env = dict(os.environ, PYTHONPATH=str(here / "mutants"), TMPDIR=str(tmp),
                PAD_TEST_MODEL_CACHE=str(here / "models"))
     print(f"== {group}: {' '.join(GROUPS[group][0])}", flush=True)
-    return subprocess.call([sys.executable, "-m", "mutmut", "run", "--max-children",
-                            str(max_children), *(names or [])], cwd=here, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "mutmut", "run", "--max-children",
+                             str(max_children), *(names or [])], cwd=here, env=env)
+    while True:
+        try:
+            return proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            _sweep(tmp, older_than=STALE_TEMP_SECONDS)
+
+
+#: mutmut's forked test sessions leave their pytest temp folders (pytest's retention
+#: cleanup never runs in them): ~50 a minute, 36 GB in an hour. Older than any mutant's
+#: time limit, they belong to finished sessions.
+STALE_TEMP_SECONDS = 600
+
+
+def _sweep(tmp: Path, older_than: float) -> None:
+    """Remove finished test sessions' temp folders under ``tmp``."""
+    import time
+
+    cutoff = time.time() - older_than
+    for folder in [*tmp.glob("pytest-of-*/pytest-*"), *tmp.glob("tmp*")]:
+        try:
+            if folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue  # removed meanwhile
 
 
 def _all_mutants(group: str, module: str) -> tuple[int, int]:
