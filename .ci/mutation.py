@@ -51,7 +51,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "build" / "mutation"
 
-#: group -> (modules to mutate, fast test files that exercise them)
+#: group -> (modules to mutate, fast test files that exercise them). No test that runs
+#: TensorFlow itself (Keras models): TF hangs in mutmut's forked sessions (TF Lite models
+#: run on LiteRT, which is fine).
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "keys": (["pad_assets/keys.py", "pad_assets/hashing.py"],
              ["pad_assets_tests/test_hashing.py"]),
@@ -78,7 +80,6 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
                ["pad_assets_tests/layers/test_predictions_after_gc.py",
                 "pad_assets_tests/layers/test_raw.py",
                 "pad_assets_tests/layers/test_cold_path.py",
-                "pad_assets_tests/cli/test_cli.py::test_three_models_named_tiny_and_a_rename",
                 "pad_assets_tests/dataset/test_batch_card_ids.py",
                 "pad_assets_tests/dataset/test_user_paths.py", "-k", "not sigkill"]),
 }
