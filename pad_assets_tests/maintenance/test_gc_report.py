@@ -83,6 +83,12 @@ def test_dry_run_reports_exactly_what_the_real_run_then_does(tmp_path: Path) -> 
     dry_store, real_store = ContentStore(tmp_path / "a"), ContentStore(tmp_path / "b")
     before = {Path(r[0]).stem for r in dry_store.index.query("SELECT path FROM shards")}
     kw = {"keep_datasets": ["keep"], "older_than": "30d", "now": NOW}
+    for root in (tmp_path / "a", tmp_path / "b"):  # a crashed writer's leftover, hours old
+        # (after opening: opening a store removes the stale ones it finds)
+        (root / "tmp").mkdir(exist_ok=True)
+        partial = root / "tmp" / "crashed-write.h5.partial"
+        partial.write_bytes(b"half a shard")
+        os.utime(partial, (time.time() - 3 * 3600,) * 2)
 
     t0 = time.time()
     dry = mt.gc(dry_store, dry_run=True, **kw)
@@ -149,6 +155,10 @@ def test_dry_run_reports_exactly_what_the_real_run_then_does(tmp_path: Path) -> 
     assert (tmp_path / "a" / "reports" / "keep" / "run-1").is_dir()
     assert not (tmp_path / "b" / "reports" / "keep" / "run-1").exists()
 
+    # the crashed writer's partial file: a dry run leaves it, the run removes and counts it
+    assert (dry.partials_removed, real.partials_removed) == (0, 1)
+    assert (tmp_path / "a" / "tmp" / "crashed-write.h5.partial").exists()
+    assert not (tmp_path / "b" / "tmp" / "crashed-write.h5.partial").exists()
     assert dry.root == str(dry_store.root) and dry.dry_run and not real.dry_run
     assert 0 <= dry.seconds <= took and 0 <= real.seconds <= took
     assert mt.verify(real_store).ok
@@ -239,3 +249,26 @@ def test_the_report_reads_as_printed_by_cache_gc() -> None:
     assert str(stale).splitlines()[2:] == [
         "  would delete 1 shards with no live data",
         "  would remove 1 stale artifact files and 0 old report runs (0 B)"]
+    # reasons: the most frequent first, then by name; old report runs alone are reported
+    runs = GcReport("/c", False, outside={"report_runs": ["r/1"], "bytes": 10},
+                    reasons={"a": "no live data", "b": "no live data", "c": "size pressure",
+                             "d": "merge small shards"})
+    assert str(runs).splitlines()[2:] == [
+        "    2 shard(s): nothing in it is used any more (evicted or superseded): deleted",
+        "    1 shard(s): small files merged into one (fewer files to open and sync)",
+        "    1 shard(s): holds dead bytes and the cache is still above --max-size",
+        "  removed 0 stale artifact files and 1 old report runs (10 B)"]
+
+
+def test_compact_threshold_is_a_fraction_from_0_to_1(tmp_path: Path) -> None:
+    import pytest
+
+    from pad_assets.errors import InvalidInputError
+
+    store = ContentStore(tmp_path / "c")
+    for ok in (0.0, 1.0):
+        assert mt.gc(store, dry_run=True, compact_threshold=ok).evicted == {}
+    for bad in (-0.01, 1.01, 2.0):
+        with pytest.raises(InvalidInputError, match=rf"compact_threshold {bad}: expected 0..1"):
+            mt.gc(store, dry_run=True, compact_threshold=bad)
+    store.close()
