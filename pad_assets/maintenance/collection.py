@@ -126,7 +126,8 @@ def _protected(store: ContentStore, snap: _Snapshot, keep_datasets: Sequence[str
     everything chained to the raw images of kept datasets."""
     prot: dict[str, str] = {}
     for name, (key, _) in snap.refs.items():
-        prot.setdefault(key, "target of a " + name.split("/", 1)[0] + " ref")
+        kind = name.split("/", 1)[0]
+        prot.setdefault(key, f"target of {'an' if kind[:1] in 'aeiou' else 'a'} {kind} ref")
     records = [k for k, why in prot.items()
                if k in snap.items and snap.items[k].layer == "model_record"]
     weights_keys = {k for k, it in snap.items.items() if it.layer == "weights"}

@@ -103,7 +103,7 @@ def test_dry_run_reports_exactly_what_the_real_run_then_does(tmp_path: Path) -> 
     assert real_store.has([drop[0], made["kept_pre"], *made["keep"]]) == {
         drop[0], made["kept_pre"], *made["keep"]}
     assert dry.protected == real.protected == {
-        "kept dataset": len(made["keep"]) + 1, "target of a asset ref": 1}
+        "kept dataset": len(made["keep"]) + 1, "target of an asset ref": 1}
     # bytes freed: the images' payloads; the loose copy's blob stays (a kept item has it)
     assert dry.evicted_bytes == real.evicted_bytes == DROP_BYTES * len(evicted_drop)
     assert dry.live_bytes_before == real.live_bytes_before == (
