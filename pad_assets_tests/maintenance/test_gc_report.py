@@ -20,6 +20,7 @@ import numpy as np
 from pad_assets import maintenance as mt
 from pad_assets.hashing import sha256_bytes
 from pad_assets.store import CardRecord, ContentStore, NewItem
+from pad_assets_tests.maintenance.test_gc_guarantees import _mixed_shards
 
 NOW = 1_900_000_000.0  # 2030-03-17 17:46:40 UTC
 KEEP_BYTES, DROP_BYTES, SHARED_BYTES = 20_000, 60_000, 30_000
@@ -35,20 +36,9 @@ def _fill(root: Path) -> dict[str, object]:
     "drop" (60 kB raw). Besides: one "drop" image is the target of a ref (protected); an
     unchained item shares its payload with a kept one (evicting it frees no bytes); a
     shard of only "drop" images (deleted whole); an old report run."""
-    rng = np.random.default_rng(7)
     store = ContentStore(root)
-    keep, drop = [], []
-    for r in range(ROUNDS):
-        items, cards = [], []
-        for i in range(PER_ROUND):
-            small, big = _payload(rng, KEEP_BYTES), _payload(rng, DROP_BYTES)
-            ks, kb = sha256_bytes(small), sha256_bytes(big)
-            items += [NewItem(ks, "raw", small, {}), NewItem(kb, "raw", big, {})]
-            cards += [CardRecord("keep", r * 10 + i, ks, "ok"),
-                      CardRecord("drop", r * 10 + i, kb, "ok")]
-            keep.append(ks)
-            drop.append(kb)
-        store.put(items, cards=cards)
+    keep, drop = _mixed_shards(store, rounds=ROUNDS)  # 3 cards of each per shard
+    rng = np.random.default_rng(8)
     only_drop = []
     for i in range(2):
         big = _payload(rng, DROP_BYTES)
