@@ -19,6 +19,7 @@ everywhere.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import shutil
 import subprocess
@@ -261,30 +262,78 @@ def test_a_full_disk_while_staging_an_import_names_the_cache_and_the_staging_fol
 
 
 def test_gc_on_a_full_disk_deletes_dead_shards_first_to_make_room_for_its_rewrites(
-        disk: Path) -> None:
+        disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What frees a full disk is ``cache gc``, so it must work there: a shard with nothing
     live is deleted before any rewrite, and the space it frees is what the rewrite of a
-    sparse shard needs (rewriting first fails for want of space and skips that shard)."""
+    sparse shard needs (rewriting first fails for want of space and skips that shard).
+    The dead shard's name sorts last (gc plans in name order), so only gc's ordering puts
+    it first."""
     from pad_assets.hashing import sha256_bytes
     from pad_assets.maintenance import gc
 
+    names = itertools.chain(["20260101T000000-a", "20260101T000000-z"],
+                            (f"20260101T000001-new{i}" for i in itertools.count()))
+    monkeypatch.setattr(shard_io, "new_shard_name", lambda: next(names))
     root = disk / "cache"
     store = ContentStore(root, compress=False)
     live, gone1, gone2 = (os.urandom(n) for n in (100_000, 350_000, 300_000))
     kept = sha256_bytes(live)
-    store.put([NewItem(sha256_bytes(gone1), "raw", gone1)])
     store.put([NewItem(kept, "raw", live), NewItem(sha256_bytes(gone2), "raw", gone2)])
+    store.put([NewItem(sha256_bytes(gone1), "raw", gone1)])
     delete_items(store.index, [sha256_bytes(gone1), sha256_bytes(gone2)])
-    names = {k: Path(e["shard"]).stem for k, e in store.index.items([kept]).items()}
     shards_before = _state(root)[0]
+    assert shards_before == ["20260101T000000-a.h5", "20260101T000000-z.h5"]
     # room for the index, not for the sparse shard's rewrite (100 kB + the reserve)
     _fill(disk, 60_000)
     rep = gc(store, grace_seconds=0)
     assert rep.skipped == []
-    assert len(rep.deleted_shards) == 1 and rep.compacted == [names[kept]]
-    assert rep.reasons[rep.deleted_shards[0]] == "no live data"
-    assert len(rep.new_shards) == 1 and _state(root)[0] == sorted(
-        set(shards_before) - {f"{s}.h5" for s in rep.deleted_shards + rep.compacted}
-        | {f"{rep.new_shards[0]}.h5"})
+    assert rep.deleted_shards == ["20260101T000000-z"]
+    assert rep.compacted == ["20260101T000000-a"]
+    assert rep.reasons == {"20260101T000000-z": "no live data",
+                           "20260101T000000-a": "only 25% of its payload is live"}
+    assert len(rep.new_shards) == 1 and rep.new_shards[0].startswith("20260101T000001-new")
+    assert _state(root)[0] == [f"{rep.new_shards[0]}.h5"]
     assert store.get(kept) == live and verify(store).ok
+    store.close()
+
+
+def test_gc_under_max_size_on_a_full_disk_evicts_the_rest_of_a_shard_it_cannot_rewrite(
+        disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--max-size`` (an LRU cache asked to shrink) and no room for a sparse shard's
+    rewrite, gc evicts the shard's unprotected items with it and rewrites what must stay
+    (a ref's target, the card records): the shard goes whole, the cache stays consistent,
+    and the report and the card say why."""
+    from pad_assets.hashing import sha256_bytes
+    from pad_assets.maintenance import gc, retired_shards
+    from pad_assets.maintenance import rewrite as rewrite_module
+    from pad_assets_tests.maintenance.test_gc_guarantees import _GraceClock
+
+    root = disk / "cache"
+    store = ContentStore(root, compress=False)
+    pinned, old, dead = (os.urandom(n) for n in (20_000, 300_000, 400_000))
+    k_pin, k_old, k_dead = (sha256_bytes(b) for b in (pinned, old, dead))
+    shard = store.put([NewItem(k_pin, "raw", pinned), NewItem(k_old, "raw", old),
+                       NewItem(k_dead, "raw", dead)], refs=[("asset/pinned", k_pin)],
+                      cards=[CardRecord("ds", 1, k_old, "ok"), CardRecord("ds", 2, k_pin, "ok")])
+    delete_items(store.index, [k_dead])
+    # room for the pinned item's rewrite (20 kB + the reserve), not for 320 kB of it
+    _fill(disk, 300_000)
+    retired_reasons: list[dict[str, str]] = []
+    clock = _GraceClock(lambda: retired_reasons.append(
+        {s: r["reason"] for s, r in retired_shards(store.index).items()}))
+    monkeypatch.setattr(rewrite_module, "time", clock)
+
+    rep = gc(store, max_size="10MB", grace_seconds=30)
+
+    assert rep.skipped == [f"shards [{shard!r}]: the disk could not take their rewrite, so "
+                           "their 1 unprotected items were evicted with them"]
+    assert rep.evicted == {"raw": 1} and rep.cards_marked_evicted == 1
+    assert rep.compacted == [shard] and len(rep.new_shards) == 1
+    assert retired_reasons == [{shard: "gc: only 44% of its payload is live (disk full)"}]
+    assert store.get(k_pin) == pinned and store.has([k_old, k_dead]) == set()
+    cards = store.cards("ds")
+    assert cards[2]["status"] == "ok" and cards[1]["status"] == "evicted"
+    assert "(disk full)" in cards[1]["detail"], cards[1]
+    assert f"{shard}.h5" not in _state(root)[0]  # deleted after the grace period
+    assert verify(store).ok
     store.close()
