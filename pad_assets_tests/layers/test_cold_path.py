@@ -5,6 +5,7 @@ included."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from pad_assets import CachedDataset, PADTensorFlowAdapter
 from pad_assets.devtools.emulator import Emulator
 from pad_assets.devtools.emulator.catalog import EdgeCases
+from pad_assets.hashing import sha256_bytes
 from pad_assets.preprocessing import PADNeuralNetworkPipeline
 from pad_assets.store import shards as shard_io
 from pad_assets_tests.conftest import point_env_at
@@ -44,7 +46,10 @@ def test_cold_run_reads_nothing_back_and_matches_a_recompute_from_the_cache(
     assert not ok.drop(EdgeCases.TRUNCATED_PNG)["truncated"].any()
     # use_cache=False: every array again from the raw images in the store (flags from the
     # raw layer), and each against a whole-image decode of those bytes
+    reads.clear()
     again = dataset.apply_model(model, use_cache=False).set_index("card_id").loc[ok.index]
+    assert not again["cached"].any()  # computed again, not served from the cache
+    assert reads and set(reads) <= set(cold["raw_key"].dropna())  # from raw images only
     assert again["prediction"].tolist() == ok["prediction"].tolist()
     assert np.allclose(again["probability"], ok["probability"], rtol=0, atol=1e-12)
     assert again["truncated"].tolist() == ok["truncated"].tolist()
@@ -63,9 +68,16 @@ def test_cold_run_reads_nothing_back_and_matches_a_recompute_from_the_cache(
         assert 0 < meta["inference_seconds"] < 60 and meta["created_at"] > 0
         assert meta["context"] == {}  # the NN takes no per-card context (PLS: the drug)
         assert meta["libraries"]["numpy"] == np.__version__
-    # warm: every answer from the cache, with the flags and keys the cold run recorded
+    # warm: every answer from the cache, with the flags and keys the cold run recorded;
+    # each hit counts as a use for gc's least-recently-used order (at most once an hour,
+    # so the items are made two hours old first)
+    with dataset.store.index.transaction() as con:
+        con.execute("UPDATE items SET last_used=?", (time.time() - 7200,))
+    before_warm = time.time()
     warm = dataset.apply_model(model).set_index("card_id").loc[ok.index]
     assert warm["cached"].all()
+    used = dataset.store.index.items(warm["prediction_key"].tolist())
+    assert all(e["last_used"] >= before_warm for e in used.values()), used
     assert warm["truncated"].tolist() == ok["truncated"].tolist()
     for col in ("prediction", "raw_key", "preprocessed_key", "tensor_key", "prediction_key"):
         assert warm[col].tolist() == ok[col].tolist(), col
@@ -104,4 +116,46 @@ def test_many_chunks_each_card_gets_its_own_prediction(tiny_tflite_path: Path, t
         alone = model.predict_batch(store.get(row["tensor_key"])[None], [{}])[0]
         assert (row["prediction"], row["probability"]) == (alone.prediction, alone.probability)
         assert metas[row["prediction_key"]]["tensor_key"] == row["tensor_key"]
+    dataset.close()
+
+
+class _CannotReadOneImage(PADNeuralNetworkPipeline):
+    """The lab's NN pipeline, except that one image defeats it (as an image a real pipeline
+    cannot handle does)."""
+
+    name = "pad_nn_but_one"
+
+    def __init__(self, bad_key: str) -> None:
+        super().__init__()
+        self.bad_key = bad_key
+
+    def get_parameters(self) -> dict:
+        return {**super().get_parameters(), "bad_key": self.bad_key}
+
+    def run(self, data: bytes, source: str = "image", truncated: bool | None = None):  # noqa: ANN201
+        if sha256_bytes(data) == self.bad_key:
+            raise ValueError(f"cannot read {source}")
+        return super().run(data, source, truncated)
+
+
+def test_a_card_its_pipeline_cannot_read_is_a_failed_row_keyed_by_its_image(
+        emulator: Emulator, tiny_tflite_path: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    point_env_at(emulator, tmp_path / "cache", monkeypatch)
+    dataset = CachedDataset(EdgeCases.DATASET)
+    dataset.download_and_cache()
+    bad_card = EdgeCases.NORMAL[0]
+    bad_key = dataset.cards().set_index("card_id").loc[bad_card, "raw_key"]
+    model = PADTensorFlowAdapter(model_path=tiny_tflite_path, labels=TINY_DRUG_LABELS)
+    pipeline = _CannotReadOneImage(bad_key)
+    for run in ("cold", "again"):  # a failure is never cached: the next run tries again
+        out = dataset.apply_model(model, preprocessing=pipeline).set_index("card_id")
+        row = out.loc[bad_card]
+        assert row["status"] == "failed", run
+        assert row["detail"].startswith("pad_nn_but_one failed: ValueError: cannot read")
+        assert row["raw_key"] == bad_key and row["label_type"] == model.label_type()
+        assert not row["truncated"] and not row["cached"]
+        assert row[["preprocessed_key", "tensor_key", "prediction_key"]].isna().all()
+        others = out.drop(bad_card)
+        assert (others.loc[others["status"] == "ok", "cached"] == (run == "again")).all()
     dataset.close()
