@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from pad_assets import maintenance as mt
-from pad_assets.errors import CacheBusyError
+from pad_assets.errors import CacheBusyError, InvalidInputError
 from pad_assets.hashing import sha256_bytes
 from pad_assets.maintenance import collection, locking
 from pad_assets.maintenance import rewrite as rewrite_module
@@ -102,9 +102,13 @@ def test_each_rule_at_its_boundary(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_small_shards_merge_only_below_one_mebibyte_and_eight_at_a_time(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     small = {f"s{i}": Shard(100_000, live=[90_000]) for i in range(8)}
-    # exactly SMALL_SHARD_BYTES is not small (and 8 % dead is no reason to rewrite it)
-    rep = _dry_run(tmp_path, monkeypatch, small | {"big": Shard(MiB, live=[900_000])})
-    assert rep.reasons == {s: "merge small shards" for s in small}
+    # exactly SMALL_SHARD_BYTES is not small (and 8 % dead is no reason to rewrite it);
+    # small shards that a rule already chose are not merged as well
+    rep = _dry_run(tmp_path, monkeypatch, small | {
+        "big": Shard(MiB, live=[900_000]), "empty": Shard(100_000, dead=[50_000]),
+        "sparse": Shard(100_000, live=[10_000], dead=[60_000])})
+    assert rep.reasons == {s: "merge small shards" for s in small} | {
+        "empty": "no live data", "sparse": "only 14% of its payload is live"}
     # seven are left alone
     rep = _dry_run(tmp_path, monkeypatch, {f"s{i}": Shard(100_000, live=[90_000])
                                            for i in range(7)})
@@ -150,6 +154,7 @@ PRESSURE = {"a": Shard(600_000, live=[400_000], dead=[60_000]),
 
 @pytest.mark.parametrize("limit, chosen, after", [
     (1_500_000, ["b"], 1_700_000 - 284_264),
+    (1_700_000 - 284_264, ["b"], 1_700_000 - 284_264),  # exactly at the limit: enough
     (1_300_000, ["a", "b"], 1_700_000 - 284_264 - 134_264),
 ])
 def test_size_pressure_rewrites_the_shards_with_most_dead_bytes_first(
@@ -165,19 +170,29 @@ def test_size_pressure_rewrites_the_shards_with_most_dead_bytes_first(
 
 def test_size_pressure_never_plans_a_shard_twice(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """``d`` is rewritten for its dead payload and the small shards are merged; under size
-    pressure only what no rule chose yet is added (``d`` has the most dead bytes: 814,264;
-    ``big`` 734,264)."""
+    """``holey`` is rewritten for its dead bytes, ``d`` for its dead payload, and the small
+    shards are merged; under size pressure only what no rule chose yet is added (``holey``
+    and ``d`` have the most dead bytes: 1,931,416 and 814,264; ``big`` 734,264)."""
     shards = {"big": Shard(2_000_000, live=[1_200_000], dead=[500_000]),
+              "holey": Shard(2 * MiB, live=[100_000]),
               "d": Shard(900_000, live=[20_000], dead=[800_000]),
               **{f"s{i}": Shard(30_000 + REC + OVERHEAD, live=[30_000]) for i in range(8)}}
     # eviction is off the table (nothing is a year old): compaction alone must do it
     rep = _dry_run(tmp_path, monkeypatch, shards, max_size=2_000_000, older_than="365d")
     assert rep.evicted == {}
     assert rep.reasons == {"d": "only 2% of its payload is live", "big": "size pressure",
+                           "holey": "92% of the file is dead bytes",
                            **{f"s{i}": "merge small shards" for i in range(8)}}
     assert rep.size_after == ((1_200_000 + REC + OVERHEAD) + (20_000 + REC + OVERHEAD)
-                              + (8 * (30_000 + REC) + OVERHEAD))
+                              + (100_000 + REC + OVERHEAD) + (8 * (30_000 + REC) + OVERHEAD))
+
+
+def test_a_kept_dataset_the_cache_does_not_hold_is_refused_by_name(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path / "c")
+    with pytest.raises(InvalidInputError) as err:
+        mt.gc(store, keep_datasets=["FHI2020"], dry_run=True)
+    assert str(err.value) == (f"--keep-dataset ['FHI2020']: no such dataset in the cache at "
+                              f"{store.root}; expected one of (no datasets cached)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,16 +283,21 @@ def test_gc_waits_out_the_grace_period_once_not_for_what_an_earlier_run_retired(
     store = ContentStore(tmp_path / "c", compress=False)
     k1, s1 = _sparse_shard(store, 50_000, 60_000, 7)
     _, s2 = _sparse_shard(store, 50_000, 60_000, 9)
-    clock = _GraceClock(lambda: None)
+    s1_file = store.root / store.index.items([k1])[k1]["path"]
+    at_wait: list[tuple[bool, dict[str, str]]] = []  # s1's file there? why each retired
+    clock = _GraceClock(lambda: at_wait.append((s1_file.exists(), {
+        s: r["reason"] for s, r in mt.retired_shards(store.index).items()})))
     monkeypatch.setattr(rewrite_module, "time", clock)
     mt.rewrite_shards(store, [s1], reason="an earlier compaction")
     clock.offset += 10  # ten seconds later
-    assert set(mt.common.retired_shards(store.index)) == {s1}
+    assert set(mt.retired_shards(store.index)) == {s1}
 
     rep = mt.gc(store, grace_seconds=60)
 
     assert rep.compacted == [s2]
     assert clock.slept == [pytest.approx(60, abs=1)]
-    assert mt.common.retired_shards(store.index) == {}
+    assert at_wait == [(True, {s1: "an earlier compaction",
+                               s2: "gc: only 45% of its payload is live"})]
+    assert mt.retired_shards(store.index) == {}
     left = {p.stem for p in (store.root / "shards").rglob("*.h5")}
     assert left == {rep.new_shards[0], store.index.items([k1])[k1]["shard"]} and s1 not in left

@@ -289,8 +289,10 @@ def test_gc_dry_run_age_size_and_keep_dataset(emu: Emulator, tiny_model, tmp_pat
     assert plan.evicted == {"raw": len(B_IDS)}
     assert _tables(store) == tables and _files(cache) == files, "dry run changed something"
 
-    with pytest.raises(InvalidInputError, match="no such dataset"):
+    with pytest.raises(InvalidInputError) as typo:
         mt.gc(store, keep_datasets=["opsTypo"])
+    assert str(typo.value) == (f"--keep-dataset ['opsTypo']: no such dataset in the cache at "
+                               f"{store.root}; expected one of {sorted([A, B])}")
     assert mt.gc(store, grace_seconds=0.05).evicted == {}  # no criteria: nothing evicted
 
     # age: B's images were last used 40 days ago, the rest is fresh

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -269,7 +270,9 @@ def test_gc_on_a_full_disk_deletes_dead_shards_first_to_make_room_for_its_rewrit
     The dead shard's name sorts last (gc plans in name order), so only gc's ordering puts
     it first."""
     from pad_assets.hashing import sha256_bytes
-    from pad_assets.maintenance import gc
+    from pad_assets.maintenance import gc, retired_shards
+    from pad_assets.maintenance import rewrite as rewrite_module
+    from pad_assets_tests.maintenance.test_gc_guarantees import _GraceClock
 
     names = itertools.chain(["20260101T000000-a", "20260101T000000-z"],
                             (f"20260101T000001-new{i}" for i in itertools.count()))
@@ -285,7 +288,18 @@ def test_gc_on_a_full_disk_deletes_dead_shards_first_to_make_room_for_its_rewrit
     assert shards_before == ["20260101T000000-a.h5", "20260101T000000-z.h5"]
     # room for the index, not for the sparse shard's rewrite (100 kB + the reserve)
     _fill(disk, 60_000)
-    rep = gc(store, grace_seconds=0)
+    # gc's clock: each wait for the grace period (30 s) passes at once, and shows what is
+    # retired at that moment and why
+    retired: list[dict[str, str]] = []
+    clock = _GraceClock(lambda: retired.append(
+        {s: r["reason"] for s, r in retired_shards(store.index).items()}))
+    monkeypatch.setattr(rewrite_module, "time", clock)
+    rep = gc(store, grace_seconds=30)
+    # the rewrite of "a" failed for want of space; gc waited out the dead shard's grace
+    # period, deleted it and rewrote "a"; then waited for "a" in turn
+    assert retired == [{"20260101T000000-z": "gc: no live data"},
+                       {"20260101T000000-a": "gc: only 25% of its payload is live"}]
+    assert clock.slept == [pytest.approx(30, abs=1)] * 2
     assert rep.skipped == []
     assert rep.deleted_shards == ["20260101T000000-z"]
     assert rep.compacted == ["20260101T000000-a"]
@@ -310,11 +324,14 @@ def test_gc_under_max_size_on_a_full_disk_evicts_the_rest_of_a_shard_it_cannot_r
 
     root = disk / "cache"
     store = ContentStore(root, compress=False)
-    pinned, old, dead = (os.urandom(n) for n in (20_000, 300_000, 400_000))
-    k_pin, k_old, k_dead = (sha256_bytes(b) for b in (pinned, old, dead))
+    pinned, old, old2, dead = (os.urandom(n) for n in (20_000, 150_000, 150_000, 400_000))
+    k_pin, k_old, k_old2, k_dead = (sha256_bytes(b) for b in (pinned, old, old2, dead))
     shard = store.put([NewItem(k_pin, "raw", pinned), NewItem(k_old, "raw", old),
-                       NewItem(k_dead, "raw", dead)], refs=[("asset/pinned", k_pin)],
-                      cards=[CardRecord("ds", 1, k_old, "ok"), CardRecord("ds", 2, k_pin, "ok")])
+                       NewItem(k_old2, "raw", old2), NewItem(k_dead, "raw", dead)],
+                      refs=[("asset/pinned", k_pin)],
+                      cards=[CardRecord("ds", 1, k_old, "ok"), CardRecord("ds", 2, k_pin, "ok"),
+                             # an API-dump card whose re-download failed keeps its reference
+                             CardRecord("ds", 3, k_old2, "failed", "sha256 mismatch")])
     delete_items(store.index, [k_dead])
     # room for the pinned item's rewrite (20 kB + the reserve), not for 320 kB of it
     _fill(disk, 300_000)
@@ -326,14 +343,16 @@ def test_gc_under_max_size_on_a_full_disk_evicts_the_rest_of_a_shard_it_cannot_r
     rep = gc(store, max_size="10MB", grace_seconds=30)
 
     assert rep.skipped == [f"shards [{shard!r}]: the disk could not take their rewrite, so "
-                           "their 1 unprotected items were evicted with them"]
-    assert rep.evicted == {"raw": 1} and rep.cards_marked_evicted == 1
+                           "their 2 unprotected items were evicted with them"]
+    assert rep.evicted == {"raw": 2} and rep.cards_marked_evicted == 1
     assert rep.compacted == [shard] and len(rep.new_shards) == 1
     assert retired_reasons == [{shard: "gc: only 44% of its payload is live (disk full)"}]
-    assert store.get(k_pin) == pinned and store.has([k_old, k_dead]) == set()
+    assert store.get(k_pin) == pinned and store.has([k_old, k_old2, k_dead]) == set()
     cards = store.cards("ds")
-    assert cards[2]["status"] == "ok" and cards[1]["status"] == "evicted"
-    assert "(disk full)" in cards[1]["detail"], cards[1]
+    assert [cards[c]["status"] for c in (1, 2, 3)] == ["evicted", "ok", "failed"]
+    assert re.fullmatch(r"raw image evicted by `pad-assets cache gc` at \d{4}-\d\d-\d\d "
+                        r"\d\d:\d\d:\d\d UTC \(disk full\); the next download fetches it "
+                        r"again", cards[1]["detail"]), cards[1]["detail"]
     assert f"{shard}.h5" not in _state(root)[0]  # deleted after the grace period
     assert verify(store).ok
     store.close()
