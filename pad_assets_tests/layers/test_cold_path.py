@@ -134,7 +134,7 @@ class _CannotReadOneImage(PADNeuralNetworkPipeline):
 
     def run(self, data: bytes, source: str = "image", truncated: bool | None = None):  # noqa: ANN201
         if sha256_bytes(data) == self.bad_key:
-            raise ValueError(f"cannot read {source}")
+            raise ValueError(f"cannot read {source} (truncated={truncated})")
         return super().run(data, source, truncated)
 
 
@@ -152,7 +152,10 @@ def test_a_card_its_pipeline_cannot_read_is_a_failed_row_keyed_by_its_image(
         out = dataset.apply_model(model, preprocessing=pipeline).set_index("card_id")
         row = out.loc[bad_card]
         assert row["status"] == "failed", run
-        assert row["detail"].startswith("pad_nn_but_one failed: ValueError: cannot read")
+        # read back from the raw layer, with the flag its download check recorded (the
+        # pipeline does not check the bytes a second time)
+        assert row["detail"] == ("pad_nn_but_one failed: ValueError: cannot read "
+                                 f"raw {bad_key} (truncated=False)")
         assert row["raw_key"] == bad_key and row["label_type"] == model.label_type()
         assert not row["truncated"] and not row["cached"]
         assert row[["preprocessed_key", "tensor_key", "prediction_key"]].isna().all()
