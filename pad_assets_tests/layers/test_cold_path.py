@@ -161,4 +161,40 @@ def test_a_card_its_pipeline_cannot_read_is_a_failed_row_keyed_by_its_image(
         assert row[["preprocessed_key", "tensor_key", "prediction_key"]].isna().all()
         others = out.drop(bad_card)
         assert (others.loc[others["status"] == "ok", "cached"] == (run == "again")).all()
+    # the lab's own pipeline on the same images: other keys all the way down, computed anew
+    lab = dataset.apply_model(model).set_index("card_id")
+    both = others.index[(others["status"] == "ok") & (lab.loc[others.index, "status"] == "ok")]
+    assert len(both) >= 5 and not lab.loc[both, "cached"].any()
+    for col in ("preprocessed_key", "tensor_key", "prediction_key"):
+        assert set(lab.loc[both, col]).isdisjoint(others.loc[both, col]), col
+    assert lab.loc[bad_card, "status"] == "ok"
+    # a model with another input on the same preprocessed images: its own tensors are made
+    from dataclasses import replace
+
+    spec = model.get_tensor_spec()
+    other = replace(spec, storage_dtype="float32" if spec.storage_dtype == "uint8" else "uint8")
+    chain = dataset.derived.ensure(lab.loc[both, "raw_key"].tolist(), PADNeuralNetworkPipeline(),
+                                   other)
+    assert chain.failed == {} and chain.preprocessed == lab.loc[both, "preprocessed_key"].tolist()
+    assert set(chain.tensors).isdisjoint(lab.loc[both, "tensor_key"])
+    assert dataset.store.has(chain.tensors) == set(chain.tensors)
     dataset.close()
+
+
+def test_a_tensor_key_names_the_model_input_it_was_made_for(tiny_tflite_path: Path) -> None:
+    """The same preprocessed image made ready for two inputs (here: stored as uint8 or as
+    float32) is two tensors; the preprocessed key does not depend on the model."""
+    from dataclasses import replace
+
+    from pad_assets.layers.derived import DerivedLayers
+
+    spec = PADTensorFlowAdapter(model_path=tiny_tflite_path,
+                                labels=TINY_DRUG_LABELS).get_tensor_spec()
+    raws = ["a" * 64, "b" * 64]
+    pre, ten = DerivedLayers.keys_for(raws, PADNeuralNetworkPipeline(), spec)
+    other = replace(spec, storage_dtype="float32" if spec.storage_dtype == "uint8" else "uint8")
+    assert other != spec
+    pre2, ten2 = DerivedLayers.keys_for(raws, PADNeuralNetworkPipeline(), other)
+    assert pre == pre2 and len(set(pre)) == 2
+    assert ten is not None and ten2 is not None and set(ten).isdisjoint(ten2)
+    assert DerivedLayers.keys_for(raws, PADNeuralNetworkPipeline(), None) == (pre, None)
