@@ -15,6 +15,7 @@ from pad_assets import CachedDataset, PADTensorFlowAdapter
 from pad_assets.devtools.emulator import Emulator
 from pad_assets.devtools.emulator.catalog import EdgeCases
 from pad_assets.hashing import sha256_bytes
+from pad_assets.models.base import ModelAdapter, PredictionRecord, TensorSpec
 from pad_assets.preprocessing import PADNeuralNetworkPipeline
 from pad_assets.store import shards as shard_io
 from pad_assets_tests.conftest import point_env_at
@@ -158,6 +159,7 @@ def test_a_card_its_pipeline_cannot_read_is_a_failed_row_keyed_by_its_image(
                                  f"raw {bad_key} (truncated=False)")
         assert row["raw_key"] == bad_key and row["label_type"] == model.label_type()
         assert not row["truncated"] and not row["cached"]
+        assert out["cached"].dtype == bool and out["truncated"].dtype == bool
         assert row[["preprocessed_key", "tensor_key", "prediction_key"]].isna().all()
         others = out.drop(bad_card)
         assert (others.loc[others["status"] == "ok", "cached"] == (run == "again")).all()
@@ -198,3 +200,51 @@ def test_a_tensor_key_names_the_model_input_it_was_made_for(tiny_tflite_path: Pa
     assert pre == pre2 and len(set(pre)) == 2
     assert ten is not None and ten2 is not None and set(ten).isdisjoint(ten2)
     assert DerivedLayers.keys_for(raws, PADNeuralNetworkPipeline(), None) == (pre, None)
+
+
+class _MeanBrightness(ModelAdapter):
+    """A researcher's own model in plain numpy: it declares float32 input and does not
+    take the cache's uint8 storage, and it records what it was given."""
+
+    name = "mean_brightness"
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, list[dict]]] = []
+
+    def get_required_preprocessing(self) -> PADNeuralNetworkPipeline:
+        return PADNeuralNetworkPipeline()
+
+    def get_tensor_spec(self) -> TensorSpec:
+        return TensorSpec((454, 454, 3), dtype="float32", storage_dtype="uint8")
+
+    def prediction_context(self, card: dict) -> dict:
+        return {"card": int(card["card_id"])}
+
+    def predict_batch(self, batch, contexts):  # noqa: ANN001, ANN201
+        self.batches.append((str(batch.dtype), list(contexts)))
+        # in uint8, x * 2 would wrap around at 256: the cast is the layer's promise
+        return [PredictionRecord(float((x * 2).mean()), label_type="concentration")
+                for x in batch]
+
+    def get_cache_signature(self) -> str:
+        return self.signature_of("mean_brightness", 1)
+
+
+def test_a_researchers_model_gets_its_declared_dtype_and_each_cards_context(
+        emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    point_env_at(emulator, tmp_path / "cache", monkeypatch)
+    dataset = CachedDataset(EdgeCases.DATASET)
+    model = _MeanBrightness()
+    out = dataset.apply_model(model).set_index("card_id")
+    ok = out[out["status"] == "ok"]
+    assert len(ok) >= 5 and {d for d, _ in model.batches} == {"float32"}
+    given = [c for _, ctx in model.batches for c in ctx]
+    assert sorted(c["card"] for c in given) == sorted(ok.index)
+    for cid, row in ok.iterrows():
+        tensor = dataset.store.get(row["tensor_key"]).astype(np.float64)
+        assert row["prediction"] == pytest.approx((tensor * 2).mean()), cid
+    # the result table keeps its types, and each new prediction is stored as one
+    assert out["cached"].dtype == bool and out["truncated"].dtype == bool
+    layers = {e["layer"] for e in dataset.store.index.items(ok["prediction_key"].tolist()).values()}
+    assert layers == {"prediction"}
+    dataset.close()
