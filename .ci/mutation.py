@@ -82,6 +82,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
                 "pad_assets_tests/layers/test_raw.py",
                 "pad_assets_tests/layers/test_raw_provenance.py",
                 "pad_assets_tests/layers/test_preprocessing_executor.py",
+                "pad_assets_tests/layers/test_derived_lineage.py",
                 "pad_assets_tests/layers/test_cold_path.py",
                 "pad_assets_tests/layers/test_model_names.py",
                 "pad_assets_tests/dataset/test_batch_card_ids.py",
