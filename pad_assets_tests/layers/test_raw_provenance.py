@@ -102,6 +102,24 @@ def test_an_api_dump_card_keeps_its_reference_through_eviction_and_a_bad_downloa
         assert ds.store.metas([key])[key]["verified_by"] == FIRST
         wrong = ds.store.get(ds.raw.raw_keys(spec.name, [other])[other])
 
+        # while the image is cached, a bad download is reported and changes nothing
+        (served / f"{cid}_processed.png").write_bytes(wrong)
+        refused = ds.download_and_cache(force_refresh=True, card_ids=[cid])
+        assert "sha256 mismatch" in refused.failed[cid]
+        assert ds.store.cards(spec.name)[cid] == {**ds.store.cards(spec.name)[cid],
+                                                  "raw_key": key, "status": "ok"}
+        (served / f"{cid}_processed.png").unlink()
+        # a first download of bytes that are no image at all: refused, naming the card and
+        # where the bytes came from
+        third = int(spec.card_ids[2])
+        (served / f"{third}_processed.png").write_bytes(b"<html>Service Unavailable</html>")
+        junk = ds.download_and_cache(card_ids=[third])
+        assert junk.failed[third].startswith(
+            f"card {third} ({emu.base_url}/var/www/html/images/padimages/processed/30000/"
+            f"{third}_processed.png): not a PNG or JPEG image")
+        assert ds.store.cards(spec.name)[third]["status"] == "failed"
+        (served / f"{third}_processed.png").unlink()
+
         rep = mt.gc(ds.store, older_than=0, grace_seconds=0)
         assert rep.evicted.get("raw") == 2 and rep.cards_marked_evicted == 2
         assert ds.store.cards(spec.name)[cid]["status"] == "evicted"
