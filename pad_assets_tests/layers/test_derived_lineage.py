@@ -88,17 +88,21 @@ def test_each_item_records_its_lineage_and_a_second_call_computes_nothing(
     assert redo.tensors == first.tensors
 
 
-def test_a_failure_leaves_no_key_and_names_the_raw_image(downloaded) -> None:
+def test_a_failure_leaves_no_key_and_names_the_raw_image(downloaded,
+                                                         tiny_tflite_path: Path) -> None:
     dataset, raw = downloaded
     ids = sorted(raw)
     bad = ids.index(EdgeCases.NORMAL[0])
     keys = [raw[c] for c in ids]
-    chain = dataset.derived.ensure(keys, _CannotReadOneImage(keys[bad]))
+    spec = PADTensorFlowAdapter(model_path=tiny_tflite_path,
+                                labels=TINY_DRUG_LABELS).get_tensor_spec()
+    chain = dataset.derived.ensure(keys, _CannotReadOneImage(keys[bad]), spec)
     assert chain.failed == {bad: "pad_nn_but_one failed: ValueError: cannot read "
                                  f"raw {keys[bad]} (truncated=False)"}
-    assert chain.preprocessed[bad] is None and chain.tensors == []
-    assert all(k is not None for n, k in enumerate(chain.preprocessed) if n != bad)
-    assert chain.computed_preprocessed == len(keys) - 1
+    assert chain.preprocessed[bad] is None and chain.tensors[bad] is None
+    assert all(k is not None for n, k in enumerate(chain.preprocessed + chain.tensors)
+               if n % len(keys) != bad)
+    assert chain.computed_preprocessed == chain.computed_tensors == len(keys) - 1
     # a raw image that is not in the cache is a failure too, named by its key
     gone = "0" * 64
     chain = dataset.derived.ensure([keys[0], gone], PADNeuralNetworkPipeline())

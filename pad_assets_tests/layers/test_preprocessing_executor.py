@@ -43,15 +43,19 @@ class _WithALambda(_GreyMean):
 
 @pytest.fixture
 def layers(tmp_path: Path):
-    out = DerivedLayers(ContentStore(tmp_path / "c"), workers=2)
+    out = DerivedLayers(ContentStore(tmp_path / "c"), workers=3)
     yield out
     out.close()
 
 
 def test_auto_keeps_builtin_pipelines_on_threads_however_many_cards(
         layers: DerivedLayers) -> None:
-    assert isinstance(layers._executor_for(PADNeuralNetworkPipeline(), 100 * CHUNK),
-                      ThreadPoolExecutor)
+    pool = layers._executor_for(PADNeuralNetworkPipeline(), 100 * CHUNK)
+    assert isinstance(pool, ThreadPoolExecutor) and pool._max_workers == 3
+    # after close() (CachedDataset.close) the next call gets a working pool again
+    layers.close()
+    again = layers._executor_for(PADNeuralNetworkPipeline(), 1)
+    assert again is not pool and again.submit(sum, [1, 2]).result() == 3
 
 
 def test_auto_sends_a_custom_pipeline_to_processes_from_four_chunks_on(
@@ -60,7 +64,9 @@ def test_auto_sends_a_custom_pipeline_to_processes_from_four_chunks_on(
     assert isinstance(small, ThreadPoolExecutor)
     assert layers._executor_for(_GreyMean(), 3) is small  # same kind: the pool is reused
     big = layers._executor_for(_GreyMean(), 4 * CHUNK)
-    assert isinstance(big, ProcessPoolExecutor) and big._max_workers == 2
+    assert isinstance(big, ProcessPoolExecutor) and big._max_workers == 3
+    # spawned, never forked: a fork of a process that loaded TensorFlow can hang
+    assert big._mp_context.get_start_method() == "spawn"
     assert small._shutdown  # the thread pool was closed when the kind changed
     # a pipeline that cannot be pickled stays in this process, whatever the batch size
     assert isinstance(layers._executor_for(_WithALambda(), 100 * CHUNK), ThreadPoolExecutor)
