@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,8 @@ def test_each_raw_item_records_its_source_and_how_it_was_checked(edge_emulator: 
     summary = ds.download_and_cache()
     t1 = time.time()
     assert summary.unverified == []  # the registry publishes an md5 for every card
+    assert summary.bytes_downloaded == sum(
+        len(ds.store.get(k)) for k in ds.cards().drop_duplicates("card_id")["raw_key"].dropna())
     cards = ds.cards().set_index("card_id")
     cid = EdgeCases.SLOW
     key = cards.loc[cid, "raw_key"]
@@ -65,7 +68,31 @@ def test_each_raw_item_records_its_source_and_how_it_was_checked(edge_emulator: 
     for bad in (EdgeCases.MD5_MISMATCH, EdgeCases.MISSING_IMAGE):
         assert (records[bad]["status"], records[bad]["raw_key"], records[bad]["detail"]) == (
             "failed", None, summary.failed[bad])
+    assert records[EdgeCases.TRUNCATED_PNG]["detail"] == "truncated PNG: decoded with tolerance"
+    assert records[cid]["detail"] == ""
+    # the next call downloads nothing and still flags the truncated card, from its record
+    again = ds.download_and_cache()
+    assert again.downloaded == [] and again.bytes_downloaded == 0
+    assert again.truncated == [EdgeCases.TRUNCATED_PNG]
     ds.close()
+
+
+def test_a_download_is_written_in_batches_of_sixteen_images(tmp_path: Path) -> None:
+    """Each write batch is one shard, indexed with its cards in one transaction: a kill
+    loses at most the batch in flight (``test_raw.py`` kills one; here the batches)."""
+    from pad_assets.devtools.emulator import DatasetSpec
+    from pad_assets.layers.raw import WRITE_BATCH_ITEMS
+    from pad_assets_tests.conftest import make_config
+
+    with Emulator(make_config([DatasetSpec("batches", range(71000, 71060))], models=[])) as emu:
+        ds = CachedDataset("batches", settings=_settings(emu, tmp_path), progress=False)
+        ids = sorted(int(c) for c in ds.cards()["card_id"])[:2 * WRITE_BATCH_ITEMS + 2]
+        summary = ds.download_and_cache(card_ids=ids)
+        assert sorted(summary.downloaded) == ids
+        keys = [ds.store.cards("batches")[c]["raw_key"] for c in ids]
+        shards = [e["shard"] for e in ds.store.index.items(keys).values()]
+        assert sorted(Counter(shards).values()) == [2, WRITE_BATCH_ITEMS, WRITE_BATCH_ITEMS]
+        ds.close()
 
 
 def test_a_download_where_every_card_fails_still_records_each_failure(
