@@ -20,6 +20,24 @@ from pad_assets.devtools.emulator import DatasetSpec, Emulator, EmulatorConfig, 
 # Tests never send Dagster usage telemetry (instances they create read this variable).
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_dagster_defs_state() -> Iterator[None]:
+    """Each test starts with no Dagster defs-state storage in context.
+
+    ``DagsterInstance.__enter__`` sets a context variable to the instance's defs-state
+    storage and its ``__exit__`` (``dispose``) never resets it (dagster 1.13). After a test
+    that used ``with DagsterInstance...``, the variable points at a storage whose instance
+    is gone, and in random order a later test's ``Definitions.resolve_job_def`` failed with
+    "Attempted to resolve undefined DagsterInstance weakref" (4 tests of
+    ``orchestration/test_lab_scale.py``, 2026-11-30)."""
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(None):
+        yield
+
+
 SHARED_A = "shared_A"
 SHARED_B = "shared_B"
 
