@@ -6,6 +6,7 @@ included."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,11 @@ def test_many_chunks_each_card_gets_its_own_prediction(tiny_tflite_path: Path, t
     dataset.close()
 
 
+def _other_storage(spec: TensorSpec) -> TensorSpec:
+    """The same model input, stored in the other dtype (uint8 <-> float32)."""
+    return replace(spec, storage_dtype="float32" if spec.storage_dtype == "uint8" else "uint8")
+
+
 class _CannotReadOneImage(PADNeuralNetworkPipeline):
     """The lab's NN pipeline, except that one image defeats it (as an image a real pipeline
     cannot handle does)."""
@@ -171,10 +177,8 @@ def test_a_card_its_pipeline_cannot_read_is_a_failed_row_keyed_by_its_image(
         assert set(lab.loc[both, col]).isdisjoint(others.loc[both, col]), col
     assert lab.loc[bad_card, "status"] == "ok"
     # a model with another input on the same preprocessed images: its own tensors are made
-    from dataclasses import replace
-
     spec = model.get_tensor_spec()
-    other = replace(spec, storage_dtype="float32" if spec.storage_dtype == "uint8" else "uint8")
+    other = _other_storage(spec)
     chain = dataset.derived.ensure(lab.loc[both, "raw_key"].tolist(), PADNeuralNetworkPipeline(),
                                    other)
     assert chain.failed == {} and chain.preprocessed == lab.loc[both, "preprocessed_key"].tolist()
@@ -186,15 +190,13 @@ def test_a_card_its_pipeline_cannot_read_is_a_failed_row_keyed_by_its_image(
 def test_a_tensor_key_names_the_model_input_it_was_made_for(tiny_tflite_path: Path) -> None:
     """The same preprocessed image made ready for two inputs (here: stored as uint8 or as
     float32) is two tensors; the preprocessed key does not depend on the model."""
-    from dataclasses import replace
-
     from pad_assets.layers.derived import DerivedLayers
 
     spec = PADTensorFlowAdapter(model_path=tiny_tflite_path,
                                 labels=TINY_DRUG_LABELS).get_tensor_spec()
     raws = ["a" * 64, "b" * 64]
     pre, ten = DerivedLayers.keys_for(raws, PADNeuralNetworkPipeline(), spec)
-    other = replace(spec, storage_dtype="float32" if spec.storage_dtype == "uint8" else "uint8")
+    other = _other_storage(spec)
     assert other != spec
     pre2, ten2 = DerivedLayers.keys_for(raws, PADNeuralNetworkPipeline(), other)
     assert pre == pre2 and len(set(pre)) == 2
